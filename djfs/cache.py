@@ -1,0 +1,562 @@
+"""The local disk cache of external objects, shared by every process on a host (library, mount daemon, gc).
+
+Objects are immutable per hash — the hash covers the object's bytes — so a cached object never goes stale and
+needs no invalidation: the cache only has to make sure that what it keeps *is* the object.  Hence:
+
+* a whole object is streamed into ``tmp/``, hashed while it is written, checked against its size and hash, then
+  fsynced and renamed into ``objects/<h[0:2]>/<hash>``: a file under that name is always complete and verified,
+  and a bad or partial download is never kept;
+* one fill per hash at a time, across threads (a lock per hash) and processes (``flock`` on
+  ``locks/<hash>``), re-checking after the lock is taken, so N readers of a missing object download it once;
+* large objects can be cached in blocks, ``blocks/<hash>/<block size>-<index>``, so a partial read of a huge
+  object fetches a bounded amount; blocks can't be verified on their own (only a whole object can), they are
+  written atomically and trusted as the store returned them; a cached whole object wins over blocks (it
+  replaces them);
+* the total size (objects + blocks) is bounded by least-recently-used eviction.  Use is recorded in the files'
+  mtimes (``os.utime``), so processes share one recency order; each process keeps an in-memory index built by a
+  scan at start and rescanned periodically to see the files of other processes.  Removing a file another
+  process has open is fine on POSIX: its reader keeps its open file;
+* the cache never wipes itself at start (it outlives restarts); it only removes temporary files older than an
+  hour, left by a crash;
+* a full disk or any other cache failure raises ``CacheError``: callers fall back to reading the store directly.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from . import hashing
+from .errors import CorruptObjectError, DjfsError
+
+log = logging.getLogger(__name__)
+
+
+class CacheError(DjfsError, OSError):
+    """The cache could not keep an object (disk full, permissions …); read the object from its store instead."""
+
+
+class _HashingWriter:
+    """The file ``fill``'s writer gets: every byte written is hashed and counted, and a run-on object stopped."""
+
+    def __init__(self, file: BinaryIO, hash_: str, size: int) -> None:
+        self._file = file
+        self._hash = hash_
+        self._size = size
+        self.state = hashing.hasher()
+        self.count = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if self.count + len(view) > self._size:
+            raise CorruptObjectError(f"object {self._hash} is longer than its recorded size of {self._size} bytes")
+        self.state.update(view)
+        position = 0
+        while position < len(view):  # a raw file may write less than asked
+            position += self._file.write(view[position:]) or 0
+        self.count += len(view)
+        return len(view)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass  # unbuffered: a failing write raises at once, never later in a flush or close
+
+    def tell(self) -> int:
+        return self.count
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+class ObjectCache:
+    """A size-bounded, process-shared disk cache of whole objects and blocks, keyed by hash."""
+
+    def __init__(self, location: str | os.PathLike, max_size: int, *, rescan_interval: float = 60.0,
+                 tmp_max_age: float = 3600.0, touch_interval: float = 10.0) -> None:
+        if max_size < 0:
+            raise ValueError("the cache size can't be negative")
+        self.location = Path(location)
+        self.max_size = int(max_size)
+        self.rescan_interval = rescan_interval
+        self.tmp_max_age = tmp_max_age
+        self.touch_interval = touch_interval
+        self._root = os.fspath(self.location)
+        try:
+            for part in ("objects", "blocks", "tmp", "locks"):
+                os.makedirs(os.path.join(self._root, part), exist_ok=True)
+        except OSError as error:
+            raise CacheError(f"can't create the cache at {self._root!r}: {error.strerror or error}") from error
+        self._lock = threading.Lock()
+        # relative path -> [size, last time we marked it used]; oldest use first
+        self._index: OrderedDict[str, list] = OrderedDict()
+        self._total = 0
+        self._last_scan = 0.0
+        self._hash_locks: dict[str, list] = {}
+        self._block_futures: dict[tuple[str, int, int], Future] = {}
+        self._counters = dict(hits=0, misses=0, fills=0, block_hits=0, block_misses=0, evictions=0, errors=0)
+        self._remove_stale_temporaries()
+        self._rescan()
+
+    # -- names ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _object_name(hash_: str) -> str:
+        return f"objects/{hash_[0:2]}/{hash_}"
+
+    @staticmethod
+    def _block_name(hash_: str, block_size: int, index: int) -> str:
+        # the block size is part of the name: processes configured with different sizes never mix blocks
+        return f"blocks/{hash_}/{block_size}-{index}"
+
+    def _full(self, name: str) -> str:
+        return os.path.join(self._root, name)
+
+    def _count(self, counter: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counters[counter] += amount
+
+    # -- whole objects --------------------------------------------------------------------------------------
+
+    def path(self, hash_: str) -> Path | None:
+        """The cached, verified object (marked as recently used), or None."""
+        hashing.validate(hash_)
+        found = self._lookup(hash_)
+        self._count("hits" if found else "misses")
+        return Path(found) if found else None
+
+    def open(self, hash_: str) -> BinaryIO | None:
+        """The cached object opened for reading, or None: unlike ``path``, immune to eviction right after."""
+        hashing.validate(hash_)
+        path = self._full(self._object_name(hash_))
+        try:
+            file = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            self._forget(self._object_name(hash_))
+            self._count("misses")
+            return None
+        self._touch(self._object_name(hash_), os.fstat(file.fileno()).st_size)
+        self._count("hits")
+        return file  # type: ignore[return-value]
+
+    def _lookup(self, hash_: str) -> str | None:
+        name = self._object_name(hash_)
+        path = self._full(name)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            self._forget(name)
+            return None
+        self._touch(name, size)
+        return path
+
+    def fill(self, hash_: str, size: int, origin: bytes, write: Callable[[BinaryIO], None]) -> Path:
+        """Cache an object by calling ``write(file)``, which streams its bytes; returns the cached file.
+
+        Only one fill of a hash runs at a time on this host; the others wait and find it cached.  The bytes are
+        verified against ``size`` and the hash (over the bytes and ``origin``): a mismatch raises
+        ``CorruptObjectError`` and nothing is kept.  Errors raised by ``write`` pass through (after the temporary
+        file is removed); a cache failure (disk full …) raises ``CacheError``.
+        """
+        hashing.validate(hash_)
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"object size must be a non-negative integer, not {size!r}")
+        if size > self.max_size:
+            raise CacheError(f"object {hash_} ({size} bytes) is larger than the whole cache at {self._root!r} "
+                             f"({self.max_size} bytes); read it from the store")
+        found = self._lookup(hash_)
+        if found:
+            self._count("hits")
+            return Path(found)
+        with self._hash_lock(hash_):
+            found = self._lookup(hash_)
+            if not found:
+                with self._file_lock(hash_):
+                    found = self._lookup(hash_)  # another process may have filled it meanwhile
+                    if not found:
+                        found = self._write_object(hash_, size, origin, write)
+        self._evict(protect=self._object_name(hash_))
+        return Path(found)
+
+    def put(self, hash_: str, data: bytes | bytearray | memoryview, origin: bytes) -> Path:
+        """Cache an object held in memory (verified like any fill)."""
+        view = memoryview(data).cast("B")
+        return self.fill(hash_, len(view), origin, lambda file: file.write(view))
+
+    def _write_object(self, hash_: str, size: int, origin: bytes, write: Callable[[BinaryIO], None]) -> str:
+        name = self._object_name(hash_)
+        final = self._full(name)
+        temporary = self._full(f"tmp/{hash_}.{secrets.token_hex(6)}.tmp")
+        try:
+            with self._cache_errors(hash_):
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                with open(fd, "wb", buffering=0) as file:
+                    writer = _HashingWriter(file, hash_, size)
+                    with self._cache_errors(hash_):
+                        write(writer)  # type: ignore[arg-type]
+                    if writer.count != size:
+                        raise CorruptObjectError(f"object {hash_} is truncated: {writer.count} of {size} bytes")
+                    if hashing.finish(writer.state, origin) != hash_:
+                        raise CorruptObjectError(f"object {hash_} does not match its hash: not cached")
+                    with self._cache_errors(hash_):
+                        os.fsync(file.fileno())
+            except BaseException:
+                self._unlink(temporary)
+                raise
+            with self._cache_errors(hash_):
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                os.replace(temporary, final)
+        except BaseException:
+            self._unlink(temporary)
+            self._count("errors")
+            raise
+        self._count("fills")
+        with self._lock:
+            self._add(name, size)
+        self._drop_blocks(hash_)  # the whole object serves every range now
+        return final
+
+    @contextmanager
+    def _cache_errors(self, hash_: str) -> Iterator[None]:
+        """OS errors of the cache's own files become CacheError; djfs errors (from the store) pass through."""
+        try:
+            yield
+        except DjfsError:
+            raise
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CacheError(f"no space left for object {hash_} in the cache at {self._root!r}; "
+                                 "read it from the store") from error
+            raise CacheError(f"can't cache object {hash_} in {self._root!r}: {error.strerror or error}") from error
+
+    # -- blocks ---------------------------------------------------------------------------------------------
+
+    def read_block(self, hash_: str, index: int, block_size: int, fetch: Callable[[], bytes]) -> bytes:
+        """Block ``index`` (bytes ``index*block_size`` …, shorter at the end) of an object, cached.
+
+        A cached whole object serves it; else a cached block; else ``fetch()`` is called — once, however many
+        threads ask for the block at the same time — and its result cached (best effort: a cache failure is
+        logged and the bytes are returned anyway).
+        """
+        hashing.validate(hash_)
+        if index < 0 or block_size <= 0:
+            raise ValueError("a block needs a non-negative index and a positive block size")
+        data = self._cached_block(hash_, index, block_size)
+        if data is not None:
+            return data
+        key = (hash_, block_size, index)
+        with self._lock:
+            future = self._block_futures.get(key)
+            owner = future is None
+            if owner:
+                future = self._block_futures[key] = Future()
+        assert future is not None
+        if not owner:
+            return future.result()
+        try:
+            data = self._cached_block(hash_, index, block_size)  # filled while we looked for a future?
+            if data is None:
+                self._count("block_misses")
+                data = bytes(fetch())
+                if len(data) > block_size:
+                    raise ValueError(f"fetched block {index} of {hash_} has {len(data)} bytes, more than the "
+                                     f"block size {block_size}")
+                self._store_block(hash_, index, block_size, data)
+            future.set_result(data)
+            return data
+        except BaseException as error:
+            future.set_exception(error)
+            raise
+        finally:
+            with self._lock:
+                del self._block_futures[key]
+
+    def _cached_block(self, hash_: str, index: int, block_size: int) -> bytes | None:
+        whole = self._full(self._object_name(hash_))
+        try:
+            fd = os.open(whole, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                size = os.fstat(fd).st_size
+                data = _pread_all(fd, block_size, index * block_size)
+            finally:
+                os.close(fd)
+            self._touch(self._object_name(hash_), size)
+            self._count("block_hits")
+            return data
+        name = self._block_name(hash_, block_size, index)
+        try:
+            with open(self._full(name), "rb", buffering=0) as file:
+                data = file.read()
+        except FileNotFoundError:
+            self._forget(name)
+            return None
+        self._touch(name, len(data))
+        self._count("block_hits")
+        return data
+
+    def _store_block(self, hash_: str, index: int, block_size: int, data: bytes) -> None:
+        if len(data) > self.max_size:
+            return
+        name = self._block_name(hash_, block_size, index)
+        temporary = self._full(f"tmp/{hash_}.{block_size}-{index}.{secrets.token_hex(6)}.tmp")
+        try:
+            with open(temporary, "xb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())  # blocks can't be verified later: never keep a torn one after a crash
+            os.makedirs(os.path.dirname(self._full(name)), exist_ok=True)
+            os.replace(temporary, self._full(name))
+        except OSError as error:
+            self._unlink(temporary)
+            self._count("errors")
+            log.warning("not caching block %d of %s in %s: %s", index, hash_, self._root, error)
+            return
+        with self._lock:
+            self._add(name, len(data))
+        self._evict(protect=name)
+
+    def _drop_blocks(self, hash_: str) -> None:
+        directory = self._full(f"blocks/{hash_}")
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            self._unlink(os.path.join(directory, name))
+            self._forget(f"blocks/{hash_}/{name}")
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+
+    # -- the index and eviction ---------------------------------------------------------------------------------
+
+    def _add(self, name: str, size: int) -> None:
+        """Record a file as just used; the caller holds ``_lock``."""
+        entry = self._index.pop(name, None)
+        if entry is not None:
+            self._total -= entry[0]
+        self._index[name] = [size, time.time()]
+        self._total += size
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            entry = self._index.pop(name, None)
+            if entry is not None:
+                self._total -= entry[0]
+
+    def _touch(self, name: str, size: int) -> None:
+        """Mark a file used: first in memory, and in its mtime (shared with other processes) now and then."""
+        now = time.time()
+        with self._lock:
+            entry = self._index.get(name)
+            if entry is None or entry[0] != size:
+                self._add(name, size)
+                entry = self._index[name]
+                stale = True
+            else:
+                self._index.move_to_end(name)
+                stale = now - entry[1] >= self.touch_interval
+            if stale:
+                entry[1] = now
+        if stale:
+            try:
+                os.utime(self._full(name))
+            except OSError:
+                pass
+
+    def _rescan(self) -> None:
+        """Rebuild the index from disk, ordered by mtime: sees the files other processes added or evicted."""
+        found: list[tuple[float, str, int]] = []
+        for top in ("objects", "blocks"):
+            for middle in _listdir(self._full(top)):
+                for name in _listdir(self._full(f"{top}/{middle}")):
+                    relative = f"{top}/{middle}/{name}"
+                    try:
+                        info = os.stat(self._full(relative))
+                    except OSError:
+                        continue
+                    found.append((info.st_mtime, relative, info.st_size))
+        found.sort()
+        with self._lock:
+            self._index = OrderedDict((name, [size, mtime]) for mtime, name, size in found)
+            self._total = sum(size for _, _, size in found)
+            self._last_scan = time.monotonic()
+
+    def _evict(self, protect: str | None = None) -> None:
+        if time.monotonic() - self._last_scan > self.rescan_interval:
+            self._rescan()
+        victims = []
+        with self._lock:
+            while self._total > self.max_size and self._index:
+                name, entry = next(iter(self._index.items()))
+                if name == protect:
+                    if len(self._index) == 1:
+                        break
+                    self._index.move_to_end(name)
+                    continue
+                del self._index[name]
+                self._total -= entry[0]
+                victims.append(name)
+            self._counters["evictions"] += len(victims)
+        for name in victims:
+            self._unlink(self._full(name))
+            if name.startswith("blocks/"):
+                try:
+                    os.rmdir(os.path.dirname(self._full(name)))
+                except OSError:
+                    pass  # not empty
+
+    # -- maintenance --------------------------------------------------------------------------------------
+
+    def _remove_stale_temporaries(self) -> None:
+        limit = time.time() - self.tmp_max_age
+        for name in _listdir(self._full("tmp")):
+            path = self._full(f"tmp/{name}")
+            try:
+                if os.stat(path).st_mtime < limit:
+                    os.unlink(path)
+            except OSError:
+                pass
+
+    def clear(self) -> None:
+        """Remove every cached object and block (of every process)."""
+        for top in ("objects", "blocks"):
+            for middle in _listdir(self._full(top)):
+                directory = self._full(f"{top}/{middle}")
+                for name in _listdir(directory):
+                    self._unlink(os.path.join(directory, name))
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
+        with self._lock:
+            self._index.clear()
+            self._total = 0
+            self._last_scan = time.monotonic()
+
+    def usage(self) -> int:
+        """Bytes used by objects and blocks (as of the last scan plus this process's own changes)."""
+        if time.monotonic() - self._last_scan > self.rescan_interval:
+            self._rescan()
+        with self._lock:
+            return self._total
+
+    def stats(self) -> dict[str, Any]:
+        usage = self.usage()
+        with self._lock:
+            objects = sum(1 for name in self._index if name.startswith("objects/"))
+            return dict(self._counters, location=self._root, usage=usage, max_size=self.max_size,
+                        objects=objects, blocks=len(self._index) - objects)
+
+    def __repr__(self) -> str:
+        return f"ObjectCache({self._root!r}, max_size={self.max_size})"
+
+    # -- locks ----------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _hash_lock(self, hash_: str) -> Iterator[None]:
+        """A lock per hash among this process's threads (entries disappear when nobody holds or waits)."""
+        with self._lock:
+            entry = self._hash_locks.setdefault(hash_, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._hash_locks[hash_]
+
+    @contextmanager
+    def _file_lock(self, hash_: str) -> Iterator[None]:
+        """An exclusive ``flock`` per hash among processes; the lock file is removed after use.
+
+        Removing a lock file races with a process that opened it just before: so after locking, a process checks
+        that its file is still the one under the name, and starts over if not.
+        """
+        path = self._full(f"locks/{hash_}")
+        while True:
+            with self._cache_errors(hash_):
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                mine = os.fstat(fd)
+                try:
+                    current = os.stat(path)
+                    same = (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev)
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                break
+            os.close(fd)
+        try:
+            yield
+        finally:
+            self._unlink(path)
+            os.close(fd)  # releases the lock
+
+    @staticmethod
+    def _unlink(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            log.warning("can't remove %s from the cache: %s", path, error)
+
+
+_caches: dict[tuple[str, int, int], ObjectCache] = {}
+_caches_lock = threading.Lock()
+
+
+def open_cache(location: str | os.PathLike, max_size: int | str) -> ObjectCache:
+    """The process's cache at ``location`` (one instance, hence one index, per location, size and process)."""
+    from .settings import parse_size
+    size = parse_size(max_size)
+    key = (os.path.abspath(os.fspath(location)), size, os.getpid())
+    with _caches_lock:
+        cache = _caches.get(key)
+        if cache is None:
+            cache = _caches[key] = ObjectCache(key[0], size)
+        return cache
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    parts = []
+    while length > 0:
+        part = os.pread(fd, min(length, 1 << 30), offset)
+        if not part:
+            break
+        parts.append(part)
+        offset += len(part)
+        length -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

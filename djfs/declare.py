@@ -1,0 +1,241 @@
+"""DataJoint's definition syntax, parsed into a ``CREATE TABLE`` statement.
+
+A definition is a table comment line (``# ...``), primary-key lines, a ``---`` separator, secondary lines.
+Each line is one of::
+
+    -> Parent                          (foreign key; its primary key joins this table's section)
+    -> [nullable] Parent               (secondary only: the inherited attributes may be NULL)
+    name = default : type   # comment
+    index(attr, ...)   /   unique index(attr, ...)
+
+Any line that is none of these raises ``DeclarationError`` quoting it: a typo never turns into a silently
+different table. Defaults are rendered as SQL literals with the driver's escaping; DDL has no bound parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymysql.converters import escape_string
+
+from .errors import DeclarationError
+from .settings import STORE_NAME
+
+EXTERNAL_TABLE = "~external"
+HASH_SQL_TYPE = "char(43) CHARACTER SET ascii COLLATE ascii_bin"
+
+ATTRIBUTE_LINE = re.compile(
+    r"""^(?P<name>[a-z][a-z0-9_]*)\s*
+        (?:=\s*(?P<default>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^:#"']*?)\s*)?
+        :\s*(?P<type>[^#]+?)\s*
+        (?:\#\s*(?P<comment>.*))?$""", re.X)
+FOREIGN_KEY_LINE = re.compile(r"^->\s*(?P<options>\[\s*nullable\s*\])?\s*(?P<ref>[A-Za-z_][\w.]*)\s*$")
+INDEX_LINE = re.compile(r"^(?P<unique>unique\s+)?index\s*\((?P<attrs>[^)]*)\)\s*$", re.I)
+SEPARATOR_LINE = re.compile(r"^-{3,}\s*$")
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+#: accepted types: pattern -> how it is written in SQL (None: as written)
+TYPE_PATTERNS: list[tuple[re.Pattern, str | None]] = [(re.compile(p, re.I), sql) for p, sql in [
+    (r"^(tiny|small|medium|big)?int(\s*\(\d+\))?(\s+unsigned)?(\s+zerofill)?$", None),
+    (r"^(float|double|real)(\s*\(\d+\s*,\s*\d+\))?(\s+unsigned)?$", None),
+    (r"^decimal\s*\(\d+\s*(,\s*\d+)?\)(\s+unsigned)?$", None),
+    (r"^(var)?char\s*\(\d+\)$", None),
+    (r"^enum\s*\((\s*('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\s*,?)+\)$", None),
+    (r"^(bool|boolean)$", "tinyint"),
+    (r"^(date|time|year)$", None),
+    (r"^(datetime|timestamp)(\s*\(\d\))?$", None),
+    (r"^(tiny|medium|long)?text$", None),
+    (r"^(tiny|medium|long)?blob$", None),
+    (r"^uuid$", "binary(16)"),
+    (r"^json$", "longtext"),
+    (rf"^external(-{STORE_NAME})?$", HASH_SQL_TYPE),
+]]
+SPECIAL_TYPES = ("uuid", "json", "bool", "boolean")
+SQL_KEYWORD_DEFAULTS = {"null", "current_timestamp", "current_timestamp()"}
+
+
+@dataclass
+class ParsedAttribute:
+    name: str
+    type: str            # as written in the definition
+    sql_type: str
+    in_key: bool
+    nullable: bool = False
+    default: str | None = None   # as an SQL literal
+    comment: str = ""
+
+    @property
+    def special(self) -> str | None:
+        lowered = self.type.lower()
+        if lowered.startswith("external"):
+            return lowered
+        if lowered in SPECIAL_TYPES:
+            return "bool" if lowered == "boolean" else lowered
+        return None
+
+    @property
+    def is_object(self) -> bool:
+        return self.type.lower().endswith("blob") or self.type.lower().startswith("external")
+
+    def sql(self) -> str:
+        comment = f":{self.special}:{self.comment}" if self.special else self.comment
+        null = "NULL" if self.nullable else "NOT NULL"
+        default = f" DEFAULT {self.default}" if self.default is not None else ""
+        check = f" CHECK (json_valid(`{self.name}`))" if self.special == "json" else ""
+        return f'`{self.name}` {self.sql_type} {null}{default} COMMENT "{escape_string(comment)}"{check}'
+
+
+@dataclass
+class Declaration:
+    """Everything the schema needs to create a table: the statement and what it depends on."""
+    sql: str
+    attributes: list[ParsedAttribute] = field(default_factory=list)
+    parents: list[Any] = field(default_factory=list)
+    stores: set[str] = field(default_factory=set)   # '' for the default store
+
+    @property
+    def primary_key(self) -> list[str]:
+        return [a.name for a in self.attributes if a.in_key]
+
+
+def _error(table: str, line: str, why: str) -> DeclarationError:
+    return DeclarationError(f"in the definition of {table}: {why}: {line.strip()!r}")
+
+
+def _sql_type(written: str) -> str | None:
+    for pattern, sql in TYPE_PATTERNS:
+        if pattern.match(written):
+            return sql or written
+    return None
+
+
+def _default_literal(default: str, sql_type: str) -> str:
+    lowered = default.lower()
+    if lowered in SQL_KEYWORD_DEFAULTS:
+        return default.upper()
+    if default[:1] in "\"'" and default[-1:] == default[:1] and len(default) >= 2:
+        default = default[1:-1]
+    elif re.match(r"^-?\d+(\.\d*)?([eE][-+]?\d+)?$", default) and not sql_type.lower().startswith(
+            ("char", "varchar", "enum", "date", "time")):
+        return default
+    return f'"{escape_string(default)}"'
+
+
+def _resolve(reference: str, context: Mapping[str, Any], table: str, line: str) -> Any:
+    """``Parent`` or ``module.Parent`` looked up in the declaring module's names; never ``eval``."""
+    head, *rest = reference.split(".")
+    if head not in context:
+        raise _error(table, line, f"{head!r} is not defined where the table is declared")
+    target = context[head]
+    for part in rest:
+        if not hasattr(target, part):
+            raise _error(table, line, f"{reference!r} can't be resolved")
+        target = getattr(target, part)
+    if not (isinstance(target, type) and hasattr(target, "full_table_name")):
+        raise _error(table, line, f"{reference!r} is not a table")
+    return target
+
+
+def parse(table: str, definition: str, context: Mapping[str, Any]) -> tuple[str, list, list, list]:
+    """Split a definition into (comment, attributes, foreign keys, indexes); raises quoting the bad line."""
+    comment = ""
+    attributes: list[ParsedAttribute] = []
+    foreign_keys: list[tuple[Any, bool, str]] = []
+    indexes: list[tuple[bool, list[str], str]] = []
+    in_key = True
+    lines = [line.strip() for line in definition.strip().splitlines()]
+    if lines and lines[0].startswith("#"):
+        comment = lines.pop(0).lstrip("#").strip()
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        if SEPARATOR_LINE.match(line):
+            if not in_key:
+                raise _error(table, line, "a second --- separator")
+            in_key = False
+            continue
+        if line.startswith("->"):
+            match = FOREIGN_KEY_LINE.match(line)
+            if not match:
+                raise _error(table, line, "malformed foreign key")
+            nullable = bool(match.group("options"))
+            if nullable and in_key:
+                raise _error(table, line, "a primary-key foreign key can't be nullable")
+            foreign_keys.append((_resolve(match.group("ref"), context, table, line), nullable, line))
+            parent = foreign_keys[-1][0]
+            for name in parent.heading.primary_key:
+                if any(a.name == name for a in attributes):
+                    continue  # the same attribute inherited along two paths
+                inherited = parent.heading[name]
+                attributes.append(ParsedAttribute(
+                    name=name, type=inherited.type if inherited.type in SPECIAL_TYPES else inherited.sql_type,
+                    sql_type=inherited.sql_type, in_key=in_key, nullable=nullable,
+                    default="NULL" if nullable else None, comment=inherited.comment))
+            continue
+        match = INDEX_LINE.match(line)
+        if match:
+            names = [n.strip() for n in match.group("attrs").split(",") if n.strip()]
+            if not names:
+                raise _error(table, line, "an index needs attributes")
+            indexes.append((bool(match.group("unique")), names, line))
+            continue
+        match = ATTRIBUTE_LINE.match(line)
+        if not match:
+            raise _error(table, line, "can't parse this line (expected 'name = default : type  # comment', "
+                                      "'-> Parent' or 'index(...)')")
+        name, written, default = match.group("name"), match.group("type").strip(), match.group("default")
+        sql_type = _sql_type(written)
+        if sql_type is None:
+            raise _error(table, line, f"unknown type {written!r}")
+        attribute = ParsedAttribute(name=name, type=written, sql_type=sql_type, in_key=in_key,
+                                    comment=(match.group("comment") or "").strip())
+        if any(a.name == name for a in attributes):
+            raise _error(table, line, f"attribute {name!r} is declared twice")
+        if default is not None and default.strip():
+            default = default.strip()
+            if default.lower() == "null":
+                attribute.nullable, attribute.default = True, "NULL"
+            else:
+                if attribute.is_object:
+                    raise _error(table, line, "blob and external attributes can only default to null")
+                attribute.default = _default_literal(default, sql_type)
+        if in_key and attribute.nullable:
+            raise _error(table, line, "a primary-key attribute can't be null")
+        if in_key and attribute.is_object:
+            raise _error(table, line, "blob and external attributes can't be in the primary key")
+        attributes.append(attribute)
+    return comment, attributes, foreign_keys, indexes
+
+
+def declare(database: str, table: str, definition: str, context: Mapping[str, Any]) -> Declaration:
+    """The ``CREATE TABLE`` statement for a definition."""
+    full_name = f"`{database}`.`{table}`"
+    comment, attributes, foreign_keys, indexes = parse(full_name, definition, context)
+    primary_key = [a.name for a in attributes if a.in_key]
+    if not primary_key:
+        raise DeclarationError(f"in the definition of {full_name}: a table needs a primary key "
+                               "(attributes above ---)")
+    known = {a.name for a in attributes}
+    clauses = [a.sql() for a in attributes]
+    clauses.append("PRIMARY KEY (" + ", ".join(f"`{n}`" for n in primary_key) + ")")
+    for parent, _, _ in foreign_keys:
+        columns = ", ".join(f"`{n}`" for n in parent.heading.primary_key)
+        clauses.append(f"FOREIGN KEY ({columns}) REFERENCES {parent.full_table_name} ({columns}) "
+                       "ON UPDATE CASCADE ON DELETE RESTRICT")
+    stores = set()
+    for attribute in attributes:
+        if attribute.special and attribute.special.startswith("external"):
+            stores.add(attribute.special[len("external-"):] if "-" in attribute.special else "")
+            clauses.append(f"FOREIGN KEY (`{attribute.name}`) REFERENCES `{database}`.`{EXTERNAL_TABLE}` (`hash`) "
+                           "ON UPDATE RESTRICT ON DELETE RESTRICT")
+    for unique, names, line in indexes:
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise _error(full_name, line, f"index on unknown attribute {unknown[0]!r}")
+        clauses.append(("UNIQUE " if unique else "") + "INDEX (" + ", ".join(f"`{n}`" for n in names) + ")")
+    sql = (f"CREATE TABLE IF NOT EXISTS {full_name} (\n  " + ",\n  ".join(clauses) +
+           f'\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin COMMENT "{escape_string(comment)}"')
+    return Declaration(sql=sql, attributes=attributes, parents=[fk[0] for fk in foreign_keys], stores=stores)

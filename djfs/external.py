@@ -1,0 +1,444 @@
+"""External objects: the schema's ``~external`` table, uploads, downloads and garbage collection.
+
+An ``external`` attribute holds the 43-character hash of its value; the value itself, serialized exactly as
+a blob, lives in a store (``djfs.stores``) at ``<folder>/<h[0:2]>/<h[2:4]>/<hash>``. ``~external`` has one
+entry per object::
+
+    hash       char(43)   base64url SHA-256 of: object || 0x00 || origin         (primary key)
+    store      ''  or the named store (``external-<name>``)
+    folder     the schema's folder (file) or bucket (S3) when the object was stored
+    size       bytes of the stored object
+    origin     UTF-8 text: full table name, newline, primary key as canonical JSON
+    status     stored | deleted
+    timestamp  when stored, or when marked deleted
+    compressed whether the stored blob is ZL123-compressed
+    view       how a file system shows it: npy | bytes | blob
+    view_size  exact size of that file
+    view_header the .npy header (npy view), prepended to the data
+    data_offset where the file's data starts inside the stored object, when it is a plain byte range
+
+Lifecycle: objects are uploaded before the transaction that inserts their entries and rows, so a failure
+leaves an unreferenced object (swept by ``gc``), never a row pointing at nothing. Deleting rows marks their
+entries ``deleted`` in the deleting transaction; inserting the same value for the same key again revives it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+from . import blob, hashing
+from .errors import CorruptObjectError, DjfsError, MissingObjectError, StoreError
+from .settings import Config
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .table import Table
+
+log = logging.getLogger(__name__)
+
+PROGRESS_THRESHOLD = 64 << 20   # transfers larger than this show a progress bar on a terminal
+EXTERNAL_TABLE = "~external"
+
+DEFINITION = f"""
+CREATE TABLE IF NOT EXISTS `{{database}}`.`{EXTERNAL_TABLE}` (
+  `hash` char(43) CHARACTER SET ascii COLLATE ascii_bin NOT NULL COMMENT "base64url sha-256 of object, origin",
+  `store` varchar(32) CHARACTER SET ascii NOT NULL DEFAULT "" COMMENT "store name, empty for the default",
+  `folder` varchar(255) NOT NULL COMMENT "folder or bucket of the schema when stored",
+  `size` bigint unsigned NOT NULL COMMENT "bytes of the stored object",
+  `origin` varbinary(3072) NOT NULL COMMENT "hashed after the object: table name and primary key",
+  `status` enum("stored","deleted") NOT NULL DEFAULT "stored",
+  `timestamp` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  `compressed` tinyint NOT NULL DEFAULT 0,
+  `view` enum("npy","bytes","blob") NOT NULL DEFAULT "blob" COMMENT "how the mount shows the value",
+  `view_size` bigint unsigned NOT NULL COMMENT "exact size of the mount's file",
+  `view_header` varbinary(4096) NOT NULL DEFAULT "" COMMENT "bytes before the data (npy header)",
+  `data_offset` bigint unsigned NULL COMMENT "start of the file's data in the object, if a plain range",
+  PRIMARY KEY (`hash`),
+  KEY (`status`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin COMMENT "external storage tracking"
+"""
+COLUMNS = ("hash", "store", "folder", "size", "origin", "status", "compressed", "view", "view_size",
+           "view_header", "data_offset")
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (datetime.date, datetime.time, datetime.timedelta, decimal.Decimal)):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def origin_of(full_table_name: str, key: dict, store: str = "") -> bytes:
+    """The bytes hashed after an object: ``<full table name>\\n<key as canonical JSON>[\\n<store>]``."""
+    text = full_table_name + "\n" + json.dumps({k: _canonical(v) for k, v in sorted(key.items())},
+                                              sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if store:
+        text += "\n" + store
+    return text.encode("utf-8")
+
+
+@dataclass
+class View:
+    """How the mount shows one value as a file, decided when it is stored."""
+    kind: str                 # npy | bytes | blob
+    size: int
+    header: bytes = b""
+    data_offset: int | None = None
+
+
+def view_of(value: Any, packed: "blob.Packed") -> View:
+    """The file view of a value: a real ``.npy`` for numeric arrays, raw for bytes, else the blob."""
+    if packed.array is not None:
+        array = packed.array
+        return View("npy", len(array.npy_header) + packed.size - array.data_offset, array.npy_header,
+                    array.data_offset)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim >= 1 and not value.dtype.names:
+        header = blob.npy_header(value.dtype.newbyteorder("<") if value.dtype.byteorder == ">" else value.dtype,
+                                 value.shape)
+        return View("npy", len(header) + value.nbytes, header, None)
+    if isinstance(value, (bytes, bytearray)):
+        offset = None if packed.compressed else packed.size - len(value)
+        return View("bytes", len(value), b"", offset)
+    if packed.compressed:
+        return View("blob", len(blob.pack(value, compress=False)), b"", None)
+    return View("blob", packed.size, b"", 0)
+
+
+@dataclass
+class PendingObject:
+    hash: str
+    store: str
+    packed: "blob.Packed"
+    origin: bytes
+    view: View
+
+
+@dataclass
+class Pending:
+    """The external values of one insert: hashed, then uploaded, then committed with the rows."""
+    external: "ExternalTable"
+    objects: dict[tuple[int, str], PendingObject] = field(default_factory=dict)
+
+    def hash_of(self, index: int, name: str) -> str:
+        return self.objects[(index, name)].hash
+
+    def unique(self) -> list[PendingObject]:
+        return list({obj.hash: obj for obj in self.objects.values()}.values())
+
+    def upload(self) -> None:
+        self.external.upload(self.unique())
+
+    def commit(self) -> None:
+        self.external.commit(self.unique())
+
+
+class ExternalTable:
+    """The ``~external`` table of one schema and the objects it tracks."""
+
+    def __init__(self, connection: "Connection", database: str, config: Config | None = None) -> None:
+        self.connection = connection
+        self.database = database
+        self._config = config
+        self._folder: str | None = None
+        self._declared = False
+        self._lock = threading.Lock()
+
+    @property
+    def config(self) -> Config:
+        if self._config is not None:
+            return self._config
+        from . import config
+        return config
+
+    @property
+    def full_table_name(self) -> str:
+        return f"`{self.database}`.`{EXTERNAL_TABLE}`"
+
+    def __repr__(self) -> str:
+        return f"ExternalTable({self.full_table_name})"
+
+    # -- declaration and configuration
+    def declare(self) -> None:
+        if not self._declared:
+            self.connection.query(DEFINITION.format(database=self.database))
+            self._declared = True
+
+    def exists(self) -> bool:
+        return self.connection.query("SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND "
+                                     "table_name = %s", (self.database, EXTERNAL_TABLE)).fetchone() is not None
+
+    def set_folder(self, folder: str) -> None:
+        from .stores import validate_folder
+        self._folder = validate_folder(folder)
+
+    @property
+    def folder(self) -> str:
+        if self._folder is None:
+            raise StoreError(f"schema {self.database!r} has no external storage folder: call "
+                             f"schema.set_external_storage('<folder or bucket>') first")
+        return self._folder
+
+    def store(self, name: str = "", folder: str | None = None):
+        """The store object of the default ('') or a named store, for this schema's folder."""
+        from .stores import open_store
+        spec = self.config.store_spec(name)
+        if not spec["location"]:
+            key = "external-location" + (f"-{name}" if name else "")
+            raise StoreError(f"configuration key {key!r} is not set: it is needed to store or read external "
+                             f"objects of schema {self.database!r}")
+        return open_store(spec["location"], folder or self.folder, spec["account"], spec["token"],
+                          timeout=self.config["store-timeout"], retries=self.config["store-retries"],
+                          max_concurrency=self.config["transfer-threads"])
+
+    def cache(self):
+        location = self.config["cache-location"]
+        return open_cache(location, self.config["cache-size"]) if location else None
+
+    # -- insert
+    def prepare(self, table: "Table", rows: list[dict], names: list[str]) -> Pending:
+        """Serialize and hash every external value of an insert (no transfer yet)."""
+        self.declare()
+        pending = Pending(self)
+        key_names = table.primary_key
+        jobs = []
+        for index, row in enumerate(rows):
+            for name in names:
+                value = row.get(name)
+                if value is None:
+                    continue
+                missing = [k for k in key_names if k not in row]
+                if missing:
+                    raise DjfsError(f"{table.full_table_name}: the primary key ({missing[0]!r}) is needed to "
+                                    "store external values")
+                store = table.heading[name].store or ""
+                origin = origin_of(table.full_table_name, {k: row[k] for k in key_names}, store)
+                jobs.append((index, name, value, store, origin))
+        self.store(jobs[0][3]) if jobs else None  # fail early, naming the missing setting
+
+        def prepare_one(job):
+            index, name, value, store, origin = job
+            try:
+                packed = blob.serialize(value)
+            except Exception as error:
+                raise type(error)(f"{table.full_table_name}.{name}: {error}") from None
+            state = hashing.hasher()
+            for chunk in packed.chunks():
+                state.update(chunk)
+            return (index, name), PendingObject(hashing.finish(state, origin), store, packed, origin,
+                                                view_of(value, packed))
+
+        for key, obj in self._parallel(prepare_one, jobs):
+            pending.objects[key] = obj
+        return pending
+
+    def _parallel(self, function, items: list) -> list:
+        if len(items) <= 1:
+            return [function(item) for item in items]
+        with ThreadPoolExecutor(self.config["transfer-threads"]) as pool:
+            return list(pool.map(function, items))
+
+    def _progress(self, total: int, description: str):
+        from tqdm.auto import tqdm
+        enabled = self.config["progress"] and total >= PROGRESS_THRESHOLD and sys.stderr.isatty()
+        return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=description,
+                    disable=not enabled, leave=False)
+
+    def upload(self, objects: list[PendingObject]) -> None:
+        """Put every object in its store (skipping those already there with the right size)."""
+        if not objects:
+            return
+        known = self._entries([obj.hash for obj in objects])
+        total = sum(obj.packed.size for obj in objects)
+        with self._progress(total, "upload") as bar:
+            def upload_one(obj: PendingObject) -> None:
+                store = self.store(obj.store)
+                key = hashing.object_path(obj.hash)
+                entry = known.get(obj.hash)
+                if entry is not None and entry["folder"] == self.folder and store.exists(key) \
+                        and store.size(key) == obj.packed.size:
+                    bar.update(obj.packed.size)
+                    return
+                store.put(key, _counting(obj.packed.chunks(), bar), size=obj.packed.size)
+            self._parallel(upload_one, objects)
+
+    def commit(self, objects: list[PendingObject]) -> None:
+        """Insert or revive the entries; runs inside the insert's transaction."""
+        if not objects:
+            return
+        sql = (f"INSERT INTO {self.full_table_name} (hash, store, folder, size, origin, status, compressed, view, "
+               "view_size, view_header, data_offset) VALUES (%s, %s, %s, %s, %s, 'stored', %s, %s, %s, %s, %s) "
+               "ON DUPLICATE KEY UPDATE status = 'stored', timestamp = CURRENT_TIMESTAMP")
+        for obj in objects:
+            self.connection.query(sql, (obj.hash, obj.store, self.folder, obj.packed.size, obj.origin,
+                                        int(obj.packed.compressed), obj.view.kind, obj.view.size,
+                                        obj.view.header, obj.view.data_offset),
+                                  context=f"insert into {self.full_table_name}")
+
+        def ensure_present(obj: PendingObject) -> None:
+            # We hold the entry's lock now, so gc can no longer remove the object; it may have done so
+            # between our upload and this point, in which case we put it back.
+            store = self.store(obj.store)
+            key = hashing.object_path(obj.hash)
+            if not store.exists(key):
+                log.info("object %s vanished before commit (gc); uploading it again", obj.hash)
+                store.put(key, obj.packed.chunks(), size=obj.packed.size)
+        self._parallel(ensure_present, objects)
+
+    def mark_deleted(self, restricted: "Table", names: list[str]) -> None:
+        where = restricted.where
+        for name in names:
+            self.connection.query(
+                f"UPDATE {self.full_table_name} SET status = 'deleted', timestamp = CURRENT_TIMESTAMP WHERE hash IN "
+                f"(SELECT `{name}` FROM {restricted.full_table_name} WHERE {where.sql})", where.args)
+
+    # -- fetch
+    def _entries(self, hashes: Iterable[str]) -> dict[str, dict]:
+        hashes = [hashing.validate(h) for h in hashes]
+        found: dict[str, dict] = {}
+        for start in range(0, len(hashes), 1000):
+            chunk = hashes[start:start + 1000]
+            rows = self.connection.query(
+                f"SELECT {', '.join(COLUMNS)} FROM {self.full_table_name} WHERE hash IN "
+                f"({', '.join(['%s'] * len(chunk))})", chunk, as_dict=True).fetchall()
+            for row in rows:
+                found[row["hash"]] = row
+        return found
+
+    def entry(self, hash_: str) -> dict:
+        found = self._entries([hash_])
+        if hash_ not in found:
+            raise MissingObjectError(f"{self.full_table_name} has no entry {hash_}")
+        return found[hash_]
+
+    def get_many(self, hashes: list[str], squeeze: bool = False) -> dict[str, Any]:
+        """Values of many objects, fetched in parallel; each verified against its hash."""
+        entries = self._entries(hashes)
+        missing = [h for h in hashes if h not in entries]
+        if missing:
+            raise MissingObjectError(f"{self.full_table_name} has no entry {missing[0]}")
+        total = sum(entries[h]["size"] for h in hashes)
+        with self._progress(total, "download") as bar:
+            def load(hash_: str) -> tuple[str, Any]:
+                data = self.read_object(entries[hash_], bar)
+                return hash_, blob.unpack(data, squeeze=squeeze)
+            return dict(self._parallel(load, hashes))
+
+    def get(self, hash_: str, squeeze: bool = False) -> Any:
+        return self.get_many([hash_], squeeze)[hash_]
+
+    def read_object(self, entry: dict, bar=None) -> bytearray:
+        """The verified bytes of one object: from the cache, filling it on a miss, or from the store."""
+        hash_ = hashing.validate(entry["hash"])
+        size, origin = int(entry["size"]), bytes(entry["origin"])
+        store = self.store(entry["store"], entry["folder"])
+        key = hashing.object_path(hash_)
+        cache = self.cache()
+        if cache is not None:
+            path = cache.path(hash_)
+            if path is None:
+                try:
+                    path = cache.fill(hash_, size, origin, lambda file: _download(store, key, size, file))
+                except CorruptObjectError:
+                    raise
+                except OSError as error:  # cache disk full or unwritable: serve from the store
+                    log.warning("cache fill of %s failed (%s); reading the store directly", hash_, error)
+                    path = None
+            if path is not None:
+                buffer = _read_file(path, size)
+                if buffer is not None:
+                    if bar is not None:
+                        bar.update(size)
+                    return buffer
+        buffer = bytearray(size)
+        if size:
+            store.get_into(key, memoryview(buffer))
+        if hashing.object_hash(buffer, origin) != hash_:
+            raise CorruptObjectError(f"object {hash_} in {store.describe()} does not match its hash "
+                                     "(corrupted or truncated)")
+        if bar is not None:
+            bar.update(size)
+        return buffer
+
+    # -- garbage collection
+    def referencing_columns(self) -> list[tuple[str, str, str]]:
+        rows = self.connection.query(
+            "SELECT table_schema, table_name, column_name FROM information_schema.key_column_usage "
+            "WHERE referenced_table_schema = %s AND referenced_table_name = %s",
+            (self.database, EXTERNAL_TABLE)).fetchall()
+        return [tuple(row) for row in rows]
+
+    def _unreferenced_condition(self) -> str:
+        clauses = [f"NOT EXISTS (SELECT 1 FROM `{schema}`.`{table}` AS r WHERE r.`{column}` = e.hash)"
+                   for schema, table, column in self.referencing_columns()]
+        return " AND ".join(clauses) or "TRUE"
+
+    def gc(self, dry_run: bool = False, grace: float = 3600.0) -> "GCReport":
+        """Remove objects of deleted or never-referenced entries, then the entries; sweep orphan objects.
+
+        ``grace`` (seconds) protects inserts in flight: an object uploaded but not yet committed, or an
+        entry committed a moment ago, is younger than the grace period and left alone.
+        """
+        from .gc import collect
+        return collect(self, dry_run=dry_run, grace=grace)
+
+
+_caches: dict[tuple[str, int, int], Any] = {}
+_caches_lock = threading.Lock()
+
+
+def open_cache(location: str, size: int):
+    """One ``ObjectCache`` per location and size in this process (its index and locks are per instance)."""
+    from .cache import ObjectCache
+    key = (os.path.abspath(location), size, os.getpid())
+    with _caches_lock:
+        if key not in _caches:
+            _caches[key] = ObjectCache(location, size)
+        return _caches[key]
+
+
+def _counting(chunks: Iterable, bar) -> Iterable:
+    for chunk in chunks:
+        yield chunk
+        bar.update(len(chunk))
+
+
+def _download(store, key: str, size: int, file) -> None:
+    """Stream an object into a file in bounded pieces (the cache hashes what is written)."""
+    step = 16 << 20
+    for offset in range(0, size, step):
+        file.write(store.get_range(key, offset, min(step, size - offset)))
+
+
+def _read_file(path, size: int) -> bytearray | None:
+    """A whole cached file into one buffer; None if it vanished (evicted) meanwhile."""
+    try:
+        with open(path, "rb", buffering=0) as file:
+            buffer = bytearray(size)
+            view = memoryview(buffer)
+            done = 0
+            while done < size:
+                count = file.readinto(view[done:])
+                if not count:
+                    raise CorruptObjectError(f"cached file {os.fspath(path)} is shorter than {size} bytes")
+                done += count
+            return buffer
+    except FileNotFoundError:
+        return None

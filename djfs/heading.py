@@ -1,0 +1,156 @@
+"""Headings: what a table's attributes are, read back from the server.
+
+The server knows the SQL types; what it can't say (that a ``char(43)`` is an ``external`` reference, that a
+``binary(16)`` is a ``uuid``, that a ``longtext`` holds ``json``) travels in the column comment as a
+``:type:`` prefix, as DataJoint does, so any client reading the schema sees the same heading.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+#: djfs types that are not plain SQL types, kept as ``:<type>:`` at the start of the column comment
+SPECIAL_TYPE = re.compile(r"^:(?P<type>uuid|json|bool|external(?:-[a-z][a-z0-9_]*)?):(?P<comment>.*)$", re.S)
+BLOB_TYPES = ("tinyblob", "blob", "mediumblob", "longblob")
+
+_NUMPY_TYPES = {
+    "tinyint": np.int8, "smallint": np.int16, "mediumint": np.int32, "int": np.int32, "bigint": np.int64,
+    "tinyint unsigned": np.uint8, "smallint unsigned": np.uint16, "mediumint unsigned": np.uint32,
+    "int unsigned": np.uint32, "bigint unsigned": np.uint64, "float": np.float32, "double": np.float64,
+}
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    sql_type: str           # as the server reports it, e.g. 'int(10) unsigned', 'longblob', 'char(43)'
+    type: str               # djfs's view: 'uuid', 'json', 'bool', 'external', 'blob' or the SQL type
+    in_key: bool
+    nullable: bool
+    default: str | None
+    comment: str
+    store: str | None = None  # for external attributes: '' (default store) or the store's name
+
+    @property
+    def is_blob(self) -> bool:
+        return self.type == "blob"
+
+    @property
+    def is_external(self) -> bool:
+        return self.type == "external"
+
+    @property
+    def is_uuid(self) -> bool:
+        return self.type == "uuid"
+
+    @property
+    def is_json(self) -> bool:
+        return self.type == "json"
+
+    @property
+    def holds_object(self) -> bool:
+        """Serialized values (blob or external): can't be restricted on, decoded when fetched."""
+        return self.is_blob or self.is_external
+
+    @property
+    def base_sql_type(self) -> str:
+        """'int(10) unsigned' -> 'int unsigned': the display width says nothing about the values."""
+        return re.sub(r"\(\d+\)", "", self.sql_type).strip()
+
+    @property
+    def numpy_type(self) -> np.dtype:
+        """The field type of fetched record arrays; object where NULLs or Python objects may appear."""
+        base = self.base_sql_type
+        if base in ("float", "double"):
+            return np.dtype(_NUMPY_TYPES[base])
+        if base in _NUMPY_TYPES and not self.nullable and self.type not in ("bool",):
+            return np.dtype(_NUMPY_TYPES[base])
+        return np.dtype(object)
+
+    @property
+    def sql_name(self) -> str:
+        return f"`{self.name}`"
+
+
+@dataclass
+class Heading:
+    attributes: dict[str, Attribute] = field(default_factory=dict)
+    comment: str = ""
+
+    @classmethod
+    def load(cls, connection: "Connection", database: str, table: str) -> "Heading":
+        rows = connection.query(f"SHOW FULL COLUMNS FROM `{database}`.`{table}`", as_dict=True).fetchall()
+        status = connection.query("SELECT table_comment FROM information_schema.tables "
+                                  "WHERE table_schema = %s AND table_name = %s", (database, table)).fetchone()
+        attributes = {}
+        for row in rows:
+            comment = row["Comment"] or ""
+            sql_type = row["Type"]
+            kind, store = sql_type.split("(")[0].split(" ")[0], None
+            special = SPECIAL_TYPE.match(comment)
+            if special:
+                kind, comment = special.group("type"), special.group("comment")
+                if kind.startswith("external"):
+                    store = kind[len("external-"):] if "-" in kind else ""
+                    kind = "external"
+            elif kind in BLOB_TYPES:
+                kind = "blob"
+            else:
+                kind = sql_type
+            attributes[row["Field"]] = Attribute(
+                name=row["Field"], sql_type=sql_type, type=kind, in_key=row["Key"] == "PRI",
+                nullable=row["Null"] == "YES", default=row["Default"], comment=comment, store=store)
+        return cls(attributes, status[0] if status else "")
+
+    # -- views of the attributes
+    @property
+    def names(self) -> list[str]:
+        return list(self.attributes)
+
+    @property
+    def primary_key(self) -> list[str]:
+        return [name for name, attr in self.attributes.items() if attr.in_key]
+
+    @property
+    def secondary_attributes(self) -> list[str]:
+        return [name for name, attr in self.attributes.items() if not attr.in_key]
+
+    @property
+    def blobs(self) -> list[str]:
+        return [name for name, attr in self.attributes.items() if attr.is_blob]
+
+    @property
+    def externals(self) -> list[str]:
+        return [name for name, attr in self.attributes.items() if attr.is_external]
+
+    def __getitem__(self, name: str) -> Attribute:
+        return self.attributes[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.attributes
+
+    def __iter__(self):
+        return iter(self.attributes.values())
+
+    def __len__(self) -> int:
+        return len(self.attributes)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype([(name, attr.numpy_type) for name, attr in self.attributes.items()])
+
+    def __repr__(self) -> str:
+        lines = [f"# {self.comment}"] if self.comment else []
+        for attr in self:
+            if not attr.in_key and lines and "---" not in lines and any(a.in_key for a in self):
+                lines.append("---")
+            lines.append(f"{attr.name:<20}: {attr.type if attr.type != attr.sql_type else attr.sql_type}"
+                         + (f"  # {attr.comment}" if attr.comment else ""))
+        return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""Schemas: one MySQL database each, and the decorator that declares table classes in it."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from typing import Any
+
+from .connection import Connection, conn
+from .declare import declare
+from .errors import DeclarationError, DjfsError
+from .external import ExternalTable
+from .user_tables import Lookup, Part, UserTable, class_name
+
+log = logging.getLogger(__name__)
+DATABASE_NAME = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
+
+
+class Schema:
+    """``schema = djfs.Schema('lab_imaging')``; then ``@schema`` on each table class."""
+
+    def __init__(self, database: str, context: dict | None = None, *, connection: Connection | None = None,
+                 create_schema: bool = True) -> None:
+        if not DATABASE_NAME.match(database):
+            raise DjfsError(f"schema name {database!r} must be 1-64 letters, digits, '_' or '$'")
+        self.database = database
+        self.context = context
+        self.connection = connection or conn()
+        exists = self.connection.query("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+                                        (database,)).fetchone()
+        if not exists:
+            if not create_schema:
+                raise DjfsError(f"schema {database!r} does not exist")
+            self.connection.query(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+        self.external = ExternalTable(self.connection, database)
+
+    def __repr__(self) -> str:
+        return f"Schema({self.database!r})"
+
+    def set_external_storage(self, folder: str) -> None:
+        """The folder (file store) or bucket (S3) of this schema's external objects."""
+        self.external.set_folder(folder)
+
+    def __call__(self, cls: type, context: dict | None = None) -> type:
+        """Declare ``cls`` (and its nested Part classes) in this schema."""
+        if context is None:
+            context = self.context
+        if context is None:
+            frame = inspect.currentframe().f_back
+            context = {**frame.f_globals, **frame.f_locals}
+        self._declare(cls, context)
+        for name, member in list(vars(cls).items()):
+            if isinstance(member, type) and issubclass(member, Part) and name[:1].isupper():
+                member.master = cls
+                self._declare(member, {**context, cls.__name__: cls, "master": cls})
+        return cls
+
+    def _declare(self, cls: type, context: dict) -> None:
+        if not issubclass(cls, UserTable):
+            raise DeclarationError(f"{cls.__name__} must derive from a tier: Manual, Lookup, Imported, "
+                                   "Computed or Part")
+        cls.database = self.database
+        cls.connection = self.connection
+        cls._schema = self
+        cls._table_name = cls.make_table_name()
+        cls._heading = None
+        exists = self.connection.query("SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+                                       "AND table_name = %s", (self.database, cls._table_name)).fetchone()
+        if not exists:
+            definition = cls.definition if isinstance(cls.definition, str) else ""
+            declaration = declare(self.database, cls._table_name, definition, context)
+            if declaration.stores:
+                self.external.declare()
+            self.connection.query(declaration.sql, context=f"declare {cls.__name__}")
+            log.info("declared %s", cls._table_name)
+        if issubclass(cls, Lookup) and cls.contents:
+            cls().insert(list(cls.contents), skip_duplicates=True)
+
+    def list_tables(self) -> list[str]:
+        rows = self.connection.query("SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+                                     "ORDER BY table_name", (self.database,)).fetchall()
+        return [row[0] for row in rows]
+
+    def class_names(self) -> dict[str, str]:
+        """DataJoint class name → MySQL table name, hidden tables (``~...``) left out."""
+        return {class_name(t): t for t in self.list_tables() if not t.startswith("~")}
+
+    def drop(self, force: bool = False) -> None:
+        """Drop the whole database, its tables and its ``~external`` entries (objects stay for gc)."""
+        if not force:
+            raise DjfsError(f"drop of schema {self.database!r} needs force=True")
+        self.connection.query(f"DROP DATABASE IF EXISTS `{self.database}`")

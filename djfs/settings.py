@@ -1,0 +1,216 @@
+"""Configuration, with DataJoint's conventions.
+
+Sources, later ones winning: built-in defaults, a JSON file (``$DJ_CONFIG`` or ``dj_local_conf.json`` in the
+working directory), environment variables (``DJ_HOST``, ``DJ_PORT``, ``DJ_USER``, ``DJ_PASS``), then
+assignments in Python (``djfs.config['database.host'] = ...``).
+
+Every key is validated when set, so a typo or a bad value fails where it was made, with the key named.
+Secrets are masked in every ``repr`` and every message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import DjfsError
+
+CONFIG_ENV = "DJ_CONFIG"
+LOCAL_CONFIG = "dj_local_conf.json"
+MASK = "********"
+
+#: store suffix of named stores: ``external-location-raw`` configures the store of ``external-raw``
+STORE_NAME = r"[a-z][a-z0-9_]{0,31}"
+_STORE_KEY = re.compile(rf"^external-(location|account|token)(?:-({STORE_NAME}))?$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+class ConfigError(DjfsError, ValueError):
+    """A configuration key or value is wrong."""
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from ``1073741824``, ``"10GiB"``, ``"500 MB"``; raises ValueError on anything else."""
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number of bytes or a string such as '10GiB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size can't be negative")
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            unit = (match.group(2) or "").lower().rstrip("b")
+            return int(float(match.group(1)) * _UNITS[unit])
+    raise ValueError(f"{value!r} is not a size (use bytes or a string such as '10GiB')")
+
+
+def _port(value: Any) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError("a port is a number from 1 to 65535")
+    return port
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _optional_string(value: Any) -> str | None:
+    return None if value is None else _string(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError("must be true or false")
+
+
+def _positive_float(value: Any) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _location(value: Any) -> str | None:
+    if value is None:
+        return None
+    value = _string(value)
+    if not re.match(r"^(file|s3|s3\+http|s3\+https)://", value):
+        raise ValueError("must start with file://, s3://, s3+http:// or s3+https://")
+    return value
+
+
+#: key -> (default, validator); keys follow DataJoint's names where DataJoint has one.
+SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    "database.host": ("localhost", _string),
+    "database.port": (3306, _port),
+    "database.user": (None, _optional_string),
+    "database.password": (None, _optional_string),
+    "database.reconnect": (True, _bool),
+    "connection.init_function": (None, _optional_string),
+    "cache-location": (None, _optional_string),
+    "cache-size": ("10GiB", parse_size),
+    "progress": (True, _bool),
+    "store-timeout": (30.0, _positive_float),
+    "store-retries": (3, int),
+    "transfer-threads": (8, int),
+    "safemode": (False, _bool),
+}
+
+SECRET_KEYS = re.compile(r"(password|token|secret)", re.IGNORECASE)
+ENVIRONMENT = {"DJ_HOST": "database.host", "DJ_PORT": "database.port",
+               "DJ_USER": "database.user", "DJ_PASS": "database.password"}
+
+
+def _validator(key: str) -> tuple[Any, Callable[[Any], Any]]:
+    if key in SCHEMA:
+        return SCHEMA[key]
+    if _STORE_KEY.match(key):
+        return None, (_location if key.startswith("external-location") else _optional_string)
+    raise ConfigError(f"unknown configuration key {key!r}; known keys: {', '.join(sorted(SCHEMA))}, "
+                      "external-location[-<store>], external-account[-<store>], external-token[-<store>]")
+
+
+def is_secret(key: str) -> bool:
+    return bool(SECRET_KEYS.search(key))
+
+
+class Config(MutableMapping):
+    """A validated mapping of settings; ``repr`` and errors never show a secret."""
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        self._values: dict[str, Any] = {key: (validate(default) if default is not None else None)
+                                       for key, (default, validate) in SCHEMA.items()}
+        for key, value in (values or {}).items():
+            self[key] = value
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._values:
+            _validator(key)  # unknown keys raise; known but unset store keys read as None
+            return None
+        return self._values[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        _, validate = _validator(key)
+        try:
+            self._values[key] = validate(value)
+        except (TypeError, ValueError) as error:
+            shown = MASK if is_secret(key) else repr(value)
+            raise ConfigError(f"bad value {shown} for configuration key {key!r}: {error}") from None
+
+    def __delitem__(self, key: str) -> None:
+        default, validate = _validator(key)
+        self._values[key] = validate(default) if default is not None else None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def masked(self) -> dict[str, Any]:
+        return {key: (MASK if is_secret(key) and value is not None else value)
+                for key, value in self._values.items()}
+
+    def __repr__(self) -> str:
+        return f"Config({self.masked()!r})"
+
+    __str__ = __repr__
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Merge a DataJoint-style JSON file (flat keys, as ``dj_local_conf.json``)."""
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"can't read configuration file {os.fspath(path)!r}: {error}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"configuration file {os.fspath(path)!r} must hold a JSON object")
+        for key, value in values.items():
+            self[key] = value
+
+    def load_environment(self, environ: dict[str, str] | None = None) -> None:
+        environ = os.environ if environ is None else environ
+        for variable, key in ENVIRONMENT.items():
+            if environ.get(variable):
+                try:
+                    self[key] = environ[variable]
+                except ConfigError as error:
+                    raise ConfigError(f"environment variable {variable}: {error}") from None
+
+    @contextmanager
+    def override(self, **values: Any) -> Iterator["Config"]:
+        """Temporarily set keys (``config.override(**{'cache-size': '1GiB'})``), restored on exit."""
+        saved = dict(self._values)
+        try:
+            for key, value in values.items():
+                self[key] = value
+            yield self
+        finally:
+            self._values = saved
+
+    def store_spec(self, store: str = "") -> dict[str, str | None]:
+        """The location, account and token of the default store ('') or a named one."""
+        suffix = f"-{store}" if store else ""
+        return {part: self[f"external-{part}{suffix}"] for part in ("location", "account", "token")}
+
+
+def load_default() -> Config:
+    config = Config()
+    path = os.environ.get(CONFIG_ENV) or (LOCAL_CONFIG if Path(LOCAL_CONFIG).exists() else None)
+    if path:
+        config.load(path)
+    config.load_environment()
+    return config

@@ -1,0 +1,148 @@
+"""The interface every external store implements, modelled on fsspec's small uniform file-system classes.
+
+A store holds immutable objects under keys such as ``ab/cd/<hash>`` (see ``djfs.hashing.object_path``).  The
+layers above only ever use this interface, so a value written through one backend is read the same way
+through any other, and tests run every store test against every backend.
+
+Rules shared by all backends:
+
+* every key is validated before it reaches a path or a request: only ``[A-Za-z0-9_-]`` segments joined by
+  ``/`` (so no ``..``, no ``.``, no leading or trailing ``/``, no empty segment) — a hostile key from a
+  database row can never escape the store;
+* a missing object raises ``MissingObjectError`` naming the key and the store; any other backend failure
+  raises ``StoreError``; no message, ``repr`` or ``describe()`` ever shows a credential;
+* a ``put`` is all-or-nothing: a reader sees either no object or the whole object under a key, never a
+  partial one, even when the data stream fails midway;
+* instances are thread-safe: one store is shared by every thread of a process.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Union
+
+from ..errors import MissingObjectError, StoreError
+
+#: bytes-like values accepted by ``put``
+BytesLike = Union[bytes, bytearray, memoryview]
+#: what ``put`` accepts: one bytes-like value, or an iterable of bytes-like chunks (a stream)
+Data = Union[BytesLike, Iterable[BytesLike]]
+
+MAX_KEY_LENGTH = 1024  # S3's limit on a key, in bytes; our keys are ASCII
+_KEY = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")
+_PREFIX = re.compile(r"^(?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-]*$")
+
+
+def validate_key(key: object) -> str:
+    """Return ``key`` if it is a safe object key, else raise ``ValueError`` (the key is shown, truncated)."""
+    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH or not _KEY.match(key):
+        raise ValueError(f"invalid object key {repr(key)[:100]}: a key is '/'-separated segments of "
+                         "[A-Za-z0-9_-], without leading '/' or '..'")
+    return key
+
+
+def validate_prefix(prefix: object) -> str:
+    """A listing prefix: '' or a key's beginning (it may end with '/' or in the middle of a segment)."""
+    if not isinstance(prefix, str) or len(prefix) > MAX_KEY_LENGTH or not _PREFIX.match(prefix):
+        raise ValueError(f"invalid listing prefix {repr(prefix)[:100]}: use '/'-separated segments of "
+                         "[A-Za-z0-9_-], without leading '/' or '..'")
+    return prefix
+
+
+def is_valid_key(key: str) -> bool:
+    return len(key) <= MAX_KEY_LENGTH and bool(_KEY.match(key))
+
+
+def as_chunks(data: Data) -> Iterator[memoryview]:
+    """Iterate ``data`` as byte-format memoryviews, whether it is one buffer or a stream of chunks."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        chunks: Iterable[BytesLike] = (data,)
+    elif isinstance(data, str):
+        raise TypeError("store data must be bytes-like or an iterable of bytes-like chunks, not str")
+    else:
+        chunks = data
+    for chunk in chunks:
+        if isinstance(chunk, str):
+            raise TypeError("store data chunks must be bytes-like, not str")
+        view = memoryview(chunk)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if view.nbytes:
+            yield view
+
+
+def check_size(written: int, size: int | None, key: str, store: "Store") -> None:
+    """Refuse to keep an object whose stream did not deliver the size announced by the caller."""
+    if size is not None and written != size:
+        raise StoreError(f"refusing to store {key!r} in {store.describe()}: the data had {written} bytes, "
+                         f"{size} were announced")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: its key (relative to the store), its size in bytes, its modification time."""
+
+    key: str
+    size: int
+    mtime: float  # POSIX timestamp
+
+
+class Store(ABC):
+    """An external store: a flat namespace of immutable objects named by validated keys."""
+
+    @abstractmethod
+    def put(self, key: str, data: Data, size: int | None = None) -> None:
+        """Store ``data`` (bytes or an iterable of chunks) under ``key``, replacing it atomically.
+
+        ``size``, when known, lets a backend plan the upload and is checked against what the stream delivered.
+        """
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The whole object."""
+
+    @abstractmethod
+    def get_into(self, key: str, buffer: memoryview) -> None:
+        """Fill ``buffer``, whose length must be exactly the object's size, without intermediate copies."""
+
+    @abstractmethod
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset``; shorter at the end of the object, empty past it."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """The object's size in bytes."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+
+    @abstractmethod
+    def remove(self, key: str) -> None:
+        """Remove the object; removing a missing object is not an error (gc may be retried)."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """The objects whose key starts with ``prefix``, in key order.
+
+        Only entries whose names are valid keys are listed: foreign files (a README, a temporary file) are
+        invisible, so nothing built on a listing (such as gc's orphan sweep) can touch them.
+        """
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the store is, for messages and logs; never shows a credential."""
+
+    def _missing(self, key: str) -> MissingObjectError:
+        return MissingObjectError(f"object {key!r} is missing from {self.describe()}")
+
+    @staticmethod
+    def _check_range(offset: int, length: int) -> None:
+        if offset < 0 or length < 0:
+            raise ValueError(f"a range needs a non-negative offset and length, not ({offset}, {length})")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"

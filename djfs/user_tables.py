@@ -1,0 +1,76 @@
+"""Table tiers, named as DataJoint names them in MySQL.
+
+``Manual`` → ``name``, ``Lookup`` → ``#name``, ``Imported`` → ``_name``, ``Computed`` → ``__name``,
+``Part`` → ``<master>__<part>``; class names are CamelCase, table names their snake_case.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import DeclarationError
+from .table import Table
+
+CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+
+def to_snake_case(name: str) -> str:
+    """``TwoPhotonScan`` → ``two_photon_scan``; refuses names that aren't CamelCase."""
+    if not CLASS_NAME.match(name):
+        raise DeclarationError(f"table class name {name!r} must be CamelCase (letters and digits, "
+                               "starting with a capital)")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def to_camel_case(name: str) -> str:
+    """``two_photon_scan`` → ``TwoPhotonScan``."""
+    return "".join(part.capitalize() for part in name.split("_") if part)
+
+
+class UserTable(Table):
+    tier_prefix = ""
+
+    @classmethod
+    def make_table_name(cls) -> str:
+        return cls.tier_prefix + to_snake_case(cls.__name__)
+
+
+class Manual(UserTable):
+    """Rows entered by hand or by acquisition software."""
+
+
+class Lookup(UserTable):
+    """Small reference tables; ``contents`` are inserted when the table is declared."""
+    tier_prefix = "#"
+    contents: Any = ()
+
+
+class Imported(UserTable):
+    """Rows made from data outside the database."""
+    tier_prefix = "_"
+
+
+class Computed(UserTable):
+    """Rows computed from other tables."""
+    tier_prefix = "__"
+
+
+class Part(UserTable):
+    """A part of its master (the enclosing class): declared with it, deleted with it."""
+    master: type | None = None
+
+    @classmethod
+    def make_table_name(cls) -> str:
+        if cls.master is None:
+            raise DeclarationError(f"part table {cls.__name__} must be nested in its master's class")
+        return cls.master.make_table_name() + "__" + to_snake_case(cls.__name__)
+
+
+TIER_PREFIXES = {"": "Manual", "#": "Lookup", "_": "Imported", "__": "Computed"}
+
+
+def class_name(table_name: str) -> str:
+    """The DataJoint class name of a MySQL table name: ``__scan__roi`` → ``Scan.Roi``."""
+    stripped = table_name.lstrip("#_")
+    return ".".join(to_camel_case(part) for part in stripped.split("__"))
