@@ -199,7 +199,8 @@ class Packed:
 
 def pack(obj: object, compress: bool = True) -> bytes:
     """Serialize ``obj`` into DataJoint's blob bytes (see the module docstring for the compression rule)."""
-    return b"".join(_pieces(serialize(obj, compress)._segments, CHUNK_SIZE))
+    packed = serialize(obj, compress)
+    return _materialize(packed._segments, packed.size)
 
 
 def serialize(obj: object, compress: bool = True) -> Packed:
@@ -211,7 +212,7 @@ def serialize(obj: object, compress: bool = True) -> Packed:
     size = len(protocol) + body_size
 
     if compress and COMPRESS_MIN < size <= COMPRESS_MAX:
-        raw = b"".join(_pieces(segments, CHUNK_SIZE))
+        raw = _materialize(segments, size)
         if _worth_compressing(raw):
             compressed = ZLIB_PREFIX + _U64.pack(size) + zlib.compress(raw, COMPRESS_LEVEL)
             if len(compressed) < size:
@@ -485,6 +486,24 @@ def _pieces(segments: tuple[_Segment, ...], limit: int) -> Iterator[memoryview |
             whole = memoryview(segment)
             for start in range(0, len(whole), limit):
                 yield whole[start : start + limit]
+
+
+def _materialize(segments: tuple[_Segment, ...], size: int) -> bytes:
+    """The whole blob as one ``bytes``, holding at most one bounded piece besides the result.
+
+    ``b"".join`` would keep every piece alive until the end -- a second full copy of a C-ordered array.
+    """
+    if len(segments) == 1 and isinstance(segments[0], bytes):
+        return segments[0]
+    if size <= CHUNK_SIZE:
+        return b"".join(_pieces(segments, CHUNK_SIZE))
+    out = io.BytesIO()
+    out.seek(size - 1)
+    out.write(b"\0")  # size the buffer once instead of growing it piece by piece
+    out.seek(0)
+    for piece in _pieces(segments, CHUNK_SIZE):
+        out.write(piece)
+    return out.getvalue()  # CPython hands over its buffer without copying
 
 
 def _column_major_pieces(array: np.ndarray, limit: int) -> Iterator[memoryview]:

@@ -129,6 +129,7 @@ class PendingObject:
     packed: "blob.Packed"
     origin: bytes
     view: View
+    uploaded: bool = False   # put by this insert (young, so gc's grace period protects it)
 
 
 @dataclass
@@ -209,6 +210,7 @@ class ExternalTable:
                           max_concurrency=self.config["transfer-threads"])
 
     def cache(self):
+        from .cache import open_cache
         location = self.config["cache-location"]
         return open_cache(location, self.config["cache-size"]) if location else None
 
@@ -277,30 +279,34 @@ class ExternalTable:
                     bar.update(obj.packed.size)
                     return
                 store.put(key, _counting(obj.packed.chunks(), bar), size=obj.packed.size)
+                obj.uploaded = True
             self._parallel(upload_one, objects)
 
     def commit(self, objects: list[PendingObject]) -> None:
         """Insert or revive the entries; runs inside the insert's transaction."""
         if not objects:
             return
-        sql = (f"INSERT INTO {self.full_table_name} (hash, store, folder, size, origin, status, compressed, view, "
-               "view_size, view_header, data_offset) VALUES (%s, %s, %s, %s, %s, 'stored', %s, %s, %s, %s, %s) "
-               "ON DUPLICATE KEY UPDATE status = 'stored', timestamp = CURRENT_TIMESTAMP")
-        for obj in objects:
-            self.connection.query(sql, (obj.hash, obj.store, self.folder, obj.packed.size, obj.origin,
-                                        int(obj.packed.compressed), obj.view.kind, obj.view.size,
-                                        obj.view.header, obj.view.data_offset),
-                                  context=f"insert into {self.full_table_name}")
+        row = "(%s, %s, %s, %s, %s, 'stored', %s, %s, %s, %s, %s)"
+        for start in range(0, len(objects), 500):
+            batch = objects[start:start + 500]
+            values = [v for obj in batch for v in (
+                obj.hash, obj.store, self.folder, obj.packed.size, obj.origin, int(obj.packed.compressed),
+                obj.view.kind, obj.view.size, obj.view.header, obj.view.data_offset)]
+            self.connection.query(
+                f"INSERT INTO {self.full_table_name} (hash, store, folder, size, origin, status, compressed, view, "
+                "view_size, view_header, data_offset) VALUES " + ", ".join([row] * len(batch)) +
+                " ON DUPLICATE KEY UPDATE status = 'stored', timestamp = CURRENT_TIMESTAMP", values,
+                context=f"insert into {self.full_table_name}")
 
         def ensure_present(obj: PendingObject) -> None:
-            # We hold the entry's lock now, so gc can no longer remove the object; it may have done so
-            # between our upload and this point, in which case we put it back.
+            # We hold the entry's lock now, so gc can no longer remove the object. An object this insert
+            # did not upload (its entry existed) may have been removed by gc since we looked: put it back.
             store = self.store(obj.store)
             key = hashing.object_path(obj.hash)
             if not store.exists(key):
                 log.info("object %s vanished before commit (gc); uploading it again", obj.hash)
                 store.put(key, obj.packed.chunks(), size=obj.packed.size)
-        self._parallel(ensure_present, objects)
+        self._parallel(ensure_present, [obj for obj in objects if not obj.uploaded])
 
     def mark_deleted(self, restricted: "Table", names: list[str]) -> None:
         where = restricted.where
@@ -370,12 +376,19 @@ class ExternalTable:
         buffer = bytearray(size)
         if size:
             store.get_into(key, memoryview(buffer))
-        if hashing.object_hash(buffer, origin) != hash_:
+        if self._verify_direct_reads(store) and hashing.object_hash(buffer, origin) != hash_:
             raise CorruptObjectError(f"object {hash_} in {store.describe()} does not match its hash "
                                      "(corrupted or truncated)")
         if bar is not None:
             bar.update(size)
         return buffer
+
+    def _verify_direct_reads(self, store) -> bool:
+        """Reads that don't go through the cache are hash-checked when they crossed a network (S3), or
+        always with ``verify-reads = always``. A file-store read is size-checked by the store: hashing it
+        would cap fetches at SHA-256 speed, several times below a file read (see README, Benchmarks)."""
+        from .stores import FileStore
+        return self.config["verify-reads"] == "always" or not isinstance(store, FileStore)
 
     # -- garbage collection
     def referencing_columns(self) -> list[tuple[str, str, str]]:
@@ -398,20 +411,6 @@ class ExternalTable:
         """
         from .gc import collect
         return collect(self, dry_run=dry_run, grace=grace)
-
-
-_caches: dict[tuple[str, int, int], Any] = {}
-_caches_lock = threading.Lock()
-
-
-def open_cache(location: str, size: int):
-    """One ``ObjectCache`` per location and size in this process (its index and locks are per instance)."""
-    from .cache import ObjectCache
-    key = (os.path.abspath(location), size, os.getpid())
-    with _caches_lock:
-        if key not in _caches:
-            _caches[key] = ObjectCache(location, size)
-        return _caches[key]
 
 
 def _counting(chunks: Iterable, bar) -> Iterable:

@@ -93,6 +93,13 @@ def _location(value: Any) -> str | None:
     return value
 
 
+def _verify_policy(value: Any) -> str:
+    if value not in ("always", "remote"):
+        raise ValueError("must be 'always' (hash-check every read) or 'remote' (hash-check reads over the "
+                         "network and cache fills; size-check file-store reads)")
+    return value
+
+
 #: key -> (default, validator); keys follow DataJoint's names where DataJoint has one.
 SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "database.host": ("localhost", _string),
@@ -108,6 +115,7 @@ SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "store-retries": (3, int),
     "transfer-threads": (8, int),
     "safemode": (False, _bool),
+    "verify-reads": ("remote", _verify_policy),
 }
 
 SECRET_KEYS = re.compile(r"(password|token|secret)", re.IGNORECASE)

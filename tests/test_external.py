@@ -284,7 +284,13 @@ def test_cache_off_cold_warm_identical(movies, schema, tmp_path):
         djfs.config["cache-location"] = None
 
 
-def test_corrupted_or_truncated_object_is_an_error(movies, schema, tmp_path):
+@pytest.fixture
+def verify_always():
+    with djfs.config.override(**{"verify-reads": "always"}):
+        yield
+
+
+def test_corrupted_or_truncated_object_is_an_error(movies, schema, tmp_path, verify_always):
     movies.insert([{"movie_id": 1, "aligned": np.arange(1000.0)}, {"movie_id": 2, "aligned": np.arange(999.0)}])
     hashes = [hash_of(movies, {"movie_id": 1}), hash_of(movies, {"movie_id": 2})]
     store = schema.external.store()
@@ -305,6 +311,35 @@ def test_corrupted_or_truncated_object_is_an_error(movies, schema, tmp_path):
     store.remove(hashing.object_path(hashes[0]))
     with pytest.raises(MissingObjectError):
         (movies & {"movie_id": 1}).fetch1("aligned")
+
+
+def test_file_reads_are_size_checked_by_default_and_cache_fills_always_verified(schema, db_config, tmp_path):
+    root = tmp_path / "store"
+    root.mkdir()
+    with djfs.config.override(**{"external-location": f"file://{root}"}):
+        schema.set_external_storage("lab")
+
+        @schema
+        class Clip(djfs.Manual):
+            definition = "k : int\n---\nm : external"
+        value = np.random.default_rng(3).random(500)
+        Clip.insert1({"k": 1, "m": value})
+        path = root / "lab" / hashing.object_path(hash_of_column(Clip, "m"))
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+        assert Clip.fetch1("m")[-1] != value[-1]   # default policy: a file read is trusted like any file
+        djfs.config["cache-location"] = str(tmp_path / "cache")
+        with pytest.raises(CorruptObjectError):
+            Clip.fetch1("m")                         # but never cached without verification
+        djfs.config["cache-location"] = None
+        djfs.config["verify-reads"] = "always"
+        with pytest.raises(CorruptObjectError):
+            Clip.fetch1("m")
+
+
+def hash_of_column(table, column):
+    return table.connection.query(f"SELECT `{column}` FROM {table.full_table_name}").fetchone()[0]
 
 
 def test_malformed_hash_in_database_refused(movies, schema):

@@ -15,7 +15,7 @@ import pytest
 from djfs.errors import CorruptObjectError, MissingObjectError, StoreError
 from djfs.stores import (FileStore, ObjectInfo, S3Store, clear_store_cache, open_store, parse_location,
                          validate_bucket, validate_folder)
-from djfs.testing.s3 import MotoServer, free_port
+from djfs.testing.s3 import free_port
 
 MiB = 1 << 20
 KEY = "ab/cd/abcdEFGH_ijkl-mnop"
@@ -486,3 +486,12 @@ def test_open_store_reuses_instances(tmp_path, s3_server, s3_bucket):
         open_store(s3_server.location(), s3_bucket, account, None)
     with pytest.raises(StoreError, match="no external-account"):
         open_store(location, "lab", "someone", "secret")
+
+
+def test_a_directory_is_not_an_object(store):
+    store.put("ab/cd/x", b"1")
+    for call in (lambda: store.get("ab/cd"), lambda: store.size("ab/cd"), lambda: store.get_range("ab/cd", 0, 1),
+                 lambda: store.get_into("ab/cd", memoryview(bytearray(4096)))):
+        with pytest.raises(MissingObjectError):
+            call()
+    assert not store.exists("ab/cd")

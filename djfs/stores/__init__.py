@@ -137,8 +137,8 @@ def parse_location(location: str, folder: str) -> dict:
 def open_store(location: str, folder: str, account: str | None = None, token: str | None = None, *,
                timeout: float = 30.0, retries: int = 3, max_concurrency: int = 8) -> Store:
     """The store for a location and a schema's folder (bucket); the same instance per process and arguments."""
-    key = (location, folder, _fingerprint(account), _fingerprint(token), float(timeout), int(retries), int(max_concurrency),
-           os.getpid())
+    key = (location, folder, _fingerprint(account), _fingerprint(token), float(timeout), int(retries),
+           int(max_concurrency), os.getpid())
     with _cache_lock:
         store = _cache.get(key)
     if store is not None:

@@ -104,11 +104,15 @@ class FileStore(Store):
     def _open(self, key: str) -> int:
         path = self._path(key)
         try:
-            return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise self._missing(key) from None
         except OSError as error:
             raise self._fail("read", key, error) from error
+        if not _is_file(os.fstat(fd).st_mode):  # a directory such as "ab/cd" is not an object
+            os.close(fd)
+            raise self._missing(key)
+        return fd
 
     def get(self, key: str) -> bytes:
         fd = self._open(key)

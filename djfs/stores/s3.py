@@ -312,8 +312,7 @@ class S3Store(Store):
         try:
             self._client.create_bucket(Bucket=self.bucket, **options)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou",
-                                                                   "BucketAlreadyExists"):
+            if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
                 raise self._error("create", None, error) from None
         except Exception as error:
             raise self._error("create", None, error) from None

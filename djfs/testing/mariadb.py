@@ -133,6 +133,7 @@ class MariaDBServer:
         self._process = None
 
     def restart(self) -> None:
+        """Stop and start again on the same port and data (clients see dropped connections)."""
         self.stop()
         self.start()
 

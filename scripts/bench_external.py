@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Benchmark of external storage, as ratios against the physical limit measured in the same run.
+
+1. 20 x 8 MiB float32 arrays through the file store: insert vs raw write+fsync of the same bytes,
+   fetch vs raw read of the same files (goals: >= 0.4x and >= 0.6x).
+2. 500 x 64 KiB arrays on S3 (a local moto server): one insert/fetch call with parallel transfers vs a
+   one-at-a-time loop over the same store (goal: >= 4x).
+
+Starts its own MariaDB and moto server; medians of several repetitions (the machines are shared and noisy).
+Usage: python scripts/bench_external.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+import djfs
+from djfs.stores import clear_store_cache
+from djfs.testing.mariadb import MariaDBServer
+from djfs.testing.s3 import MotoServer
+
+MiB = 1 << 20
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def raw_write(directory: Path, arrays: list[np.ndarray]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, array in enumerate(arrays):
+        fd = os.open(directory / f"{i}.raw", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, memoryview(array).cast("B"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def raw_read(directory: Path, count: int) -> None:
+    for i in range(count):
+        with open(directory / f"{i}.raw", "rb", buffering=0) as file:
+            buffer = bytearray(os.fstat(file.fileno()).st_size)
+            file.readinto(buffer)
+
+
+def declare(name: str, connection) -> type:
+    schema = djfs.Schema(name, connection=connection)
+    schema.set_external_storage(name.replace("_", "-"))
+
+    class Movie(djfs.Manual):
+        definition = """
+        movie_id : int
+        ---
+        frames : external
+        """
+    schema(Movie, context={})
+    return schema, Movie
+
+
+def bench_file_store(root: Path, connection, repeat: int) -> dict[str, float]:
+    arrays = [np.random.default_rng(i).random(2 * MiB, dtype=np.float32) for i in range(20)]  # 8 MiB each
+    total = sum(a.nbytes for a in arrays)
+    (root / "store").mkdir()
+    djfs.config["external-location"] = f"file://{root / 'store'}"
+    raw_w, raw_r, ins, fet = [], [], [], []
+    for r in range(repeat):
+        raw_dir = root / f"raw{r}"
+        raw_w.append(timed(lambda: raw_write(raw_dir, arrays)))
+        raw_r.append(timed(lambda: raw_read(raw_dir, len(arrays))))
+        schema, Movie = declare(f"bench_file_{r}_{uuid.uuid4().hex[:6]}", connection)
+        rows = [{"movie_id": i, "frames": a} for i, a in enumerate(arrays)]
+        ins.append(timed(lambda: Movie.insert(rows)))
+        fetched = []
+        fet.append(timed(lambda: fetched.append(Movie.fetch("frames", order_by="movie_id"))))
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, fetched[0]))
+        schema.drop(force=True)
+    result = {"raw write+fsync MB/s": total / statistics.median(raw_w) / 1e6,
+              "insert MB/s": total / statistics.median(ins) / 1e6,
+              "raw read MB/s": total / statistics.median(raw_r) / 1e6,
+              "fetch MB/s": total / statistics.median(fet) / 1e6}
+    result["insert / raw write"] = statistics.median(raw_w) / statistics.median(ins)
+    result["fetch / raw read"] = statistics.median(raw_r) / statistics.median(fet)
+    return result
+
+
+def bench_s3_parallel(server: MotoServer, connection, repeat: int) -> dict[str, float]:
+    arrays = [np.random.default_rng(i).random(8192) for i in range(500)]  # 64 KiB each
+    djfs.config["external-location"] = server.location("bench")
+    djfs.config["external-account"], djfs.config["external-token"] = server.credentials
+    clear_store_cache()
+    loop_in, loop_out, par_in, par_out = [], [], [], []
+    for r in range(repeat):
+        name = f"bench_s3_{r}_{uuid.uuid4().hex[:6]}"
+        server.create_bucket(name.replace("_", "-"))
+        schema, Movie = declare(name, connection)
+        rows = [{"movie_id": i, "frames": a} for i, a in enumerate(arrays)]
+        loop_in.append(timed(lambda: [Movie.insert1(row) for row in rows]))
+        loop_out.append(timed(lambda: [(Movie & {"movie_id": i}).fetch1("frames") for i in range(len(rows))]))
+        Movie.delete()
+        schema.external.gc()
+        name2 = name + "p"
+        server.create_bucket(name2.replace("_", "-"))
+        schema2, Movie2 = declare(name2, connection)
+        par_in.append(timed(lambda: Movie2.insert(rows)))
+        got = []
+        par_out.append(timed(lambda: got.append(Movie2.fetch("frames", order_by="movie_id"))))
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, got[0]))
+        schema.drop(force=True)
+        schema2.drop(force=True)
+    # the ceiling on this machine: the same puts and gets with bare boto3, one at a time vs 8 threads
+    client = server.client()
+    bucket = server.create_bucket(f"bench-raw-{uuid.uuid4().hex[:8]}")
+    payloads = [a.tobytes() for a in arrays]
+    from concurrent.futures import ThreadPoolExecutor
+    raw_serial = timed(lambda: [client.put_object(Bucket=bucket, Key=str(i), Body=p) for i, p in enumerate(payloads)]
+                       + [client.get_object(Bucket=bucket, Key=str(i))["Body"].read() for i in range(len(payloads))])
+    with ThreadPoolExecutor(8) as pool:
+        raw_parallel = timed(lambda: list(pool.map(lambda i: client.put_object(
+            Bucket=bucket, Key=str(i), Body=payloads[i]), range(len(payloads)))) + list(pool.map(
+            lambda i: client.get_object(Bucket=bucket, Key=str(i))["Body"].read(), range(len(payloads)))))
+    return {"raw boto3 8 threads / serial": raw_serial / raw_parallel,
+            "loop insert s": statistics.median(loop_in), "parallel insert s": statistics.median(par_in),
+            "loop fetch s": statistics.median(loop_out), "parallel fetch s": statistics.median(par_out),
+            "insert speed-up": statistics.median(loop_in) / statistics.median(par_in),
+            "fetch speed-up": statistics.median(loop_out) / statistics.median(par_out)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    djfs.config["progress"] = False
+    with tempfile.TemporaryDirectory(prefix="djfs-bench-", dir=os.environ.get("BENCH_DIR")) as tmp, \
+            MariaDBServer(Path(tmp) / "db") as db, MotoServer() as s3:
+        connection = djfs.Connection(db.host, db.port, db.user, db.password)
+        print(f"# external storage benchmark, medians of {args.repeat} runs")
+        print("## file store, 20 x 8 MiB float32 arrays")
+        for key, value in bench_file_store(Path(tmp), connection, args.repeat).items():
+            print(f"{key:>28}: {value:10.2f}")
+        print("## S3 (moto server), 500 x 64 KiB arrays: one call vs one-at-a-time loop")
+        for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2)).items():
+            print(f"{key:>28}: {value:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
