@@ -251,11 +251,11 @@ class ExternalTable:
             pending.objects[key] = obj
         return pending
 
-    def _parallel(self, function, items: list) -> list:
-        if len(items) <= 1:
+    def _parallel(self, function, items: list, parallel: bool = True) -> list:
+        """``map`` over a shared thread pool: transfers to a remote store overlap their latencies."""
+        if len(items) <= 1 or not parallel:
             return [function(item) for item in items]
-        with ThreadPoolExecutor(self.config["transfer-threads"]) as pool:
-            return list(pool.map(function, items))
+        return list(_executor(self.config["transfer-threads"]).map(function, items))
 
     def _progress(self, total: int, description: str):
         from tqdm.auto import tqdm
@@ -345,7 +345,10 @@ class ExternalTable:
             def load(hash_: str) -> tuple[str, Any]:
                 data = self.read_object(entries[hash_], bar)
                 return hash_, blob.unpack(data, squeeze=squeeze)
-            return dict(self._parallel(load, hashes))
+            # Reads from a file system are served from the page cache or the disk's own queue: threads
+            # only add overhead there (measured: 6x slower for 20 x 8 MiB); remote reads overlap latencies.
+            remote = any(not self._is_file_store(entries[h]["store"]) for h in hashes)
+            return dict(self._parallel(load, hashes, parallel=remote))
 
     def get(self, hash_: str, squeeze: bool = False) -> Any:
         return self.get_many([hash_], squeeze)[hash_]
@@ -383,6 +386,10 @@ class ExternalTable:
             bar.update(size)
         return buffer
 
+    def _is_file_store(self, name: str) -> bool:
+        location = self.config.store_spec(name)["location"] or ""
+        return location.startswith("file://")
+
     def _verify_direct_reads(self, store) -> bool:
         """Reads that don't go through the cache are hash-checked when they crossed a network (S3), or
         always with ``verify-reads = always``. A file-store read is size-checked by the store: hashing it
@@ -411,6 +418,19 @@ class ExternalTable:
         """
         from .gc import collect
         return collect(self, dry_run=dry_run, grace=grace)
+
+
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    """One transfer pool per process (made lazily, so never before a FUSE daemon forks)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] != threads:
+            _pool = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="djfs-transfer"))
+        return _pool[2]
 
 
 def _counting(chunks: Iterable, bar) -> Iterable:

@@ -47,11 +47,15 @@ def raw_write(directory: Path, arrays: list[np.ndarray]) -> None:
             os.close(fd)
 
 
-def raw_read(directory: Path, count: int) -> None:
+def raw_read(directory: Path, count: int) -> list[bytearray]:
+    """Read every file into its own new buffer, all kept alive, as a fetch of 20 arrays must."""
+    buffers = []
     for i in range(count):
         with open(directory / f"{i}.raw", "rb", buffering=0) as file:
             buffer = bytearray(os.fstat(file.fileno()).st_size)
             file.readinto(buffer)
+            buffers.append(buffer)
+    return buffers
 
 
 def declare(name: str, connection) -> type:
