@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 
 from . import hashing
 from .errors import CorruptObjectError, DjfsError
+from .stores.base import pread_all
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +295,7 @@ class ObjectCache:
         else:
             try:
                 size = os.fstat(fd).st_size
-                data = _pread_all(fd, block_size, index * block_size)
+                data = pread_all(fd, block_size, index * block_size)
             finally:
                 os.close(fd)
             self._touch(self._object_name(hash_), size)
@@ -548,15 +549,3 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except (FileNotFoundError, NotADirectoryError):
         return []
-
-
-def _pread_all(fd: int, length: int, offset: int) -> bytes:
-    parts = []
-    while length > 0:
-        part = os.pread(fd, min(length, 1 << 30), offset)
-        if not part:
-            break
-        parts.append(part)
-        offset += len(part)
-        length -= len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -241,7 +241,9 @@ def test_gc_dry_run_then_run(movies, schema):
     assert young not in objects_in(schema)
 
 
-def test_gc_keeps_entries_it_could_not_remove(schema, db_config, tmp_path):
+@pytest.fixture
+def file_clip(schema, db_config, tmp_path):
+    """A table with one external attribute on a file store at ``tmp_path/store/lab``."""
     root = tmp_path / "store"
     root.mkdir()
     with djfs.config.override(**{"external-location": f"file://{root}"}):
@@ -250,20 +252,25 @@ def test_gc_keeps_entries_it_could_not_remove(schema, db_config, tmp_path):
         @schema
         class Clip(djfs.Manual):
             definition = "k : int\n---\nm : external"
-        Clip.insert([{"k": 1, "m": np.ones(4)}, {"k": 2, "m": np.zeros(4)}])
-        rows = schema.connection.query(f"SELECT hash FROM {schema.external.full_table_name}").fetchall()
-        Clip.delete()
-        # make one object impossible to remove: a non-empty directory in its place
-        stuck = root / "lab" / hashing.object_path(rows[0][0])
-        stuck.unlink()
-        stuck.mkdir()
-        (stuck / "x").write_bytes(b"x")
-        report = schema.external.gc()
-        assert [name for name, _ in report.failed] == [rows[0][0]] and report.entries == [rows[1][0]]
-        assert schema.external.entry(rows[0][0])["status"] == "deleted"   # kept for the next run
-        (stuck / "x").unlink()
-        stuck.rmdir()
-        assert schema.external.gc().entries == [rows[0][0]]
+        yield Clip, root
+
+
+def test_gc_keeps_entries_it_could_not_remove(schema, file_clip):
+    Clip, root = file_clip
+    Clip.insert([{"k": 1, "m": np.ones(4)}, {"k": 2, "m": np.zeros(4)}])
+    rows = schema.connection.query(f"SELECT hash FROM {schema.external.full_table_name}").fetchall()
+    Clip.delete()
+    # make one object impossible to remove: a non-empty directory in its place
+    stuck = root / "lab" / hashing.object_path(rows[0][0])
+    stuck.unlink()
+    stuck.mkdir()
+    (stuck / "x").write_bytes(b"x")
+    report = schema.external.gc()
+    assert [name for name, _ in report.failed] == [rows[0][0]] and report.entries == [rows[1][0]]
+    assert schema.external.entry(rows[0][0])["status"] == "deleted"   # kept for the next run
+    (stuck / "x").unlink()
+    stuck.rmdir()
+    assert schema.external.gc().entries == [rows[0][0]]
 
 
 def test_cache_off_cold_warm_identical(movies, schema, tmp_path):
@@ -313,29 +320,22 @@ def test_corrupted_or_truncated_object_is_an_error(movies, schema, tmp_path, ver
         (movies & {"movie_id": 1}).fetch1("aligned")
 
 
-def test_file_reads_are_size_checked_by_default_and_cache_fills_always_verified(schema, db_config, tmp_path):
-    root = tmp_path / "store"
-    root.mkdir()
-    with djfs.config.override(**{"external-location": f"file://{root}"}):
-        schema.set_external_storage("lab")
-
-        @schema
-        class Clip(djfs.Manual):
-            definition = "k : int\n---\nm : external"
-        value = np.random.default_rng(3).random(500)
-        Clip.insert1({"k": 1, "m": value})
-        path = root / "lab" / hashing.object_path(hash_of_column(Clip, "m"))
-        data = bytearray(path.read_bytes())
-        data[-1] ^= 0xFF
-        path.write_bytes(bytes(data))
-        assert Clip.fetch1("m")[-1] != value[-1]   # default policy: a file read is trusted like any file
-        djfs.config["cache-location"] = str(tmp_path / "cache")
-        with pytest.raises(CorruptObjectError):
-            Clip.fetch1("m")                         # but never cached without verification
-        djfs.config["cache-location"] = None
-        djfs.config["verify-reads"] = "always"
-        with pytest.raises(CorruptObjectError):
-            Clip.fetch1("m")
+def test_file_reads_are_size_checked_by_default_and_cache_fills_always_verified(file_clip, tmp_path):
+    Clip, root = file_clip
+    value = np.random.default_rng(3).random(500)
+    Clip.insert1({"k": 1, "m": value})
+    path = root / "lab" / hashing.object_path(hash_of_column(Clip, "m"))
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert Clip.fetch1("m")[-1] != value[-1]   # default policy: a file read is trusted like any file
+    djfs.config["cache-location"] = str(tmp_path / "cache")
+    with pytest.raises(CorruptObjectError):
+        Clip.fetch1("m")                         # but never cached without verification
+    djfs.config["cache-location"] = None
+    djfs.config["verify-reads"] = "always"
+    with pytest.raises(CorruptObjectError):
+        Clip.fetch1("m")
 
 
 def hash_of_column(table, column):

@@ -18,6 +18,7 @@ Rules shared by all backends:
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -54,6 +55,22 @@ def validate_prefix(prefix: object) -> str:
 
 def is_valid_key(key: str) -> bool:
     return len(key) <= MAX_KEY_LENGTH and bool(_KEY.match(key))
+
+
+MAX_IO = 1 << 30  # bytes per read/pread/write call: Linux caps one call near 2 GiB
+
+
+def pread_all(fd: int, length: int, offset: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file), however the OS splits it."""
+    parts = []
+    while length > 0:
+        part = os.pread(fd, min(length, MAX_IO), offset)
+        if not part:
+            break
+        parts.append(part)
+        offset += len(part)
+        length -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def as_chunks(data: Data) -> Iterator[memoryview]:

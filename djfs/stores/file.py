@@ -17,12 +17,12 @@ import os
 import secrets
 import stat
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import CorruptObjectError, StoreError
-from .base import Data, ObjectInfo, Store, as_chunks, check_size, is_valid_key, validate_key, validate_prefix
+from .base import MAX_IO, Data, ObjectInfo, Store, as_chunks, check_size, pread_all, is_valid_key, validate_key, validate_prefix
 
-_MAX_READ = 1 << 30  # bytes per read/pread call: Linux caps one call near 2 GiB
 
 
 class FileStore(Store):
@@ -114,33 +114,12 @@ class FileStore(Store):
             raise self._missing(key)
         return fd
 
-    def get(self, key: str) -> bytes:
+    @contextmanager
+    def _reading(self, key: str) -> Iterator[int]:
+        """An open descriptor of the object; OS errors become store errors naming the key."""
         fd = self._open(key)
         try:
-            with open(fd, "rb", buffering=0, closefd=False) as file:
-                return file.read()  # sized from fstat: one allocation
-        except IsADirectoryError:
-            raise self._missing(key) from None
-        except OSError as error:
-            raise self._fail("read", key, error) from error
-        finally:
-            os.close(fd)
-
-    def get_into(self, key: str, buffer: memoryview) -> None:
-        view = memoryview(buffer).cast("B")
-        fd = self._open(key)
-        try:
-            stored = os.fstat(fd).st_size
-            if stored != len(view):
-                raise CorruptObjectError(f"object {key!r} in {self.describe()} has {stored} bytes, "
-                                         f"{len(view)} were expected")
-            position = 0
-            with open(fd, "rb", buffering=0, closefd=False) as file:
-                while position < len(view):
-                    count = file.readinto(view[position:position + _MAX_READ])
-                    if not count:
-                        raise CorruptObjectError(f"object {key!r} in {self.describe()} shrank while being read")
-                    position += count
+            yield fd
         except IsADirectoryError:
             raise self._missing(key) from None
         except StoreError:
@@ -150,25 +129,29 @@ class FileStore(Store):
         finally:
             os.close(fd)
 
+    def get(self, key: str) -> bytes:
+        with self._reading(key) as fd, open(fd, "rb", buffering=0, closefd=False) as file:
+            return file.read()  # sized from fstat: one allocation
+
+    def get_into(self, key: str, buffer: memoryview) -> None:
+        view = memoryview(buffer).cast("B")
+        with self._reading(key) as fd:
+            stored = os.fstat(fd).st_size
+            if stored != len(view):
+                raise CorruptObjectError(f"object {key!r} in {self.describe()} has {stored} bytes, "
+                                         f"{len(view)} were expected")
+            position = 0
+            with open(fd, "rb", buffering=0, closefd=False) as file:
+                while position < len(view):
+                    count = file.readinto(view[position:position + MAX_IO])
+                    if not count:
+                        raise CorruptObjectError(f"object {key!r} in {self.describe()} shrank while being read")
+                    position += count
+
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         self._check_range(offset, length)
-        fd = self._open(key)
-        try:
-            parts = []
-            while length > 0:
-                part = os.pread(fd, min(length, _MAX_READ), offset)
-                if not part:
-                    break
-                parts.append(part)
-                offset += len(part)
-                length -= len(part)
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-        except IsADirectoryError:
-            raise self._missing(key) from None
-        except OSError as error:
-            raise self._fail("read", key, error) from error
-        finally:
-            os.close(fd)
+        with self._reading(key) as fd:
+            return pread_all(fd, length, offset)
 
     def size(self, key: str) -> int:
         path = self._path(key)
@@ -231,7 +214,7 @@ def _write_all(fd: int, chunk: memoryview) -> int:
     """Write a whole chunk: os.write may write less than asked."""
     position = 0
     while position < len(chunk):
-        position += os.write(fd, chunk[position:position + _MAX_READ])
+        position += os.write(fd, chunk[position:position + MAX_IO])
     return position
 
 
