@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: names that, read on a table class, act on a fresh instance (``Mouse.insert1`` as in DataJoint)
 CLASS_METHODS = {"insert", "insert1", "delete", "delete_quick", "drop", "drop_quick", "describe", "fetch",
                  "fetch1", "heading", "restrict", "primary_key", "make_sql", "children", "parents",
-                 "external", "keys", "full_table_name", "table_name", "where"}
+                 "external", "keys", "populate", "key_source", "full_table_name", "table_name", "where"}
 STATEMENT_SHARE = 0.75  # of max_allowed_packet one INSERT statement may fill
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from . import autopopulate
 from .errors import DeclarationError
 from .table import Table
 
@@ -46,12 +47,24 @@ class Lookup(UserTable):
     contents: Any = ()
 
 
-class Imported(UserTable):
+class AutoPopulate(UserTable):
+    """Tables filled by ``populate()``, which calls ``make(key)`` for every key of ``key_source`` not yet in."""
+
+    @property
+    def key_source(self) -> list[dict]:
+        return autopopulate.key_source(self)
+
+    def populate(self, restriction: Any = None, suppress_errors: bool = False,
+                 max_calls: int | None = None) -> list:
+        return autopopulate.populate(self, restriction, suppress_errors, max_calls)
+
+
+class Imported(AutoPopulate):
     """Rows made from data outside the database."""
     tier_prefix = "_"
 
 
-class Computed(UserTable):
+class Computed(AutoPopulate):
     """Rows computed from other tables."""
     tier_prefix = "__"
 

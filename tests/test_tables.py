@@ -284,3 +284,42 @@ def test_more_types_and_defaults(schema):
     assert np.isnan(Everything.fetch("g", order_by="id")[0])
     with pytest.raises(DuplicateError):
         Everything.insert1({"id": 3, "h": "abc"})
+
+
+def test_populate_calls_make_for_missing_keys(schema):
+    @schema
+    class Subject(djfs.Manual):
+        definition = "subject : int"
+
+    @schema
+    class Method(djfs.Lookup):
+        definition = "method : varchar(8)"
+        contents = [("fast",), ("slow",)]
+
+    @schema
+    class Score(djfs.Computed):
+        definition = """
+        -> Subject
+        -> Method
+        ---
+        score : double
+        """
+        calls = []
+
+        def make(self, key):
+            type(self).calls.append(dict(key))
+            if key["subject"] == 3 and key["method"] == "slow":
+                self.insert1({**key, "score": 1.0})
+                raise RuntimeError("failed halfway")
+            self.insert1({**key, "score": key["subject"] * (2.0 if key["method"] == "slow" else 1.0)})
+
+    Subject.insert([(1,), (2,), (3,)])
+    assert len(Score.key_source) == 6
+    errors = Score.populate(suppress_errors=True)
+    assert [(key["subject"], key["method"]) for key, _ in errors] == [(3, "slow")]
+    assert len(Score) == 5 and (3, "slow") not in set(zip(*Score.fetch("subject", "method")))  # rolled back
+    assert Score.key_source == [{"subject": 3, "method": "slow"}]
+    Score.populate({"subject": 1})  # nothing left for subject 1
+    assert len(Score.calls) == 6
+    with pytest.raises(RuntimeError, match="halfway"):
+        Score.populate()
