@@ -192,6 +192,13 @@ class ObjectCache:
         self._evict(protect=self._object_name(hash_))
         return Path(found)
 
+    def discard(self, hash_: str) -> None:
+        """Remove a cached object (found damaged by a reader): the next read fetches it again."""
+        hashing.validate(hash_)
+        name = self._object_name(hash_)
+        self._unlink(self._full(name))
+        self._forget(name)
+
     def put(self, hash_: str, data: bytes | bytearray | memoryview, origin: bytes) -> Path:
         """Cache an object held in memory (verified like any fill)."""
         view = memoryview(data).cast("B")

@@ -99,7 +99,10 @@ class Connection:
     def _drop_session(self) -> None:
         session = getattr(self._local, "session", None)
         self._local.session = None
-        self._local.depth = 0
+        if getattr(self._local, "depth", 0) > 0:
+            # The server rolled the transaction back with the session: everything until the end of the
+            # ``transaction()`` block must fail, or later statements would run, and commit, on their own.
+            self._local.broken = True
         if session is not None:
             try:
                 session.close()
@@ -111,6 +114,7 @@ class Connection:
               context: str = "") -> pymysql.cursors.Cursor:
         """Run one statement with bound parameters; reconnects once if the server had dropped us."""
         cursor_class = pymysql.cursors.DictCursor if as_dict else pymysql.cursors.Cursor
+        self._check_not_broken()
         for attempt in (1, 2):
             try:
                 cursor = self._session.cursor(cursor_class)
@@ -131,6 +135,11 @@ class Connection:
             log.info("database connection lost; reconnecting")
         raise AssertionError("unreachable")
 
+    def _check_not_broken(self) -> None:
+        if getattr(self._local, "broken", False):
+            raise errors.ConnectionLostError("the database connection was lost inside this transaction, which "
+                                             "the server rolled back; leave the transaction block and retry")
+
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]], context: str = "") -> None:
         try:
             self._session.cursor().executemany(sql, rows)
@@ -140,6 +149,7 @@ class Connection:
     @contextmanager
     def transaction(self) -> Iterator["Connection"]:
         """A transaction on this thread's session; nested uses join the outer one."""
+        self._check_not_broken()
         session = self._session
         if self._local.depth == 0:
             self.query("START TRANSACTION")
@@ -149,19 +159,25 @@ class Connection:
         except BaseException:
             self._local.depth -= 1
             if self._local.depth == 0:
-                try:
-                    session.rollback()
-                except pymysql.MySQLError:
-                    self._drop_session()
+                self._local.broken = False
+                if self._local.session is session:
+                    try:
+                        session.rollback()
+                    except pymysql.MySQLError:
+                        self._drop_session()
             raise
-        else:
-            self._local.depth -= 1
-            if self._local.depth == 0:
-                try:
-                    session.commit()
-                except pymysql.MySQLError as error:
-                    self._drop_session()
-                    raise translate(error, "commit") from None
+        self._local.depth -= 1
+        if self._local.depth == 0:
+            broken, self._local.broken = getattr(self._local, "broken", False), False
+            if broken or self._local.session is not session:
+                raise errors.ConnectionLostError("the database connection was lost inside a transaction; the "
+                                                 "server rolled it back")
+            try:
+                session.commit()
+            except pymysql.MySQLError as error:
+                self._drop_session()
+                self._local.broken = False
+                raise translate(error, "commit") from None
 
     def max_allowed_packet(self) -> int:
         cached = getattr(self, "_max_packet", None)

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROGRESS_THRESHOLD = 64 << 20   # transfers larger than this show a progress bar on a terminal
+TRUSTED_SIZE = 64 << 20         # larger sizes from ~external are checked with the store before allocating
 EXTERNAL_TABLE = "~external"
 
 DEFINITION = f"""
@@ -274,8 +275,8 @@ class ExternalTable:
                 store = self.store(obj.store)
                 key = hashing.object_path(obj.hash)
                 entry = known.get(obj.hash)
-                if entry is not None and entry["folder"] == self.folder and store.exists(key) \
-                        and store.size(key) == obj.packed.size:
+                if entry is not None and entry["folder"] == self.folder \
+                        and _stored_size(store, key) == obj.packed.size:
                     bar.update(obj.packed.size)
                     return
                 store.put(key, _counting(obj.packed.chunks(), bar), size=obj.packed.size)
@@ -360,7 +361,31 @@ class ExternalTable:
         store = self.store(entry["store"], entry["folder"])
         key = hashing.object_path(hash_)
         cache = self.cache()
-        if cache is not None:
+        buffer = self._read_cached(cache, store, key, hash_, size, origin) if cache is not None else None
+        if buffer is None:
+            if size > TRUSTED_SIZE:
+                # a size read from the database is not worth a huge allocation on its own: ask the store
+                stored = store.size(key)
+                if stored != size:
+                    raise CorruptObjectError(f"object {hash_} in {store.describe()} has {stored} bytes, its "
+                                             f"entry in {self.full_table_name} says {size}")
+            buffer = bytearray(size)
+            if size:
+                store.get_into(key, memoryview(buffer))
+            if self._verify_direct_reads(store) and hashing.object_hash(buffer, origin) != hash_:
+                raise CorruptObjectError(f"object {hash_} in {store.describe()} does not match its hash "
+                                         "(corrupted or truncated)")
+        if bar is not None:
+            bar.update(size)
+        return buffer
+
+    def _read_cached(self, cache, store, key: str, hash_: str, size: int, origin: bytes) -> bytearray | None:
+        """The object through the cache, filling it on a miss; None when the cache can't serve it.
+
+        A cached file of the wrong size (or, with ``verify-reads = always``, the wrong hash) — a disk error,
+        a tampered file — is reported, dropped from the cache and fetched again."""
+        verify = origin if self.config["verify-reads"] == "always" else None
+        for attempt in (1, 2):
             path = cache.path(hash_)
             if path is None:
                 try:
@@ -369,22 +394,15 @@ class ExternalTable:
                     raise
                 except OSError as error:  # cache disk full or unwritable: serve from the store
                     log.warning("cache fill of %s failed (%s); reading the store directly", hash_, error)
-                    path = None
-            if path is not None:
-                buffer = _read_file(path, size)
-                if buffer is not None:
-                    if bar is not None:
-                        bar.update(size)
-                    return buffer
-        buffer = bytearray(size)
-        if size:
-            store.get_into(key, memoryview(buffer))
-        if self._verify_direct_reads(store) and hashing.object_hash(buffer, origin) != hash_:
-            raise CorruptObjectError(f"object {hash_} in {store.describe()} does not match its hash "
-                                     "(corrupted or truncated)")
-        if bar is not None:
-            bar.update(size)
-        return buffer
+                    return None
+            try:
+                return _read_file(path, hash_, size, verify)
+            except CorruptObjectError as error:
+                if attempt == 2:
+                    raise
+                log.warning("%s: removing it from the cache and fetching it again", error)
+                cache.discard(hash_)
+        return None
 
     def _is_file_store(self, name: str) -> bool:
         location = self.config.store_spec(name)["location"] or ""
@@ -433,6 +451,15 @@ def _executor(threads: int) -> ThreadPoolExecutor:
         return _pool[2]
 
 
+def _stored_size(store, key: str) -> int | None:
+    """The size of a stored object, or None if it is missing: one request, no window between an ``exists``
+    and a ``size`` in which gc could remove the object."""
+    try:
+        return store.size(key)
+    except MissingObjectError:
+        return None
+
+
 def _counting(chunks: Iterable, bar) -> Iterable:
     for chunk in chunks:
         yield chunk
@@ -446,18 +473,25 @@ def _download(store, key: str, size: int, file) -> None:
         file.write(store.get_range(key, offset, min(step, size - offset)))
 
 
-def _read_file(path, size: int) -> bytearray | None:
-    """A whole cached file into one buffer; None if it vanished (evicted) meanwhile."""
+def _read_file(path, hash_: str, size: int, origin: bytes | None = None) -> bytearray | None:
+    """A whole cached file into one buffer, size-checked before anything is allocated (and hash-checked when
+    ``origin`` is given); None if it vanished (evicted) meanwhile."""
     try:
         with open(path, "rb", buffering=0) as file:
+            found = os.fstat(file.fileno()).st_size
+            if found != size:
+                raise CorruptObjectError(f"cached object {hash_} ({os.fspath(path)}) has {found} bytes, "
+                                         f"{size} expected")
             buffer = bytearray(size)
             view = memoryview(buffer)
             done = 0
             while done < size:
                 count = file.readinto(view[done:])
                 if not count:
-                    raise CorruptObjectError(f"cached file {os.fspath(path)} is shorter than {size} bytes")
+                    raise CorruptObjectError(f"cached object {hash_} ({os.fspath(path)}) shrank while read")
                 done += count
-            return buffer
     except FileNotFoundError:
         return None
+    if origin is not None and hashing.object_hash(buffer, origin) != hash_:
+        raise CorruptObjectError(f"cached object {hash_} ({os.fspath(path)}) does not match its hash")
+    return buffer

@@ -1,11 +1,19 @@
 """Garbage collection of external objects: nothing live is removed, nothing removed is left referenced.
 
 1. Entries marked ``deleted`` and no longer referenced by any row, and entries ``stored`` but referenced by
-   no row for longer than the grace period, are locked (``SELECT ... FOR UPDATE``), their objects removed,
-   then the entries deleted — all in one transaction, so an insert that revives an entry meanwhile waits
-   for the lock and re-uploads what was removed (see ``ExternalTable.commit``).
+   no row for longer than the grace period, are found by a plain (non-locking) read.  Each is then removed in
+   its own short transaction: the entry is locked (``SELECT ... FOR UPDATE``) and the condition checked again
+   on current data, the entry is deleted — the foreign keys (``ON DELETE RESTRICT``) check on current data
+   that no row refers to it, including one committed after the candidates were read — and only then its
+   object is removed, and the transaction commits.  An insert that revives the entry meanwhile waits for the
+   lock and, finding the object gone, uploads it again (see ``ExternalTable.commit``).
 2. Objects in the schema's folders with no entry at all (an insert that failed after its upload) are
-   removed once they are older than the grace period; younger ones may belong to an insert in flight.
+   removed once they are older than the grace period; younger ones may belong to an insert in flight (an
+   object is uploaded before its entry is committed, so only the grace period protects it).  Each is removed
+   under a lock on its key in ``~external``, so an insert committing that hash meanwhile waits.
+
+gc locks one entry at a time, each in a short transaction of its own. Locking whole batches (with a locking
+read that scanned all of ``~external``) deadlocked with concurrent inserts: the user's insert failed.
 
 An object that can't be removed keeps its entry and is reported; the next run tries again.
 """
@@ -18,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import hashing
-from .errors import DjfsError
+from .errors import DjfsError, IntegrityError
 
 if TYPE_CHECKING:
     from .external import ExternalTable
@@ -48,36 +56,47 @@ def collect(external: "ExternalTable", dry_run: bool = False, grace: float = 360
         return report
     connection = external.connection
     table = external.full_table_name
-    unreferenced = external._unreferenced_condition()
-    condition = (f"(e.status = 'deleted' OR e.timestamp < NOW() - INTERVAL %s SECOND) AND {unreferenced}")
-    with connection.transaction():
-        lock = "" if dry_run else " FOR UPDATE"
-        rows = connection.query(f"SELECT e.hash, e.store, e.folder, e.size FROM {table} AS e WHERE {condition}"
-                                + lock, (int(grace),), as_dict=True).fetchall()
-        removed = []
-        for row in rows:
-            try:
-                hash_ = hashing.validate(row["hash"])
-                if not dry_run:
-                    external.store(row["store"], row["folder"]).remove(hashing.object_path(hash_))
-                removed.append(hash_)
-                report.freed += int(row["size"])
-            except (DjfsError, OSError) as error:
-                report.failed.append((str(row["hash"])[:60], str(error)))
-        report.entries = removed
-        if removed and not dry_run:
-            for start in range(0, len(removed), 1000):
-                chunk = removed[start:start + 1000]
-                connection.query(f"DELETE FROM {table} WHERE hash IN ({', '.join(['%s'] * len(chunk))})", chunk)
+    garbage = "(e.status = 'deleted' OR e.timestamp < NOW() - INTERVAL %s SECOND)"
+    rows = connection.query(f"SELECT e.hash, e.store, e.folder, e.size FROM {table} AS e WHERE {garbage} AND "
+                            f"{external._unreferenced_condition()} ORDER BY e.hash", (int(grace),),
+                            as_dict=True).fetchall()
+    for row in rows:
+        try:
+            hash_ = hashing.validate(row["hash"])
+            if not dry_run and not _remove_entry(external, hash_, garbage, grace):
+                continue  # revived, referenced or removed since the candidates were read
+            report.entries.append(hash_)
+            report.freed += int(row["size"])
+        except (DjfsError, OSError) as error:
+            report.failed.append((str(row["hash"])[:60], str(error)))
     _sweep_orphans(external, report, dry_run, grace)
     log.info("%s", report)
     return report
 
 
+def _remove_entry(external: "ExternalTable", hash_: str, garbage: str, grace: float) -> bool:
+    """Remove one entry and its object in one transaction; False if it is no longer garbage."""
+    connection = external.connection
+    table = external.full_table_name
+    try:
+        with connection.transaction():
+            row = connection.query(f"SELECT e.store, e.folder FROM {table} AS e WHERE e.hash = %s AND {garbage} "
+                                   "FOR UPDATE", (hash_, int(grace)), as_dict=True).fetchone()
+            if row is None:
+                return False
+            # refused by the foreign keys (ON DELETE RESTRICT) if a row refers to it now
+            connection.query(f"DELETE FROM {table} WHERE hash = %s", (hash_,))
+            external.store(row["store"], row["folder"]).remove(hashing.object_path(hash_))
+    except IntegrityError:
+        return False
+    return True
+
+
 def _sweep_orphans(external: "ExternalTable", report: GCReport, dry_run: bool, grace: float) -> None:
     connection = external.connection
+    table = external.full_table_name
     locations = {(row[0], row[1]) for row in connection.query(
-        f"SELECT DISTINCT store, folder FROM {external.full_table_name}").fetchall()}
+        f"SELECT DISTINCT store, folder FROM {table}").fetchall()}
     if external._folder is not None:
         locations.add(("", external._folder))
     cutoff = time.time() - grace
@@ -95,20 +114,22 @@ def _sweep_orphans(external: "ExternalTable", report: GCReport, dry_run: bool, g
         names = list(candidates)
         for start in range(0, len(names), 1000):
             chunk = names[start:start + 1000]
-            # The locking read holds the (gap) locks of these hashes until we are done: an insert that
-            # commits one of them meanwhile waits, then finds its object gone and uploads it again.
-            with connection.transaction():
-                locked = "" if dry_run else " FOR UPDATE"
-                known = {row[0] for row in connection.query(
-                    f"SELECT hash FROM {external.full_table_name} WHERE hash IN ({', '.join(['%s'] * len(chunk))})"
-                    + locked, chunk).fetchall()}
-                for name in chunk:
-                    if name in known:
-                        continue
-                    try:
-                        if not dry_run:
+            known = {row[0] for row in connection.query(
+                f"SELECT hash FROM {table} WHERE hash IN ({', '.join(['%s'] * len(chunk))})", chunk).fetchall()}
+            for name in chunk:
+                if name in known:
+                    continue
+                try:
+                    if not dry_run:
+                        with connection.transaction():
+                            # Lock the key (a gap lock, as it has no entry): an insert committing this hash
+                            # meanwhile waits until the object is gone; one that re-used the object puts it
+                            # back (ExternalTable.commit), one that uploaded it is protected by the grace.
+                            if connection.query(f"SELECT 1 FROM {table} WHERE hash = %s FOR UPDATE",
+                                                (name,)).fetchone():
+                                continue
                             store.remove(candidates[name].key)
-                        report.orphans.append(name)
-                        report.freed += candidates[name].size
-                    except (DjfsError, OSError) as error:
-                        report.failed.append((name, str(error)))
+                    report.orphans.append(name)
+                    report.freed += candidates[name].size
+                except (DjfsError, OSError) as error:
+                    report.failed.append((name, str(error)))

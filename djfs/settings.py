@@ -69,6 +69,14 @@ def _optional_string(value: Any) -> str | None:
     return None if value is None else _string(value)
 
 
+def _count(minimum: int) -> Callable[[Any], int]:
+    def validate(value: Any) -> int:
+        if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+            raise ValueError(f"must be a whole number >= {minimum}")
+        return int(value)
+    return validate
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -112,8 +120,8 @@ SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "cache-size": ("10GiB", parse_size),
     "progress": (True, _bool),
     "store-timeout": (30.0, _positive_float),
-    "store-retries": (3, int),
-    "transfer-threads": (8, int),
+    "store-retries": (3, _count(0)),
+    "transfer-threads": (8, _count(1)),
     "safemode": (False, _bool),
     "verify-reads": ("remote", _verify_policy),
 }

@@ -79,3 +79,19 @@ def test_server_restart_library_recovers(mariadb, connection, schema):
     assert len(Item) == 1  # next call reconnects
     Item.insert1({"k": 2})
     assert sorted(Item.fetch("k")) == [1, 2]
+
+
+def test_statements_after_a_loss_inside_a_transaction_fail_until_the_block_ends(mariadb, connection, schema):
+    connection.query(f"CREATE TABLE `{schema.database}`.t (x int primary key)")
+    with pytest.raises(ConnectionLostError):
+        with connection.transaction():
+            connection.query(f"INSERT INTO `{schema.database}`.t VALUES (1)")
+            kill_session(mariadb, connection)
+            try:
+                connection.query(f"INSERT INTO `{schema.database}`.t VALUES (2)")
+            except ConnectionLostError:
+                pass  # user code that swallows the error ...
+            with pytest.raises(ConnectionLostError, match="rolled back"):
+                connection.query(f"INSERT INTO `{schema.database}`.t VALUES (3)")  # ... can't go on silently
+    # the block itself failed; afterwards the connection works again and nothing was written
+    assert connection.query(f"SELECT COUNT(*) FROM `{schema.database}`.t").fetchone()[0] == 0

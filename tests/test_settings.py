@@ -94,3 +94,10 @@ def test_override_restores():
 @pytest.mark.parametrize("text, expected", [(0, 0), ("1KiB", 1024), ("1.5 MB", 1_500_000), ("3gib", 3 * 1024**3)])
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("key, value", [("transfer-threads", 0), ("transfer-threads", -2), ("store-retries", -1),
+                                        ("transfer-threads", 2.5), ("store-retries", True)])
+def test_counts_must_be_sane(key, value):
+    with pytest.raises(ConfigError, match=key):
+        Config()[key] = value
