@@ -55,6 +55,7 @@ class MariaDBServer:
         self.pidfile = self.directory / "mysqld.pid"
         self.portfile = self.directory / "port"
         self.logfile = self.directory / "error.log"
+        self.tmpdir = self.directory / "tmp"  # its own: nothing else on the host may clean it
         self.port = port
         self.host = "127.0.0.1"
         self.user = "root"
@@ -74,10 +75,11 @@ class MariaDBServer:
     def start(self, timeout: float = 60.0) -> "MariaDBServer":
         server = _binary(SERVER_BINARIES)
         self._initialize()
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         command = [server, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
                    f"--pid-file={self.pidfile}", f"--port={self.port}", "--bind-address=127.0.0.1",
-                   f"--log-error={self.logfile}", "--user=root", "--skip-name-resolve",
+                   f"--log-error={self.logfile}", f"--tmpdir={self.tmpdir}", "--user=root", "--skip-name-resolve",
                    "--max-allowed-packet=64M", "--innodb-buffer-pool-size=256M",
                    "--innodb-flush-log-at-trx-commit=2", "--max-connections=500",
                    "--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin"]
