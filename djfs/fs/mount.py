@@ -1,0 +1,459 @@
+"""Mount options, the daemon, mounting in the background, and unmounting (including stale mounts).
+
+``djfs mount MOUNTPOINT [-f] [-o opt[,opt...]] [--schema NAME]...`` accepts, in ``-o``, the options below plus
+any libfuse option (``allow_other``, ``allow_root``, ``max_read=``, ``debug`` …), which are passed through.
+
+=====================  ==========  ==============================================================================
+option                 default     meaning
+=====================  ==========  ==============================================================================
+schemas=a:b            all         only these schemas (``:``-separated; also ``--schema``)
+cache=DIR              config      the disk cache (``cache-location``; else ``$XDG_CACHE_HOME/djfs``)
+cache_size=SIZE        config      its bound (``cache-size``), e.g. ``50GiB``
+uid=, gid=             the user    owner shown for every file and directory
+file_mode=, dir_mode=  0444, 0555  permission bits shown (octal)
+entry_timeout=         1           seconds the kernel trusts a name (libfuse option)
+attr_timeout=          1           seconds the kernel trusts attributes (libfuse option)
+negative_timeout=      0           seconds the kernel remembers a missing name (libfuse option)
+listing_timeout=       1           seconds a listing or a row's metadata is reused; new and deleted rows show up
+                                   or vanish within listing_timeout + entry_timeout
+heading_timeout=       30          seconds a table's heading is reused
+catalog_timeout=       10          seconds a path lookup may reuse the lists of schemas and tables (listing them
+                                   refreshes them); new tables show up in listings within listing_timeout
+block_size=            2MiB        unit of reads from the store and of partial caching
+whole_max=             64MiB       objects up to this size are cached whole (verified) on first open
+readahead=             8           blocks a sequential reader's stream may run ahead
+prefetch_threads=      4           concurrent read-ahead streams
+block_memory=          256MiB      blocks kept in memory (besides the disk cache)
+view_memory=           256MiB      decoded files (compressed values) kept in memory
+store_timeout=         config      seconds per store request (``store-timeout``)
+store_retries=         config      retries per store request (``store-retries``)
+failure_ttl=           1           seconds a failed block read fails fast before the store is asked again
+db_timeout=            10          seconds per SQL query
+sql_threads=           4           database connections of the mount
+page_size=             10000       rows per listing query
+read_buf=              1           let libfuse read cache files itself (0: copy through Python)
+splice=                0           splice cache-file data into /dev/fuse
+read_ahead_kb=         1024        kernel read-ahead of the mount (root only; 0 keeps the kernel's 128)
+=====================  ==========  ==============================================================================
+
+Credentials come only from djfs's configuration (``DJ_HOST``/``DJ_USER``/``DJ_PASS``, ``dj_local_conf.json`` or
+``$DJ_CONFIG``), never from the command line: argv is visible to every user of the host.
+
+In the background (the default), ``djfs mount`` checks the mount point, the database and FUSE, starts the daemon
+as ``python -m djfs.cli mount -f ...`` in its own session, and returns once the file system is mounted (or
+prints why it is not).  Spawning a fresh interpreter rather than letting libfuse fork this one keeps Python's
+runtime sane; in the daemon, libfuse's ``init`` is still what starts every thread and connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DjfsError
+from ..settings import parse_size
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+START_TIMEOUT = 30.0
+
+
+class MountError(DjfsError):
+    """Mounting or unmounting failed; the message says why and what to do."""
+
+
+def _octal(text: str) -> int:
+    value = int(text, 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError("a mode is three octal digits")
+    return value
+
+
+def _flag(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 0 or 1")
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(parse_size(text)) if kind is int else kind(text)
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("can't be negative")
+    return value
+
+
+@dataclass
+class MountOptions:
+    """Everything the daemon needs besides djfs's configuration (see the module docstring)."""
+
+    schemas: list[str] | None = None
+    cache: str | None = None
+    cache_size: int | None = None
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    file_mode: int = 0o444
+    dir_mode: int = 0o555
+    entry_timeout: float = 1.0
+    attr_timeout: float = 1.0
+    negative_timeout: float = 0.0
+    listing_timeout: float = 1.0
+    heading_timeout: float = 30.0
+    catalog_timeout: float = 10.0
+    block_size: int = 2 * MiB
+    whole_max: int = 64 * MiB
+    readahead: int = 8
+    prefetch_threads: int = 4
+    block_memory: int = 256 * MiB
+    view_memory: int = 256 * MiB
+    store_timeout: float | None = None
+    store_retries: int | None = None
+    failure_ttl: float = 1.0
+    db_timeout: float = 10.0
+    sql_threads: int = 4
+    page_size: int = 10_000
+    read_buf: bool = True
+    splice: bool = False
+    read_ahead_kb: int = 1024
+    fuse: dict[str, Any] = field(default_factory=dict)   # passed through to libfuse
+
+    _PARSERS = {
+        "schemas": lambda text: [name for name in text.split(":") if name],
+        "cache": lambda text: os.path.abspath(os.path.expanduser(text)),
+        "cache_size": parse_size, "uid": int, "gid": int, "file_mode": _octal, "dir_mode": _octal,
+        "entry_timeout": _non_negative_float, "attr_timeout": _non_negative_float,
+        "negative_timeout": _non_negative_float, "listing_timeout": _non_negative_float,
+        "heading_timeout": _non_negative_float, "catalog_timeout": _non_negative_float, "block_size": _positive(int), "whole_max": parse_size,
+        "readahead": _positive(int), "prefetch_threads": _positive(int), "block_memory": parse_size,
+        "view_memory": parse_size, "store_timeout": _positive(float), "store_retries": int,
+        "failure_ttl": _non_negative_float, "db_timeout": _positive(float), "sql_threads": _positive(int),
+        "page_size": _positive(int), "read_buf": _flag, "splice": _flag, "read_ahead_kb": int,
+    }
+    #: libfuse options djfs sets itself or that contradict a read-only view
+    _REFUSED = {"rw": "the mount is read-only", "fsname": "set by djfs", "subtype": "set by djfs",
+                "use_ino": "set by djfs", "ro": "always set"}
+
+    @classmethod
+    def parse(cls, option_strings: list[str], schemas: list[str] | None = None) -> "MountOptions":
+        """Options from ``-o`` strings (``a=1,b``); raises MountError naming a bad option."""
+        options = cls()
+        for text in option_strings:
+            for item in filter(None, (part.strip() for part in text.split(","))):
+                name, has_value, value = item.partition("=")
+                if name.lower() in ("password", "passwd", "pass", "dj_pass", "secret", "token", "user_password"):
+                    raise MountError("credentials never go on the command line (every user can read it): set "
+                                     "DJ_USER/DJ_PASS in the environment or use dj_local_conf.json / $DJ_CONFIG")
+                if name in cls._REFUSED:
+                    if name == "ro":
+                        continue
+                    raise MountError(f"mount option {name!r} is not accepted: {cls._REFUSED[name]}")
+                parser = cls._PARSERS.get(name)
+                if parser is None:
+                    options.fuse[name] = value if has_value else True
+                    continue
+                if not has_value and name not in ("read_buf", "splice"):
+                    raise MountError(f"mount option {name!r} needs a value ({name}=...)")
+                try:
+                    setattr(options, name, parser(value if has_value else "1"))
+                except (TypeError, ValueError) as error:
+                    raise MountError(f"bad value {value!r} for mount option {name!r}: {error}") from None
+        if schemas:
+            options.schemas = (options.schemas or []) + list(schemas)
+        if options.block_size > 256 * MiB:
+            raise MountError("block_size can't exceed 256MiB")
+        return options
+
+    def describe(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+# -- where things go ----------------------------------------------------------------------------------------
+
+
+def default_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "djfs")
+
+
+def default_log(mountpoint: str) -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    name = mountpoint.strip("/").replace("/", "_") or "root"
+    return os.path.join(base, "djfs", f"mount-{name}.log")
+
+
+def _apply_config(config: Any, options: MountOptions) -> None:
+    """The daemon's view of djfs.config: the mount's cache and store limits win over the file's."""
+    if options.cache:
+        config["cache-location"] = options.cache
+    elif not config["cache-location"]:
+        config["cache-location"] = default_cache()
+    config["cache-location"] = os.path.abspath(os.path.expanduser(config["cache-location"]))
+    if options.cache_size is not None:
+        config["cache-size"] = options.cache_size
+    if options.store_timeout is not None:
+        config["store-timeout"] = options.store_timeout
+    if options.store_retries is not None:
+        config["store-retries"] = options.store_retries
+
+
+# -- mount tables -------------------------------------------------------------------------------------------
+
+
+def _unescape(field_text: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    out, i = [], 0
+    while i < len(field_text):
+        code = field_text[i + 1:i + 4]
+        if field_text[i] == "\\" and len(code) == 3 and code.isdigit():
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field_text[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_entry(mountpoint: str) -> tuple[str, str] | None:
+    """(file system type, source) of what is mounted at ``mountpoint``, from /proc/self/mountinfo; None if nothing.
+
+    Works for a dead FUSE endpoint too, where ``os.path.ismount`` says False because stat fails.
+    """
+    target = os.path.abspath(mountpoint)
+    found = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+            for line in table:
+                left, _, right = line.partition(" - ")
+                fields = left.split(" ")
+                if len(fields) >= 5 and _unescape(fields[4]) == target:
+                    kind = right.split(" ")
+                    found = (kind[0], _unescape(kind[1]) if len(kind) > 1 else "")  # the last one is on top
+    except OSError:
+        return None
+    return found
+
+
+def is_mounted(mountpoint: str) -> bool:
+    return mount_entry(mountpoint) is not None
+
+
+def _stat_with_timeout(path: str, timeout: float = 3.0) -> OSError | None | str:
+    """Ask a mount's daemon (statvfs is never answered from the kernel's caches) without hanging on an
+    unresponsive one: the error, None (it answered) or 'timeout'."""
+    result: list[Any] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(path)
+            result.append(None)
+        except OSError as error:
+            result.append(error)
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else "timeout"
+
+
+def _fusermount() -> str | None:
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+# -- unmounting ---------------------------------------------------------------------------------------------
+
+
+def unmount(mountpoint: str, lazy: bool = False) -> str:
+    """Unmount a djfs (FUSE) mount; clears a stale mount whose daemon died.  Returns what was done."""
+    target = os.path.abspath(mountpoint)
+    entry = mount_entry(target)
+    if entry is None:
+        raise MountError(f"{target} is not mounted")
+    if not entry[0].startswith("fuse"):
+        raise MountError(f"{target} is a {entry[0]} mount, not a FUSE one: djfs leaves it alone")
+    probe = _stat_with_timeout(target)
+    dead = probe == "timeout" or (isinstance(probe, OSError) and probe.errno in (107, 5))  # ENOTCONN, EIO
+    fusermount = _fusermount()
+    attempts: list[list[str]] = []
+    if not lazy and not dead:
+        attempts.append([fusermount, "-u", target] if fusermount else ["umount", target])
+    else:
+        if fusermount:
+            attempts.append([fusermount, "-u", "-z", target])
+        attempts.append(["umount", "-l", target])
+    errors = []
+    for command in attempts:
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            errors.append(f"{command[0]}: {error}")
+            continue
+        if result.returncode == 0 and not is_mounted(target):
+            return "lazily unmounted a stale mount" if dead else ("lazily unmounted" if lazy else "unmounted")
+        errors.append((result.stderr or result.stdout).strip() or f"{command[0]} exited {result.returncode}")
+    hint = "" if lazy or dead else " (busy? close the files open under it, or use --lazy)"
+    raise MountError(f"can't unmount {target}: {'; '.join(errors)}{hint}")
+
+
+# -- mounting -----------------------------------------------------------------------------------------------
+
+
+def preflight(mountpoint: str, config: Any) -> None:
+    """Fail early, at the terminal, for what would otherwise only show in the daemon's log."""
+    if is_mounted(mountpoint):
+        probe = _stat_with_timeout(mountpoint)
+        if probe is not None:
+            raise MountError(f"{mountpoint} is a stale mount (its daemon died): run `djfs umount {mountpoint}`")
+        raise MountError(f"{mountpoint} is already mounted")
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mount point {mountpoint} is not an existing directory")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, "
+                         "pass the device (--device /dev/fuse)")
+    if os.geteuid() != 0 and _fusermount() is None:
+        raise MountError("fusermount3 not found: install fuse3 (apt-get install fuse3)")
+    cache = config["cache-location"]
+    try:
+        os.makedirs(cache, exist_ok=True)
+    except OSError as error:
+        raise MountError(f"can't create the cache directory {cache}: {error.strerror or error}") from None
+    if not os.access(cache, os.W_OK | os.X_OK):
+        raise MountError(f"the cache directory {cache} is not writable")
+    from ..connection import Connection
+    connection = Connection.from_config(config)
+    try:
+        connection.query("SELECT 1")
+    except DjfsError as error:
+        raise MountError(f"can't reach the database: {error}") from None
+    finally:
+        connection.close()
+
+
+def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
+    """The daemon, in the foreground: returns when the file system is unmounted."""
+    import mfusepy
+
+    from .. import config
+    from .operations import Operations
+
+    _apply_config(config, options)
+    operations = Operations(options, config, mountpoint)
+    if not options.read_buf:
+        operations.read_buf = _ignored  # type: ignore[method-assign]
+    fuse_options: dict[str, Any] = dict(
+        # fsname is what `mount` shows as the source; a bare word could be taken for a path by fusermount
+        foreground=True, ro=True, fsname="djfs:" + (":".join(options.schemas) if options.schemas else "all"),
+        subtype="djfs", default_permissions=True, use_ino=True,
+        entry_timeout=options.entry_timeout, attr_timeout=options.attr_timeout,
+        negative_timeout=options.negative_timeout)
+    fuse_options.update(options.fuse)
+    if debug:
+        fuse_options["debug"] = True
+    log.info("mounting %s (cache %s)", mountpoint, config["cache-location"])
+    mfusepy.FUSE(operations, mountpoint, raw_fi=True, **fuse_options)
+    return 0
+
+
+def _ignored(*_: Any) -> int:
+    return 0
+
+
+_ignored.libfuse_ignore = True  # type: ignore[attr-defined]
+
+
+def setup_logging(log_file: str | None, debug: bool) -> None:
+    handler: logging.Handler
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s djfs[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    for noisy in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def mount(mountpoint: str, option_strings: list[str], schemas: list[str] | None = None, *,
+          foreground: bool = False, log_file: str | None = None, debug: bool = False) -> int:
+    """``djfs mount``: check, then run the daemon here (-f) or start it in the background and wait for it."""
+    from .. import config
+
+    target = os.path.abspath(mountpoint)
+    options = MountOptions.parse(option_strings, schemas)
+    _apply_config(config, options)
+    preflight(target, config)
+    if foreground:
+        setup_logging(log_file, debug)
+        return run(target, options, debug=debug)
+    log_file = os.path.abspath(log_file or default_log(target))
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    command = [sys.executable, "-m", "djfs.cli", "mount", "-f", target, "--log-file", log_file]
+    for text in option_strings:
+        command += ["-o", text]
+    for name in schemas or []:
+        command += ["--schema", name]
+    if debug:
+        command.append("--debug")
+    with open(log_file, "ab") as log_output:
+        start = log_output.tell()
+        daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_output, stderr=log_output,
+                                  start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if is_mounted(target):
+            return 0
+        if daemon.poll() is not None:
+            raise MountError(f"the djfs daemon exited ({daemon.returncode}) before mounting {target}:\n"
+                             + _tail(log_file, start))
+        time.sleep(0.05)
+    daemon.terminate()
+    raise MountError(f"{target} was not mounted within {START_TIMEOUT:.0f} s; see {log_file}:\n"
+                     + _tail(log_file, start))
+
+
+def _tail(path: str, start: int, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as file:
+            file.seek(start)
+            text = file.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def daemon_pid(mountpoint: str) -> int | None:
+    """The pid of the djfs daemon serving ``mountpoint`` (tests, diagnostics), from the process table."""
+    target = os.path.abspath(mountpoint)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"djfs.cli" in argv and b"mount" in argv and os.fsencode(target) in argv:
+            return int(entry.name)
+    return None

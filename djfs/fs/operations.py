@@ -1,0 +1,391 @@
+"""The mfusepy Operations of the mount: thin glue between libfuse, the tree (paths, SQL) and the reader (bytes).
+
+* Nothing starts in ``__init__``: SQL threads, connections, boto3 clients and read-ahead threads are created in
+  ``init`` (``init_with_config``), which libfuse calls once the mount is set up, never before a fork.
+* ``open`` decides the kernel page cache: contents are immutable per hash, so when a path still holds the value
+  it held at its previous open, ``keep_cache`` is set and the kernel keeps the pages it has; when the row was
+  replaced (another hash, another digest), it is not, and the kernel drops them.  Inode numbers derive from the
+  hash for external values and from the path for everything else.
+* ``read_buf`` hands libfuse the cache file's descriptor and position for data that lies in a cache file, so the
+  bytes go from the page cache to the kernel without passing through Python; everything else is copied once.
+* Every write-like operation answers EROFS; store and database trouble answer EIO; unknown paths ENOENT.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import itertools
+import json
+import logging
+import os
+import stat
+import threading
+from typing import Any, Callable
+
+import mfusepy
+from cachetools import LRUCache
+
+from .. import hashing
+from ..cache import CacheError, open_cache
+from ..errors import BlobError, DjfsError
+from ..external import ExternalTable
+from ..settings import Config
+from . import views
+from .reader import Handle, MemoryHandle, Piece, Reader, Stats, StoredObject, join
+from .tree import Database, DatabaseError, Node, NotFound, Tree, Unavailable
+
+log = logging.getLogger(__name__)
+
+STATS_XATTR = "user.djfs.stats"
+ENODATA = getattr(errno, "ENODATA", getattr(errno, "ENOATTR", 61))
+FUSE_BUF_IS_FD = 1 << 1
+FUSE_BUF_FD_SEEK = 1 << 2
+FUSE_CAP_SPLICE_WRITE = 1 << 7
+FUSE_CAP_SPLICE_MOVE = 1 << 8
+
+
+class _Buf(ctypes.Structure):
+    """libfuse's ``struct fuse_buf`` (3.17 appends ``mem_size``; allocating it too is harmless for older ones)."""
+    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p), ("fd", ctypes.c_int),
+                ("pos", ctypes.c_int64), ("mem_size", ctypes.c_size_t)]
+
+
+class _BufVec(ctypes.Structure):
+    """libfuse's ``struct fuse_bufvec`` with its one inline buffer (mfusepy declares ``buf`` as a pointer)."""
+    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t), ("buf", _Buf * 1)]
+
+
+_libc = ctypes.CDLL(None)
+_libc.calloc.restype = ctypes.c_void_p
+_libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+_libc.free.argtypes = [ctypes.c_void_p]
+
+
+def _address(data: bytes | bytearray) -> int:
+    """Where a bytes or bytearray object keeps its bytes (no copy), for one memmove into libfuse's buffer."""
+    if isinstance(data, bytearray):
+        return ctypes.addressof(ctypes.c_char.from_buffer(data)) if data else 0
+    if not isinstance(data, bytes):
+        raise TypeError(f"can't address {type(data).__name__}")
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+
+
+def _fuse_errors(method: Callable) -> Callable:
+    """Map what the layers below raise to the errno a program should see."""
+    @functools.wraps(method)
+    def wrapper(self: "Operations", *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except mfusepy.FuseOSError:
+            raise
+        except NotFound:
+            raise mfusepy.FuseOSError(errno.ENOENT) from None
+        except (Unavailable, DatabaseError) as error:
+            log.warning("%s %s: database: %s", method.__name__, args[0] if args else "", error)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+        except (DjfsError, CacheError, BlobError, OSError) as error:
+            log.warning("%s %s: %s", method.__name__, args[0] if args else "", error)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+        except Exception:
+            log.exception("%s %s failed", method.__name__, args[0] if args else "")
+            raise mfusepy.FuseOSError(errno.EIO) from None
+    return wrapper
+
+
+def _read_only(*_: Any, **__: Any) -> int:
+    raise mfusepy.FuseOSError(errno.EROFS)
+
+
+class Operations(mfusepy.Operations):
+    """The read-only view; see the module docstring."""
+
+    use_ns = True
+
+    def __init__(self, options: Any, config: Config, mountpoint: str | None = None) -> None:
+        self.options = options
+        self.mountpoint = mountpoint
+        self.config = config
+        self.stats = Stats()
+        self._tree: Tree | None = None
+        self._reader: Reader | None = None
+        self._database: Database | None = None
+        self._handles: dict[int, Handle] = {}
+        self._numbers = itertools.count(1)
+        self._identities: LRUCache = LRUCache(maxsize=100_000)  # path -> content identity at its last open
+        self._lock = threading.Lock()
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+
+    def init_with_config(self, conn_info: Any, config_3: Any) -> None:
+        """libfuse has mounted (and, in the background, forked): only now start threads and connections."""
+        options = self.options
+        self._database = Database(self.config, threads=options.sql_threads, timeout=options.db_timeout)
+        self._tree = Tree(self._database, schemas=options.schemas, listing_timeout=options.listing_timeout,
+                          heading_timeout=options.heading_timeout, catalog_timeout=options.catalog_timeout,
+                          page_size=options.page_size)
+        cache = open_cache(self.config["cache-location"], self.config["cache-size"])
+        self._reader = Reader(cache, block_size=options.block_size, whole_max=options.whole_max,
+                              readahead=options.readahead, threads=options.prefetch_threads,
+                              memory=options.block_memory, view_memory=options.view_memory,
+                              failure_ttl=options.failure_ttl, stats=self.stats)
+        if conn_info is not None:
+            if options.splice:
+                conn_info.want |= conn_info.capable & (FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE)
+            log.info("FUSE %d.%d: max_readahead %d, max_write %d, capable %#x, want %#x", conn_info.proto_major,
+                     conn_info.proto_minor, conn_info.max_readahead, conn_info.max_write, conn_info.capable,
+                     conn_info.want)
+        if options.read_ahead_kb and self.mountpoint:
+            threading.Thread(target=self._raise_read_ahead, name="djfs-readahead-setup", daemon=True).start()
+        threading.Thread(target=self._warm_up, name="djfs-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        """Create the boto3 clients of the stores the schemas use, so a first read doesn't pay for it.
+
+        Creating a client costs a tenth of a second or more (botocore loads its models); no request is sent.
+        """
+        try:
+            with_external = {row[0] for row in self.tree.db.rows(
+                "SELECT table_schema FROM information_schema.tables WHERE table_name = %s", ("~external",))}
+            for schema in self.tree.schemas(stale_ok=False):
+                if schema not in with_external:
+                    continue
+                for store_name, folder in self.tree.db.rows(
+                        f"SELECT DISTINCT store, folder FROM `{schema}`.`~external` LIMIT 16"):
+                    store = ExternalTable(None, schema, self.config).store(store_name, folder)  # type: ignore[arg-type]
+                    getattr(store, "_client", None)  # S3 stores create their client on first use
+        except Exception as error:  # only an optimisation
+            log.debug("warm-up skipped: %s", error)
+
+    def _raise_read_ahead(self) -> None:
+        """Let the kernel read ahead more than FUSE's 128 KiB (its INIT can only lower it): bigger, fewer reads.
+
+        The knob is the mount's backing device's ``read_ahead_kb`` in sysfs, writable by root only; elsewhere
+        the kernel's default stays.  Runs after ``init`` returned, as the stat goes through this file system.
+        """
+        assert self.mountpoint is not None
+        try:
+            device = os.stat(self.mountpoint).st_dev
+            knob = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
+            with open(knob, "w") as file:
+                file.write(str(self.options.read_ahead_kb))
+            log.info("kernel read-ahead of %s set to %d KiB", self.mountpoint, self.options.read_ahead_kb)
+        except OSError as error:
+            log.info("kernel read-ahead left at its default (%s)", error)
+
+    def destroy(self, path: str) -> None:
+        for handle in list(self._handles.values()):
+            handle.close()
+        self._handles.clear()
+        if self._reader is not None:
+            self._reader.close()
+        if self._database is not None:
+            self._database.close()
+
+    @property
+    def tree(self) -> Tree:
+        assert self._tree is not None, "init has not run"
+        return self._tree
+
+    @property
+    def reader(self) -> Reader:
+        assert self._reader is not None, "init has not run"
+        return self._reader
+
+    # -- metadata --------------------------------------------------------------------------------------------
+
+    def _attributes(self, node: Node) -> dict[str, Any]:
+        options = self.options
+        mtime = int(node.mtime * 1e9)
+        attributes = {"st_uid": options.uid, "st_gid": options.gid, "st_atime": mtime, "st_mtime": mtime,
+                      "st_ctime": mtime}
+        if node.is_dir:
+            attributes.update(st_mode=stat.S_IFDIR | options.dir_mode, st_nlink=2, st_size=0,
+                              st_ino=self._directory_inode(node.path))
+        else:
+            assert node.file is not None
+            size = node.file.size
+            attributes.update(st_mode=stat.S_IFREG | options.file_mode, st_nlink=1, st_size=size,
+                              st_ino=node.file.ino, st_blocks=(size + 511) // 512)
+        attributes["st_blksize"] = 1 << 20  # tools (cat, cp) read in st_blksize pieces: ask for big reads
+        return attributes
+
+    @_fuse_errors
+    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        return self._attributes(self.tree.lookup(path))
+
+    @_fuse_errors
+    def access(self, path: str, amode: int) -> int:
+        if amode & os.W_OK:
+            raise mfusepy.FuseOSError(errno.EROFS)
+        self.tree.lookup(path)
+        return 0
+
+    @_fuse_errors
+    def opendir(self, path: str) -> int:
+        if not self.tree.lookup(path).is_dir:
+            raise mfusepy.FuseOSError(errno.ENOTDIR)
+        return 0
+
+    @_fuse_errors
+    def readdir(self, path: str, fh: int) -> list:
+        # with use_ino, an entry's inode must be given here too (an entry with inode 0 is skipped)
+        entries: list = [(".", {"st_mode": stat.S_IFDIR, "st_ino": self._directory_inode(path)}, 0),
+                         ("..", {"st_mode": stat.S_IFDIR, "st_ino": self._directory_inode(os.path.dirname(path))}, 0)]
+        for name, is_dir, inode in self.tree.list(path):
+            entries.append((name, {"st_mode": stat.S_IFDIR if is_dir else stat.S_IFREG, "st_ino": inode}, 0))
+        return entries
+
+    @staticmethod
+    def _directory_inode(path: str) -> int:
+        path = path.rstrip("/")
+        return views.inode_of(path) if path else 1
+
+    @_fuse_errors
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 1 << 20, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0, "f_files": 0,
+                "f_ffree": 0, "f_favail": 0, "f_namemax": 255, "f_flag": os.ST_RDONLY}
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if path == "/" and name == STATS_XATTR:
+            return json.dumps(self.stats_snapshot(), sort_keys=True).encode()
+        raise mfusepy.FuseOSError(ENODATA)
+
+    def listxattr(self, path: str) -> list[str]:
+        return [STATS_XATTR] if path == "/" else []
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        counters = self.stats.snapshot()
+        if self._database is not None:
+            counters["sql_queries"] = self._database.queries
+        counters["open_handles"] = len(self._handles)
+        return counters
+
+    # -- files -----------------------------------------------------------------------------------------------
+
+    @_fuse_errors
+    def open(self, path: str, fi: Any) -> int:
+        if fi.flags & os.O_ACCMODE != os.O_RDONLY or fi.flags & (os.O_TRUNC | os.O_CREAT):
+            raise mfusepy.FuseOSError(errno.EROFS)
+        node = self.tree.lookup(path)
+        if node.is_dir:
+            raise mfusepy.FuseOSError(errno.EISDIR)
+        handle, identity = self._open_file(node)
+        with self._lock:
+            keep = bool(identity) and self._identities.get(path) == identity
+            self._identities[path] = identity
+            number = next(self._numbers)
+            self._handles[number] = handle
+        fi.keep_cache = 1 if keep else 0
+        fi.fh = number
+        self.stats.add("opens")
+        if keep:
+            self.stats.add("opens_keep_cache")
+        return 0
+
+    def _open_file(self, node: Node) -> tuple[Handle, str]:
+        spec = node.file
+        assert spec is not None and node.table is not None
+        if spec.error:
+            raise DjfsError(f"{node.path}: {spec.error}")
+        if spec.source == "json":
+            assert spec.content is not None
+            return MemoryHandle(spec.content), spec.identity
+        if spec.source == "inline":
+            return self._open_inline(node, spec)
+        return self._open_external(node, spec)
+
+    def _open_inline(self, node: Node, spec: views.FileSpec) -> tuple[Handle, str]:
+        assert node.table is not None and spec.attribute is not None
+        data = self.tree.inline_blob(node.table, node.values, spec.attribute)
+        identity = views.digest_of(data)
+        view = views.describe_inline(data, len(data))
+        assert view is not None
+        if view.data_offset is not None:
+            content = view.header + data[view.data_offset:]
+        else:
+            content = self.reader.rendered(("inline", identity),
+                                           lambda: views.render(view.kind, view.header, data, view.size))
+        return MemoryHandle(content), identity
+
+    def _open_external(self, node: Node, spec: views.FileSpec) -> tuple[Handle, str]:
+        entry = spec.entry
+        assert entry is not None and node.schema is not None
+        hash_ = hashing.validate(entry["hash"])
+        store = ExternalTable(None, node.schema, self.config).store(entry["store"], entry["folder"])  # type: ignore[arg-type]
+        obj = StoredObject(hash_, int(entry["size"]), bytes(entry["origin"]), store, hashing.object_path(hash_))
+        if spec.data_offset is not None:
+            return self.reader.open_stored(obj, spec.header, spec.data_offset, spec.size), hash_
+        content = self.reader.rendered(("external", hash_),
+                                       lambda: views.render(spec.kind, spec.header, self.reader.whole(obj), spec.size))
+        return MemoryHandle(content), hash_
+
+    def _handle(self, fi: Any) -> Handle:
+        handle = self._handles.get(fi.fh)
+        if handle is None:
+            raise mfusepy.FuseOSError(errno.EBADF)
+        return handle
+
+    @_fuse_errors
+    def _pieces(self, path: str, size: int, offset: int, fi: Any) -> list[Piece]:
+        pieces = self._handle(fi).pieces(offset, size)
+        self.stats.add("reads")
+        self.stats.add("read_bytes", sum(piece[2] for piece in pieces))
+        return pieces
+
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        return join(self._pieces(path, size, offset, fi))
+
+    def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fi: Any) -> int:
+        """Like ``read``, but data in a cache file goes to libfuse as (fd, position): no copy through Python,
+        and other data is copied once, from the bytes where it lies into the buffer libfuse sends."""
+        try:
+            handle = self._handle(fi)
+            segment = handle.fd_segment(offset, size)
+            pieces = None if segment is not None else self._pieces(path, size, offset, fi)
+        except mfusepy.FuseOSError as error:
+            return -error.errno
+        vector = _libc.calloc(1, ctypes.sizeof(_BufVec))
+        if not vector:
+            return -errno.ENOMEM
+        buffers = _BufVec.from_address(vector)
+        buffers.count = 1
+        if segment is not None:
+            fd, position, length = segment
+            buffers.buf[0].size = length
+            buffers.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK
+            buffers.buf[0].fd = fd
+            buffers.buf[0].pos = position
+            self.stats.add("reads")
+            self.stats.add("read_bytes", length)
+        else:
+            assert pieces is not None
+            total = sum(piece[2] for piece in pieces)
+            memory = _libc.malloc(max(1, total))  # libfuse frees it (fuse_free_buf)
+            if not memory:
+                _libc.free(vector)
+                return -errno.ENOMEM
+            position = 0
+            for data, start, length in pieces:
+                ctypes.memmove(memory + position, _address(data) + start, length)
+                position += length
+            buffers.buf[0].size = total
+            buffers.buf[0].mem = memory
+            buffers.buf[0].mem_size = total
+        ctypes.cast(bufpp, ctypes.POINTER(ctypes.c_void_p))[0] = vector
+        return 0
+
+    def release(self, path: str, fi: Any) -> int:
+        with self._lock:
+            handle = self._handles.pop(fi.fh, None)
+        if handle is not None:
+            handle.close()
+        return 0
+
+    # -- everything that would write ----------------------------------------------------------------------------
+
+    write = create = mkdir = rmdir = unlink = rename = link = symlink = chmod = chown = truncate = _read_only
+    utimens = mknod = setxattr = removexattr = fallocate = _read_only

@@ -1,0 +1,517 @@
+"""Paths of the mount <-> (schema, table, primary key, file), and all the SQL of the view.
+
+* Schemas are databases (system ones hidden, or only those given with ``schemas=``); tables are shown by their
+  DataJoint class names (``Scan``, ``Scan.Roi``); hidden tables (``~external``, any ``~`` table) never are.
+* One directory level per primary-key attribute.  A level is listed with one query per page, paging by key
+  (``WHERE k > last ORDER BY k LIMIT n``), never by offset, so listing a huge table costs a bounded number of
+  queries per page and no store access.
+* A row's files come from one query: the row's plain attributes, ``LENGTH()`` and the first bytes of in-MySQL
+  blobs, and each external attribute's ``~external`` entry (view, sizes, header) through a LEFT JOIN.
+* Every value travels as a bound parameter; identifiers come only from the server's own catalog.  A name that
+  does not re-encode to itself (``paths``) is not found, so quotes, SQL metacharacters or 4,000-character
+  names can only ever give ENOENT.
+
+Caching: results live in TTL caches (``listing_timeout``: rows inserted or deleted elsewhere show up or vanish
+within it; resolving a path may use the list of schemas and tables up to ``catalog_timeout`` old, listing them
+refreshes it).  Each result is also kept, without expiry, in a bounded "last known" cache that ``lookup`` (stat,
+open) falls back to while the database is unreachable, so files already known stay readable; ``list`` never
+falls back (a listing from a dead database would be a lie, it fails with EIO).
+
+Why a thread pool for SQL: mfusepy calls us on libfuse's own threads, and Python forgets thread-local state
+between two callbacks of such a thread, so per-thread sessions would reconnect on every call.  Our few SQL
+threads keep their sessions, bound the connections a mount opens, and let every query have a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from cachetools import LRUCache, TTLCache
+
+from .. import hashing
+from ..connection import Connection
+from ..errors import ConnectionLostError, DjfsError, QueryError
+from ..external import EXTERNAL_TABLE
+from ..heading import Heading
+from ..user_tables import class_name
+from . import paths, views
+
+log = logging.getLogger(__name__)
+
+SYSTEM_SCHEMAS = {"information_schema", "mysql", "performance_schema", "sys"}
+#: table names DataJoint makes (tier prefix, snake_case, parts joined by '__'); anything else is not shown
+TABLE_NAME = re.compile(r"^(#|_|__)?[a-z][a-z0-9]*(_[a-z0-9]+)*(__[a-z][a-z0-9]*(_[a-z0-9]+)*)*$")
+_MISSING_CODES = {1049, 1146}  # unknown database, unknown table: raced with a drop
+
+
+class NotFound(Exception):
+    """No such path (ENOENT)."""
+
+
+class Unavailable(Exception):
+    """The database can't answer now (EIO); cached knowledge may still serve ``lookup``."""
+
+
+class DatabaseError(Exception):
+    """A query failed for another reason (EIO)."""
+
+
+class _FsConnection(Connection):
+    """A connection whose reads and writes time out: a hung server gives EIO, not a hung file system."""
+
+    def __init__(self, *args: Any, io_timeout: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._io_timeout = io_timeout
+
+    def _open(self):  # type: ignore[override]
+        session = super()._open()
+        session._read_timeout = self._io_timeout   # pymysql applies these before each socket read/write
+        session._write_timeout = self._io_timeout
+        return session
+
+
+class Database:
+    """Runs the view's SQL on a few threads of its own, each with a persistent session, with a deadline."""
+
+    def __init__(self, config, threads: int = 4, timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self.connection = _FsConnection(config["database.host"], config["database.port"], config["database.user"],
+                                        config["database.password"], config["connection.init_function"],
+                                        connect_timeout=min(timeout, 10.0), io_timeout=timeout)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="djfs-sql")
+        self._lock = threading.Lock()
+        self.queries = 0
+
+    def call(self, function: Callable[[Connection], Any]) -> Any:
+        """Run ``function(connection)`` on an SQL thread; server trouble becomes Unavailable or DatabaseError."""
+        future = self._pool.submit(self._run, function)
+        try:
+            return future.result(timeout=self.timeout + 5.0)
+        except FutureTimeout:
+            raise Unavailable("the database did not answer in time") from None
+
+    def _run(self, function: Callable[[Connection], Any]) -> Any:
+        try:
+            return function(self.connection)
+        except ConnectionLostError as error:
+            raise Unavailable(str(error)) from None
+        except QueryError as error:
+            code = re.search(r"MySQL error (\d+)", str(error))
+            if code and int(code.group(1)) in _MISSING_CODES:
+                raise NotFound(str(error)) from None
+            raise DatabaseError(str(error)) from None
+        except (OSError, DjfsError) as error:
+            raise Unavailable(str(error)) from None
+
+    def rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        def run(connection: Connection) -> list[tuple]:
+            with self._lock:
+                self.queries += 1
+            return list(connection.query(sql, args).fetchall())
+        return self.call(run)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self._pool.submit(self.connection.close)
+        except RuntimeError:
+            pass
+
+
+class Memo:
+    """A TTL cache with single-flight loads, plus a bounded cache of last known values for outages."""
+
+    def __init__(self, ttl: float, maxsize: int = 4096, stale_size: int = 100_000) -> None:
+        self._fresh: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl)
+        self._stale: LRUCache = LRUCache(maxsize=stale_size)  # key -> (value, when loaded)
+        self._loading: dict[Hashable, Future] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, key: Hashable) -> Any:
+        with self._lock:
+            return self._fresh.get(key)
+
+    def stale(self, key: Hashable) -> Any:
+        with self._lock:
+            known = self._stale.get(key)
+        return None if known is None else known[0]
+
+    def get(self, key: Hashable, load: Callable[[], Any], stale_ok: bool, max_age: float = 0.0) -> Any:
+        """The value: fresh, else no older than ``max_age`` seconds, else loaded (once, whoever else asks);
+        with ``stale_ok``, the last known value when the database is unreachable."""
+        with self._lock:
+            value = self._fresh.get(key)
+            if value is not None:
+                return value
+            known = self._stale.get(key)
+            if known is not None and max_age and time.monotonic() - known[1] <= max_age:
+                return known[0]
+            future = self._loading.get(key)
+            owner = future is None
+            if owner:
+                future = self._loading[key] = Future()
+        assert future is not None
+        if not owner:
+            try:
+                return future.result()
+            except Unavailable:
+                return self._fallback(key, stale_ok)
+        try:
+            value = load()
+        except BaseException as error:
+            with self._lock:
+                del self._loading[key]
+            future.set_exception(error)
+            if isinstance(error, Unavailable):
+                return self._fallback(key, stale_ok)
+            raise
+        with self._lock:
+            self._fresh[key] = value
+            self._stale[key] = (value, time.monotonic())
+            del self._loading[key]
+        future.set_result(value)
+        return value
+
+    def _fallback(self, key: Hashable, stale_ok: bool) -> Any:
+        if stale_ok:
+            value = self.stale(key)
+            if value is not None:
+                return value
+        raise Unavailable("the database is unreachable")
+
+    def forget(self, key: Hashable) -> None:
+        with self._lock:
+            self._fresh.pop(key, None)
+            self._stale.pop(key, None)
+
+
+@dataclass(frozen=True)
+class Table:
+    schema: str
+    name: str            # MySQL name
+    heading: Heading
+
+    @property
+    def sql_name(self) -> str:
+        return f"`{self.schema}`.`{self.name}`"
+
+    @property
+    def primary_key(self) -> list[str]:
+        return self.heading.primary_key
+
+
+@dataclass
+class Node:
+    """What a path names."""
+
+    kind: str                                  # root | schema | table | keys | row | file
+    path: str
+    schema: str | None = None
+    table: Table | None = None
+    values: tuple = ()                         # bound values of the primary-key prefix
+    file: views.FileSpec | None = None
+    mtime: float = 0.0
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind != "file"
+
+
+@dataclass(frozen=True)
+class Row:
+    files: dict[str, views.FileSpec] = field(default_factory=dict)
+
+
+class Tree:
+    """Resolves and lists paths with SQL; safe to call from many threads."""
+
+    def __init__(self, database: Database, *, schemas: list[str] | None = None, listing_timeout: float = 1.0,
+                 heading_timeout: float = 30.0, catalog_timeout: float = 10.0, page_size: int = 10_000,
+                 relist_max: int = 50_000) -> None:
+        self.db = database
+        self.only = list(schemas) if schemas else None
+        self.page_size = page_size
+        self.relist_max = relist_max
+        self.catalog_timeout = max(catalog_timeout, listing_timeout)
+        self.started = time.time()
+        self._schemas = Memo(listing_timeout, maxsize=4)
+        self._tables = Memo(listing_timeout, maxsize=1024)
+        self._headings = Memo(heading_timeout, maxsize=4096)
+        self._listings = Memo(listing_timeout, maxsize=4096, stale_size=4096)
+        self._exists = Memo(listing_timeout, maxsize=200_000)
+        self._rows = Memo(listing_timeout, maxsize=50_000)
+
+    # -- catalog ---------------------------------------------------------------------------------------------
+
+    def schemas(self, stale_ok: bool) -> tuple[str, ...]:
+        def load() -> tuple[str, ...]:
+            rows = self.db.rows("SELECT schema_name FROM information_schema.schemata ORDER BY schema_name")
+            names = [row[0] for row in rows if row[0] not in SYSTEM_SCHEMAS]
+            if self.only is not None:
+                names = [name for name in names if name in self.only]
+            return tuple(names)
+        # a lookup (stale_ok) may use a catalog up to catalog_timeout old; a listing refreshes it
+        return self._schemas.get("schemas", load, stale_ok, self.catalog_timeout if stale_ok else 0.0)
+
+    def tables(self, schema: str, stale_ok: bool) -> dict[str, str]:
+        """DataJoint class name -> MySQL table name, of the tables a user would see."""
+        def load() -> dict[str, str]:
+            rows = self.db.rows("SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+                                "AND table_type = 'BASE TABLE' ORDER BY table_name", (schema,))
+            found: dict[str, str] = {}
+            for (name,) in rows:
+                if name == EXTERNAL_TABLE or name.startswith("~") or not TABLE_NAME.match(name):
+                    continue
+                found.setdefault(class_name(name), name)
+            return found
+        return self._tables.get(schema, load, stale_ok, self.catalog_timeout if stale_ok else 0.0)
+
+    def table(self, schema: str, table_name: str, stale_ok: bool) -> Table:
+        def load() -> Table:
+            heading = self.db.call(lambda connection: Heading.load(connection, schema, table_name))
+            if not heading.attributes:
+                raise NotFound(f"{schema}.{table_name}")
+            return Table(schema, table_name, heading)
+        return self._headings.get((schema, table_name), load, stale_ok)
+
+    # -- resolving paths -------------------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> Node:
+        """The node a path names; NotFound, or Unavailable when the database is down and nothing is known."""
+        parts = [part for part in path.split("/") if part]
+        for part in parts:
+            try:
+                paths.check_name(part)
+            except paths.BadName:
+                raise NotFound(path) from None
+        if not parts:
+            return Node("root", "/", mtime=self.started)
+        schema = parts[0]
+        if schema not in self.schemas(stale_ok=True):
+            raise NotFound(path)
+        if len(parts) == 1:
+            return Node("schema", path, schema, mtime=self.started)
+        table_name = self.tables(schema, stale_ok=True).get(parts[1])
+        if table_name is None:
+            raise NotFound(path)
+        table = self.table(schema, table_name, stale_ok=True)
+        key = table.primary_key
+        if not key:
+            raise NotFound(path)
+        if len(parts) == 2:
+            return Node("table", path, schema, table, mtime=self.started)
+        depth = min(len(parts) - 2, len(key))
+        try:
+            values = tuple(paths.split_component(parts[2 + i], table.heading[key[i]]) for i in range(depth))
+        except paths.BadName:
+            raise NotFound(path) from None
+        if len(parts) - 2 <= len(key):
+            if not self._prefix_exists(table, parts[2:2 + depth], values):
+                raise NotFound(path)
+            return Node("row" if depth == len(key) else "keys", path, schema, table, values, mtime=self.started)
+        if len(parts) != 2 + len(key) + 1:
+            raise NotFound(path)
+        row = self.row(table, parts[2:2 + len(key)], values, stale_ok=True)
+        spec = row.files.get(parts[-1])
+        if spec is None:
+            raise NotFound(path)
+        return Node("file", path, schema, table, values, spec, mtime=spec.mtime)
+
+    def _prefix_exists(self, table: Table, names: list[str], values: tuple) -> bool:
+        """Whether rows exist under a key prefix: from the parent's listing when it is fresh, else one query."""
+        parent = ("keys", table.schema, table.name, values[:-1])
+        listing = self._listings.fresh(parent)
+        known = None
+        if listing is None:
+            known = self._listings.stale(parent)
+            if known is not None and len(known) <= self.relist_max:
+                # the parent was listed a moment ago (``ls -l``): refresh that one listing (single flight)
+                # instead of one query per entry, so stat-ing every entry costs a bounded number of queries
+                try:
+                    listing = self._list_keys(table, values[:-1], stale_ok=False)
+                except Unavailable:
+                    listing = known  # the database is down: what we knew last
+        if listing is not None:
+            return names[-1] in listing
+
+        def load() -> bool:
+            key = table.primary_key[:len(values)]
+            where = " AND ".join(f"t.`{name}` = %s" for name in key)
+            rows = self.db.rows(f"SELECT {', '.join(f't.`{name}`' for name in key)} FROM {table.sql_name} AS t "
+                                f"WHERE {where} LIMIT 1", values)
+            return bool(rows) and self._canonical(table, rows[0], names)
+        try:
+            return self._exists.get(("exists", table.schema, table.name, tuple(names)), load, stale_ok=True)
+        except Unavailable:
+            if known is not None:
+                return names[-1] in known
+            raise
+
+    @staticmethod
+    def _canonical(table: Table, row: tuple, names: list[str]) -> bool:
+        """The row the database matched is spelled exactly as asked (no aliases, no collation look-alikes)."""
+        key = table.primary_key
+        return all(paths.component(table.heading[key[i]], row[i]) == names[i] for i in range(len(names)))
+
+    # -- listing ---------------------------------------------------------------------------------------------
+
+    def list(self, path: str) -> list[tuple[str, bool, int]]:
+        """(name, is_dir, inode) of a directory's entries; fails with Unavailable when the database is down."""
+        node = self.lookup(path)
+        base = node.path.rstrip("/")
+        if node.kind == "root":
+            names = self.schemas(stale_ok=False)
+        elif node.kind == "schema":
+            assert node.schema is not None
+            names = tuple(sorted(self.tables(node.schema, stale_ok=False)))
+        elif node.kind in ("table", "keys"):
+            assert node.table is not None
+            names = self._list_keys(node.table, node.values, stale_ok=False)
+        elif node.kind == "row":
+            assert node.table is not None
+            row = self.row(node.table, self._row_names(path), node.values, stale_ok=False)
+            return [(name, False, spec.ino) for name, spec in row.files.items()]
+        else:
+            raise NotFound(path)
+        return [(name, True, views.inode_of(f"{base}/{name}")) for name in names]
+
+    @staticmethod
+    def _row_names(path: str) -> list[str]:
+        return [part for part in path.split("/") if part][2:]
+
+    def _list_keys(self, table: Table, values: tuple, stale_ok: bool) -> tuple[str, ...]:
+        """The directory names of the next key level under a prefix, paging by key."""
+        def load() -> tuple[str, ...]:
+            key = table.primary_key
+            level = len(values)
+            name = key[level]
+            attribute = table.heading[name]
+            prefix = " AND ".join(f"t.`{k}` = %s" for k in key[:level])
+            distinct = "DISTINCT " if level + 1 < len(key) else ""
+            names: list[str] = []
+            last: Any = None
+            while True:
+                conditions = [prefix] if prefix else []
+                args = list(values)
+                if last is not None:
+                    conditions.append(f"t.`{name}` > %s")
+                    args.append(last)
+                where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+                # one row more than a page tells whether another page follows, without an empty last query
+                rows = self.db.rows(f"SELECT {distinct}t.`{name}` FROM {table.sql_name} AS t{where} "
+                                    f"ORDER BY t.`{name}` LIMIT %s", args + [self.page_size + 1])
+                page = rows[:self.page_size]
+                names.extend(paths.component(attribute, row[0]) for row in page)
+                if len(rows) <= self.page_size:
+                    return tuple(names)
+                last = page[-1][0]
+        return self._listings.get(("keys", table.schema, table.name, values), load, stale_ok)
+
+    # -- rows ------------------------------------------------------------------------------------------------
+
+    def row(self, table: Table, names: list[str], values: tuple, stale_ok: bool) -> Row:
+        """The files of one row, from one query."""
+        def load() -> Row:
+            heading = table.heading
+            columns: list[str] = []
+            joins: list[str] = []
+            layout: list[tuple[str, str, int]] = []  # (attribute, how, index of its first column)
+            for index, attribute in enumerate(heading):
+                name = attribute.name
+                layout.append((name, "external" if attribute.is_external else "blob" if attribute.is_blob
+                               else "plain", len(columns)))
+                if attribute.is_external:
+                    alias = f"e{index}"
+                    columns += [f"t.`{name}`"] + [f"{alias}.`{c}`" for c in _ENTRY_COLUMNS] + \
+                        [f"UNIX_TIMESTAMP({alias}.`timestamp`)"]
+                    joins.append(f"LEFT JOIN `{table.schema}`.`{EXTERNAL_TABLE}` AS {alias} "
+                                 f"ON {alias}.`hash` = t.`{name}`")
+                elif attribute.is_blob:
+                    columns += [f"LENGTH(t.`{name}`)", f"SUBSTRING(t.`{name}`, 1, {views.PREFIX_BYTES})"]
+                else:
+                    columns.append(f"t.`{name}`")
+            where = " AND ".join(f"t.`{name}` = %s" for name in table.primary_key)
+            rows = self.db.rows(f"SELECT {', '.join(columns)} FROM {table.sql_name} AS t {' '.join(joins)} "
+                                f"WHERE {where} LIMIT 2", values)
+            if len(rows) != 1:
+                raise NotFound("/".join(names))
+            record = rows[0]
+            key_values = tuple(record[first] for name, how, first in layout if heading[name].in_key)
+            if not self._canonical(table, key_values, names):
+                raise NotFound("/".join(names))
+            return self._make_row(table, names, layout, record)
+        return self._rows.get(("row", table.schema, table.name, tuple(names)), load, stale_ok)
+
+    def _make_row(self, table: Table, names: list[str], layout: list[tuple[str, str, int]], record: tuple) -> Row:
+        heading = table.heading
+        where = "/".join([table.schema, table.name, *names])
+        files: dict[str, views.FileSpec] = {}
+        plain: dict[str, Any] = {}
+        for name, how, first in layout:
+            if how == "plain":
+                plain[name] = record[first]
+                continue
+            if record[first] is None:
+                continue  # NULL: no file
+            if how == "external":
+                spec = self._external_file(where, name, record[first:first + 2 + len(_ENTRY_COLUMNS)])
+            else:
+                spec = self._inline_file(table, names, where, name, int(record[first]), record[first + 1])
+            files[spec.name] = spec
+        content = views.row_json(heading, plain)
+        files[views.ROW_FILE] = views.FileSpec(views.ROW_FILE, "json", len(content), self.started,
+                                               views.inode_of(where, views.ROW_FILE), "json",
+                                               identity=views.digest_of(content), content=content)
+        return Row(files)
+
+    def _external_file(self, where: str, name: str, columns: tuple) -> views.FileSpec:
+        hash_ = columns[0]
+        entry = dict(zip(_ENTRY_COLUMNS, columns[1:-1]))
+        timestamp = float(columns[-1] or self.started)
+        if not hashing.is_valid(hash_):
+            log.warning("%s.%s holds a malformed hash; serving EIO", where, name)
+            return views.FileSpec(name + ".blob", "blob", 0, self.started, views.inode_of(where, name), "external",
+                                  name, error="malformed hash")
+        if entry["view"] is None:
+            return views.FileSpec(name + ".blob", "blob", 0, self.started, views.inode_of(hash_), "external",
+                                  name, identity=hash_, error="no ~external entry")
+        entry["hash"] = hash_
+        kind = entry["view"]
+        return views.FileSpec(views.file_name(name, kind), kind, int(entry["view_size"]), timestamp,
+                              views.inode_of(hash_), "external", name, identity=hash_, entry=entry,
+                              header=bytes(entry["view_header"] or b""),
+                              data_offset=None if entry["data_offset"] is None else int(entry["data_offset"]))
+
+    def _inline_file(self, table: Table, names: list[str], where: str, name: str, length: int,
+                     prefix: bytes) -> views.FileSpec:
+        view = views.describe_inline(bytes(prefix), length)
+        if view is None:  # a compressed blob whose header did not fit in the prefix: read it whole once
+            data = self.inline_blob(table, tuple(self._values_of(table, names)), name)
+            view = views.describe_inline(data, length)
+            assert view is not None
+        return views.FileSpec(views.file_name(name, view.kind), view.kind, view.size, self.started,
+                              views.inode_of(where, name), "inline", name, header=view.header,
+                              data_offset=view.data_offset)
+
+    def _values_of(self, table: Table, names: list[str]) -> list[Any]:
+        key = table.primary_key
+        return [paths.split_component(names[i], table.heading[key[i]]) for i in range(len(key))]
+
+    def inline_blob(self, table: Table, values: tuple, attribute: str) -> bytes:
+        """The stored bytes of a blob kept in MySQL (one query)."""
+        where = " AND ".join(f"t.`{name}` = %s" for name in table.primary_key)
+        rows = self.db.rows(f"SELECT t.`{attribute}` FROM {table.sql_name} AS t WHERE {where} LIMIT 1", values)
+        if not rows or rows[0][0] is None:
+            raise NotFound(attribute)
+        return bytes(rows[0][0])
+
+
+_ENTRY_COLUMNS = ("size", "store", "folder", "origin", "compressed", "view", "view_size", "view_header",
+                  "data_offset")

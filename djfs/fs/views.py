@@ -1,0 +1,194 @@
+"""How one stored value becomes one file of the mount.
+
+Every blob or external attribute of a row is one file, named after the attribute and the *view* of its value
+(``djfs.external.view_of`` decides it when an external value is stored; for blobs kept inside MySQL the same
+rules are applied here to the blob's first bytes):
+
+``<attr>.npy``   a numeric or boolean array with ndim >= 1: a real ``.npy`` (header + column-major data) that
+                 ``numpy.load(path, mmap_mode='r')`` opens.  When the stored blob is uncompressed, its data *is*
+                 a byte range of the stored object (from ``data_offset``), so reads become range reads of the
+                 object and nothing is decoded; a compressed array is inflated once and served from memory.
+``<attr>.bin``   ``bytes`` values, raw.
+``<attr>.blob``  anything else, as the *uncompressed* serialized blob (``djfs.blob.unpack`` and DataJoint read it).
+``row.json``     the row's other attributes as a JSON object.
+
+Sizes are exact and known without touching a store: external views record ``view_size``; an in-MySQL blob's
+view is computed from ``LENGTH()`` and its first bytes (inflating a few hundred bytes when compressed).
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import hashlib
+import json
+import math
+import struct
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import blob
+from ..errors import BlobError, CorruptObjectError
+from ..external import View
+from ..heading import Heading
+
+EXTENSIONS = {"npy": ".npy", "bytes": ".bin", "blob": ".blob"}
+ROW_FILE = "row.json"
+#: bytes of an in-MySQL blob fetched with each row's metadata: enough for any array header (64 dims)
+PREFIX_BYTES = 1024
+_HEADER_NEED = 4 + 1 + 8 + 8 * 64 + 8
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+# MATLAB class ids of real numeric and logical arrays (blob's table, without datetime64 ids)
+_NUMERIC_CLASSES = {class_id: dtype for class_id, dtype in blob._DTYPE_OF_CLASS.items() if class_id < 65536}
+
+
+def file_name(attribute: str, kind: str) -> str:
+    return attribute + EXTENSIONS[kind]
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file of a row directory: what it shows and where its bytes come from."""
+
+    name: str
+    kind: str                        # npy | bytes | blob | json
+    size: int
+    mtime: float
+    ino: int
+    source: str                      # external | inline | json
+    attribute: str | None = None
+    identity: str = ""               # content identity (the hash of an external value); '' = known at open
+    entry: dict | None = None        # the ~external row of an external value
+    header: bytes = b""              # bytes before the data (the .npy header)
+    data_offset: int | None = None   # where the file's data starts in the stored bytes, if a plain range
+    content: bytes | None = None     # row.json
+    error: str = ""                  # set when the value can't be served (bad hash, no entry): EIO on open
+
+
+# -- describing serialized blobs ----------------------------------------------------------------------------
+
+
+def _array_layout(body: bytes) -> tuple[np.dtype, tuple[int, ...], int] | None:
+    """(dtype, shape, data offset) of a top-level real numeric array in an uncompressed blob body, else None."""
+    if len(body) < 13 or body[:4] not in (blob.MYM, blob.DJ0) or body[4:5] != b"A":
+        return None
+    (ndim,) = _U64.unpack_from(body, 5)
+    if not 1 <= ndim <= 64 or len(body) < 13 + 8 * ndim + 8:
+        return None
+    shape = struct.unpack_from(f"<{ndim}Q", body, 13)
+    class_id, is_complex = struct.unpack_from("<II", body, 13 + 8 * ndim)
+    dtype = _NUMERIC_CLASSES.get(class_id)
+    if dtype is None or is_complex:
+        return None
+    return np.dtype(dtype), tuple(int(n) for n in shape), 13 + 8 * ndim + 8
+
+
+def describe(body_prefix: bytes, body_length: int, compressed: bool) -> View:
+    """The view of a serialized value from the first bytes of its (uncompressed) body and the body's length."""
+    layout = _array_layout(body_prefix)
+    if layout is not None:
+        dtype, shape, offset = layout
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if body_length - offset == nbytes:
+            header = blob.npy_header(dtype, shape, fortran_order=True)
+            return View("npy", len(header) + nbytes, header, None if compressed else offset)
+    if len(body_prefix) >= 13 and body_prefix[:5] == blob.DJ0 + b"\x06":
+        (length,) = _U64.unpack_from(body_prefix, 5)
+        if body_length == 13 + length:
+            return View("bytes", length, b"", None if compressed else 13)
+    return View("blob", body_length, b"", None if compressed else 0)
+
+
+def describe_inline(prefix: bytes, length: int) -> View | None:
+    """The view of a blob stored in MySQL from its first bytes and length; None when the prefix is too short."""
+    prefix = bytes(prefix)
+    if prefix[:6] != blob.ZLIB_PREFIX:
+        if len(prefix) < min(length, _HEADER_NEED):
+            return None
+        return describe(prefix, length, compressed=False)
+    if len(prefix) < 14:
+        return None if length > len(prefix) else View("blob", length, b"", 0)
+    (declared,) = _U64.unpack_from(prefix, 6)
+    try:
+        body = zlib.decompressobj().decompress(prefix[14:], _HEADER_NEED)
+    except zlib.error:
+        return View("blob", length, b"", 0)  # not a valid compressed blob: serve the bytes as they are
+    if len(body) < min(declared, _HEADER_NEED) and len(prefix) < length:
+        return None
+    return describe(body, declared, compressed=True)
+
+
+def inflate(data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+    """The uncompressed serialized bytes of a stored blob (inflated if it is ZL123-compressed)."""
+    view = memoryview(data).cast("B")
+    if bytes(view[:6]) != blob.ZLIB_PREFIX:
+        return data
+    if len(view) < 14:
+        raise BlobError("truncated compressed blob")
+    (declared,) = _U64.unpack_from(view, 6)
+    return blob._inflate(view[14:], declared)
+
+
+def render(kind: str, header: bytes, stored: bytes | bytearray | memoryview, size: int) -> bytes:
+    """The whole file of a value from its whole stored bytes (used when the file is not a plain byte range)."""
+    body = memoryview(inflate(stored)).cast("B")
+    if kind == "npy":
+        layout = _array_layout(bytes(body[:_HEADER_NEED]))
+        if layout is None:
+            raise CorruptObjectError("stored value is not the array its view says")
+        content = header + bytes(body[layout[2]:])
+    elif kind == "bytes":
+        content = bytes(body[13:])
+    else:
+        content = bytes(body)
+    if len(content) != size:
+        raise CorruptObjectError(f"stored value renders to {len(content)} bytes, its view says {size}")
+    return content
+
+
+# -- rows -----------------------------------------------------------------------------------------------------
+
+
+def _json_value(attribute, value: Any) -> Any:
+    if value is None:
+        return None
+    if attribute.is_uuid and isinstance(value, (bytes, bytearray)) and len(value) == 16:
+        return str(uuid.UUID(bytes=bytes(value)))
+    if attribute.is_json:
+        try:
+            return json.loads(value)
+        except (TypeError, ValueError):
+            return value if isinstance(value, str) else None
+    if attribute.type == "bool" and isinstance(value, int):
+        return bool(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, (datetime.date, datetime.time, datetime.timedelta, decimal.Decimal)):
+        return str(value)
+    return value
+
+
+def row_json(heading: Heading, values: dict[str, Any]) -> bytes:
+    """``row.json``: the attributes that are not files, in heading order (dates as text, binary as hex)."""
+    document = {name: _json_value(heading[name], value) for name, value in values.items()}
+    return (json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+# -- inode numbers --------------------------------------------------------------------------------------------
+
+
+def inode_of(*parts: str) -> int:
+    """A stable 63-bit inode number (never 0 or 1, the root's) from a content hash or a path."""
+    digest = hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return max(2, int.from_bytes(digest, "little") & ((1 << 63) - 1))
+
+
+def digest_of(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,175 @@
+"""pytest plugin: real FUSE mounts of djfs, the daemon running as ``python -m djfs.cli mount -f`` in a subprocess.
+
+Loaded by ``tests/conftest.py``.  A mount gets the database credentials through ``DJ_HOST``/``DJ_PORT``/
+``DJ_USER``/``DJ_PASS`` in its environment and the rest of its configuration through a ``$DJ_CONFIG`` file,
+exactly as a user would run it; it is waited for (the mount table) and always unmounted in teardown, even when
+the test failed or the daemon died.  FUSE missing is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from djfs.fs.mount import is_mounted
+
+START_TIMEOUT = 30.0
+
+
+def require_fuse() -> None:
+    """Fail loudly (never skip) when this host can't mount FUSE file systems."""
+    problems = []
+    if not os.path.exists("/dev/fuse"):
+        problems.append("/dev/fuse is missing (modprobe fuse, or run the container with --device /dev/fuse)")
+    if not (shutil.which("fusermount3") or shutil.which("fusermount")):
+        problems.append("fusermount3 is missing (apt-get install fuse3)")
+    if problems:
+        pytest.fail("FUSE is required for the mount tests: " + "; ".join(problems), pytrace=False)
+
+
+class Mount:
+    """One djfs daemon and its mount point."""
+
+    def __init__(self, mountpoint: Path, env: dict[str, str], options: list[str], log: Path) -> None:
+        self.mountpoint = mountpoint
+        self.env = env
+        self.options = options
+        self.log = log
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Mount":
+        command = [sys.executable, "-m", "djfs.cli", "mount", "-f", str(self.mountpoint)]
+        if self.options:
+            command += ["-o", ",".join(self.options)]
+        with open(self.log, "ab") as output:
+            self.process = subprocess.Popen(command, env=self.env, stdin=subprocess.DEVNULL, stdout=output,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (is_mounted(str(self.mountpoint)) and os.path.ismount(self.mountpoint)):
+            if self.process.poll() is not None:
+                raise AssertionError(f"djfs mount exited with {self.process.returncode}:\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"djfs mount did not come up in {START_TIMEOUT} s:\n{self.log_text()}")
+            time.sleep(0.05)
+        return self
+
+    def path(self, *parts: str) -> Path:
+        return self.mountpoint.joinpath(*parts)
+
+    def stats(self) -> dict[str, Any]:
+        """The daemon's counters (store requests, bytes, SQL queries, opens ...)."""
+        return json.loads(os.getxattr(self.mountpoint, "user.djfs.stats"))
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def run_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "djfs.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def stop(self) -> None:
+        """Unmount (lazily if it must) and make sure the daemon is gone."""
+        target = str(self.mountpoint)
+        if is_mounted(target):
+            result = self.run_cli("umount", target, timeout=60)
+            if result.returncode != 0 and is_mounted(target):
+                subprocess.run(["fusermount3", "-u", "-z", target], capture_output=True)
+                if is_mounted(target):
+                    subprocess.run(["umount", "-l", target], capture_output=True)
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+class Mounts:
+    """Makes mounts and unmounts all of them at the end of a scope."""
+
+    def __init__(self, base: Path, mariadb: Any) -> None:
+        self.base = base
+        self.mariadb = mariadb
+        self.mounts: list[Mount] = []
+
+    def environment(self, config: dict[str, Any], **extra: str) -> dict[str, str]:
+        """A clean environment: database credentials as DJ_* variables, the rest in a $DJ_CONFIG file."""
+        index = len(self.mounts)
+        config_file = self.base / f"config-{index}.json"
+        config_file.write_text(json.dumps(config))
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("DJ_", "AWS_"))}
+        env.update(DJ_HOST=self.mariadb.host, DJ_PORT=str(self.mariadb.port), DJ_USER=self.mariadb.user,
+                   DJ_PASS=self.mariadb.password or "", DJ_CONFIG=str(config_file))
+        env.update(extra)
+        return env
+
+    def mount(self, config: dict[str, Any], options: list[str] | tuple = (), start: bool = True,
+              **extra_env: str) -> Mount:
+        """A running mount whose configuration file holds ``config`` (a cache of its own unless given)."""
+        index = len(self.mounts)
+        config = dict(config)
+        config.setdefault("cache-location", str(self.base / f"cache-{index}"))
+        mountpoint = self.base / f"mnt-{index}"
+        mountpoint.mkdir()
+        mount = Mount(mountpoint, self.environment(config, **extra_env), list(options),
+                      self.base / f"daemon-{index}.log")
+        self.mounts.append(mount)
+        return mount.start() if start else mount
+
+    def stop_all(self) -> None:
+        for mount in reversed(self.mounts):
+            try:
+                mount.stop()
+            except Exception as error:  # keep going: every mount must be released
+                print(f"could not stop {mount.mountpoint}: {error}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def fuse_available() -> None:
+    require_fuse()
+
+
+@pytest.fixture
+def mounts(fuse_available, mariadb, tmp_path) -> Iterator[Mounts]:
+    """Mounts that live for one test."""
+    registry = Mounts(tmp_path, mariadb)
+    try:
+        yield registry
+    finally:
+        registry.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_mounts(fuse_available, mariadb, tmp_path_factory) -> Iterator[Mounts]:
+    """Mounts shared by the tests of a module."""
+    registry = Mounts(tmp_path_factory.mktemp("mounts"), mariadb)
+    try:
+        yield registry
+    finally:
+        registry.stop_all()
+
+
+def s3_config(server: Any, prefix: str = "mnt", **extra: Any) -> dict[str, Any]:
+    """A djfs configuration for ``server`` (moto), with short store timeouts so failures come fast."""
+    account, token = server.credentials
+    config = {"external-location": server.location(prefix), "external-account": account, "external-token": token,
+              "store-timeout": 2.0, "store-retries": 1}
+    config.update(extra)
+    return config

@@ -1,0 +1,127 @@
+"""The mount's pure parts, without FUSE: name escaping, value views, options, the outage-tolerant memo."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import uuid
+
+import numpy as np
+import pytest
+
+from djfs import blob
+from djfs.external import view_of
+from djfs.fs import paths, views
+from djfs.fs.mount import MountError, MountOptions
+from djfs.fs.tree import Memo, Unavailable
+from djfs.heading import Attribute
+
+
+def attribute(name: str, sql_type: str, kind: str | None = None) -> Attribute:
+    return Attribute(name=name, sql_type=sql_type, type=kind or sql_type, in_key=True, nullable=False, default=None,
+                     comment="")
+
+
+TEXT = attribute("subject", "varchar(64)")
+NUMBER = attribute("scan", "int(11)")
+UUID = attribute("uid", "binary(16)", "uuid")
+DAY = attribute("day", "date")
+
+
+@pytest.mark.parametrize("value", ["plain", "a/b", "..", ".", "", "%41", "nul\0byte", "tab\tnew\nline", "ü z",
+                                   "x'; DROP TABLE t; --", '"quoted"', "back\\slash", "=", "a=b", "\x7f\x01",
+                                   "💾" * 20])
+def test_text_values_round_trip_and_cannot_break_the_tree(value):
+    name = paths.component(TEXT, value)
+    assert "/" not in name and "\0" not in name and name not in (".", "..")
+    assert all(32 <= ord(c) < 127 for c in name)
+    assert paths.split_component(name, TEXT) == value
+
+
+def test_numbers_dates_and_uuids():
+    assert paths.component(NUMBER, 7) == "scan=7"
+    assert paths.split_component("scan=-3", NUMBER) == -3
+    for bad in ("scan=+3", "scan=3.0", "scan= 3", "scan=", "scan=٣", "subject=3"):
+        with pytest.raises(paths.BadName):
+            paths.split_component(bad, NUMBER)
+    assert paths.split_component("scan=007", NUMBER) == 7  # accepted here, refused as non-canonical by the tree
+    assert paths.component(NUMBER, 7) != "scan=007"
+    key = uuid.UUID(int=12345)
+    assert paths.component(UUID, key.bytes) == f"uid={key}"
+    assert paths.split_component(f"uid={key}", UUID) == key.bytes
+    with pytest.raises(paths.BadName):
+        paths.split_component("uid=not-a-uuid", UUID)
+    assert paths.component(DAY, datetime.date(2024, 5, 6)) == "day=2024-05-06"
+
+
+def test_names_the_kernel_could_send_but_nothing_can_match():
+    for name in ("x" * 256, "a\udcff", ""):
+        with pytest.raises(paths.BadName):
+            paths.check_name(name)
+
+
+@pytest.mark.parametrize("value", [
+    np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.arange(5, dtype=">i8"), np.array([[True, False]]),
+    np.zeros((300, 300)), np.arange(10, dtype=np.uint16), b"raw \x00 bytes", b"z" * 5000, {"a": [1, 2]},
+    "text", 3.5, np.float64(2.0), np.array([1 + 2j]), [np.zeros(3), "x"], np.array(["a", "b"], dtype=object)])
+def test_inline_views_match_external_views_and_render(value):
+    packed = blob.serialize(value)
+    stored = blob.pack(value)
+    expected = view_of(value, packed)
+    view = views.describe_inline(stored[:views.PREFIX_BYTES], len(stored))
+    assert view is not None
+    assert (view.kind, view.size, view.header) == (expected.kind, expected.size, expected.header)
+    if view.data_offset is not None:
+        content = view.header + stored[view.data_offset:]
+    else:
+        content = views.render(view.kind, view.header, stored, view.size)
+    assert len(content) == view.size
+    if view.kind == "npy":
+        np.testing.assert_array_equal(np.load(io.BytesIO(content)), value)
+    elif view.kind == "bytes":
+        assert content == value
+    else:
+        assert content == blob.pack(value, compress=False)
+
+
+def test_a_compressed_blob_with_a_short_prefix_asks_for_the_whole_blob():
+    stored = blob.pack(np.zeros((50, 50)))
+    assert stored.startswith(blob.ZLIB_PREFIX)
+    assert views.describe_inline(stored[:10], len(stored)) is None
+    assert views.describe_inline(stored, len(stored)).kind == "npy"
+
+
+def test_row_json_is_json_for_every_type():
+    from djfs.heading import Heading
+    heading = Heading({name: attribute(name, sql, kind) for name, sql, kind in [
+        ("day", "date", None), ("uid", "binary(16)", "uuid"), ("flag", "tinyint", "bool"), ("x", "double", None),
+        ("data", "longtext", "json"), ("raw", "varbinary(4)", None)]})
+    document = views.row_json(heading, {"day": datetime.date(2024, 1, 2), "uid": uuid.UUID(int=1).bytes,
+                                        "flag": 1, "x": float("nan"), "data": '{"a": 1}', "raw": b"\x00\x01"})
+    import json
+    assert json.loads(document) == {"day": "2024-01-02", "uid": str(uuid.UUID(int=1)), "flag": True, "x": None,
+                                    "data": {"a": 1}, "raw": "0001"}
+
+
+def test_mount_options():
+    options = MountOptions.parse(["allow_other,uid=1000,file_mode=0440,block_size=8MiB", "schemas=a:b,ro"],
+                                 schemas=["c"])
+    assert options.fuse == {"allow_other": True}
+    assert (options.uid, options.file_mode, options.block_size) == (1000, 0o440, 8 << 20)
+    assert options.schemas == ["a", "b", "c"]
+    for bad in ["rw", "fsname=x", "block_size=0", "dir_mode=800", "listing_timeout=-1", "uid", "password=x"]:
+        with pytest.raises(MountError):
+            MountOptions.parse([bad])
+
+
+def test_memo_serves_last_known_values_only_to_lookups_while_the_database_is_down():
+    memo = Memo(ttl=0.0)
+    assert memo.get("k", lambda: "v1", stale_ok=False) == "v1"
+
+    def down():
+        raise Unavailable("down")
+    assert memo.get("k", down, stale_ok=True) == "v1"
+    with pytest.raises(Unavailable):
+        memo.get("k", down, stale_ok=False)
+    with pytest.raises(Unavailable):
+        memo.get("other", down, stale_ok=True)
