@@ -132,14 +132,15 @@ def main() -> int:
         print(listing)
         path = next((mountpoint / "demo_imaging" / "AlignedMovie" / "mouse_id=1" / "scan_idx=1").glob("movie*.npy"))
         mapped = np.load(path, mmap_mode="r")
-        frames = np.asarray(mapped[100:110, 64:128, 64:128])
+        frames = np.array(mapped[100:110, 64:128, 64:128])
+        del mapped  # closes the memory map, so the mount isn't busy when we unmount
         print(f">>> np.load('{path}', mmap_mode='r')[100:110, 64:128, 64:128]")
         print(f"shape {frames.shape}, mean {frames.mean():+.4f}; identical to fetch: "
               f"{np.array_equal(frames, movie[100:110, 64:128, 64:128])}")
         assert np.array_equal(frames, movie[100:110, 64:128, 64:128])
     finally:
         if not args.keep_mounted:
-            subprocess.run([sys.executable, "-m", "djfs.cli", "umount", str(mountpoint)], check=False)
+            subprocess.run([sys.executable, "-m", "djfs.cli", "umount", str(mountpoint)], check=True)
             server.stop()
             print("\nunmounted and stopped the database (run with --keep-mounted to explore)")
         else:
