@@ -117,11 +117,11 @@ _CLASS_CHAR = 4
 _CLASS_VOID = 5
 _DATETIME_UNITS = ("Y", "M", "W", "D", "h", "m", "s", "ms", "us", "ns", "ps", "fs", "as")
 _DATETIME_BASE = 65_536
-_DTYPE_OF_CLASS: dict[int, np.dtype] = {
+DTYPE_OF_CLASS: dict[int, np.dtype] = {
     class_id: np.dtype(f"<{kind}{size}") if kind != "b" else np.dtype(bool)
     for (kind, size), class_id in _CLASS_OF_NUMERIC.items()
 }
-_DTYPE_OF_CLASS.update(
+DTYPE_OF_CLASS.update(
     {_DATETIME_BASE + i: np.dtype(f"<M8[{unit}]") for i, unit in enumerate(_DATETIME_UNITS)}
 )
 
@@ -231,11 +231,7 @@ def unpack(data: bytes | bytearray | memoryview, squeeze: bool = False) -> objec
         view = memoryview(data).cast("B")
     except (TypeError, ValueError) as error:
         raise BlobError(f"blob must be a contiguous bytes-like object, not {type(data).__name__}") from error
-    if bytes(view[: len(ZLIB_PREFIX)]) == ZLIB_PREFIX:
-        if len(view) < len(ZLIB_PREFIX) + 8:
-            raise BlobError("truncated blob: compressed header is shorter than 14 bytes")
-        (declared,) = _U64.unpack_from(view, len(ZLIB_PREFIX))
-        view = memoryview(_inflate(view[len(ZLIB_PREFIX) + 8 :], declared))
+    view = decompress(view)
     protocol = bytes(view[:4])
     if protocol not in (MYM, DJ0):
         raise BlobError(f"not a DataJoint blob: header {protocol!r} is neither {MYM!r} nor {DJ0!r}")
@@ -568,6 +564,17 @@ def _array_view(obj: object, protocol: bytes) -> ArrayView | None:
 # ---------------------------------------------------------------------------------------------------- reading
 
 
+def decompress(data: bytes | bytearray | memoryview) -> memoryview:
+    """The uncompressed serialized bytes of a blob: ``data`` itself unless it is ``ZL123``-framed."""
+    view = memoryview(data).cast("B")
+    if bytes(view[: len(ZLIB_PREFIX)]) != ZLIB_PREFIX:
+        return view
+    if len(view) < len(ZLIB_PREFIX) + 8:
+        raise BlobError("truncated blob: compressed header is shorter than 14 bytes")
+    (declared,) = _U64.unpack_from(view, len(ZLIB_PREFIX))
+    return memoryview(_inflate(view[len(ZLIB_PREFIX) + 8 :], declared))
+
+
 def _inflate(stream: memoryview, declared: int) -> bytearray:
     """Decompress a zlib stream that must yield exactly ``declared`` bytes, never producing more."""
     if declared > len(stream) * ZLIB_MAX_RATIO + 1024:
@@ -760,7 +767,7 @@ class _Reader:
                 return self.finish(np.array([text]), to_scalar=True)
             chars = codes.astype("<u4").view("<U1")
             return self.finish(_reshape(chars, shape), to_scalar=True)
-        dtype = _DTYPE_OF_CLASS.get(class_id)
+        dtype = DTYPE_OF_CLASS.get(class_id)
         if dtype is None:
             raise BlobError(f"unsupported MATLAB class id {class_id} in array")
         if is_complex:

@@ -38,18 +38,22 @@ def translate(error: pymysql.MySQLError, context: str = "") -> Exception:
         return errors.IntegrityError(f"{where}foreign key constraint ({message})")
     if isinstance(error, pymysql.err.OperationalError) and code in LOST_CONNECTION:
         return errors.ConnectionLostError(f"{where}database connection lost ({message})")
-    return errors.QueryError(f"{where}{message} (MySQL error {code})")
+    return errors.QueryError(f"{where}{message} (MySQL error {code})", code=code)
 
 
 class Connection:
     """A handle on one server: per-thread sessions, transactions, queries with bound parameters."""
 
     def __init__(self, host: str, port: int, user: str | None, password: str | None,
-                 init_command: str | None = None, connect_timeout: float = 10.0) -> None:
+                 init_command: str | None = None, connect_timeout: float = 10.0,
+                 io_timeout: float | None = None) -> None:
+        """``io_timeout`` bounds every socket read and write: a hung server then fails instead of hanging
+        (the mount uses it; the library waits as long as a query takes)."""
         self.host, self.port, self.user = host, port, user
         self._password = password
         self._init_command = init_command
         self._connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
         self._local = threading.local()
 
     @classmethod
@@ -67,6 +71,7 @@ class Connection:
                 host=self.host, port=self.port, user=self.user or "", password=self._password or "",
                 autocommit=True, charset="utf8mb4", binary_prefix=True,
                 connect_timeout=self._connect_timeout, init_command=self._init_command,
+                read_timeout=self._io_timeout, write_timeout=self._io_timeout,
                 local_infile=False)
         except pymysql.MySQLError as error:
             raise errors.ConnectionLostError(

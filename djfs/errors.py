@@ -10,7 +10,13 @@ class DeclarationError(DjfsError):
 
 
 class QueryError(DjfsError):
-    """A restriction, projection or fetch names something the table does not have."""
+    """A query failed: it names something the table does not have, or the server refused it.
+
+    ``code`` is the server's error number when the server refused it (e.g. 1146: no such table)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class DataError(DjfsError, ValueError):

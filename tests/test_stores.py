@@ -495,3 +495,18 @@ def test_a_directory_is_not_an_object(store):
         with pytest.raises(MissingObjectError):
             call()
     assert not store.exists("ab/cd")
+
+
+def test_open_range_streams_exact_pieces(store):
+    data = bytes(range(256)) * 64
+    store.put("ab/cd/streamed", data)
+    with store.open_range("ab/cd/streamed", 1000) as stream:
+        assert stream.read_exact(10) == data[1000:1010]
+        assert stream.read_exact(5000) == data[1010:6010]
+    with store.open_range("ab/cd/streamed") as stream:
+        assert stream.read_exact(len(data)) == data
+    with store.open_range("ab/cd/streamed", 100, 50) as stream:
+        assert stream.read_exact(50) == data[100:150]
+    with pytest.raises(CorruptObjectError):
+        with store.open_range("ab/cd/streamed", len(data) - 10) as stream:
+            stream.read_exact(20)

@@ -156,7 +156,7 @@ class Operations(mfusepy.Operations):
                 for store_name, folder in self.tree.db.rows(
                         f"SELECT DISTINCT store, folder FROM `{schema}`.`~external` LIMIT 16"):
                     store = ExternalTable(None, schema, self.config).store(store_name, folder)  # type: ignore[arg-type]
-                    getattr(store, "_client", None)  # S3 stores create their client on first use
+                    store.prepare()
         except Exception as error:  # only an optimisation
             log.debug("warm-up skipped: %s", error)
 

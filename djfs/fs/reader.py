@@ -45,7 +45,8 @@ from cachetools import LRUCache, TTLCache
 from .. import hashing
 from ..cache import CacheError, ObjectCache
 from ..errors import CorruptObjectError, StoreError
-from ..stores import S3Store, Store
+from ..stores import Store
+from ..stores.base import RangeStream
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ class _Stream:
         body = None
         try:
             offset = self.first * reader.block_size
-            body = reader.open_body(obj, offset, obj.size - offset)
+            body = reader.open_body(obj, offset)
             index = self.first
             while index <= self.last:
                 with self._cond:
@@ -336,59 +337,19 @@ class _Stream:
                 body.close()
 
 
-class _S3Body:
-    """The body of one S3 GET, read in exact pieces; errors become StoreError.
+class _Counted(RangeStream):
+    """A store's stream whose bytes count towards the mount's statistics."""
 
-    When the object has no content encoding, the urllib3 response under botocore's body is read with
-    ``decode_content=False``, which skips urllib3's decoding buffer: one copy of every byte less.
-    """
-
-    def __init__(self, store: S3Store, key: str, response: dict, stats: Stats) -> None:
-        self._store, self._key, self._body, self._stats = store, key, response["Body"], stats
-        raw = getattr(self._body, "_raw_stream", None)
-        if raw is not None and not response.get("ContentEncoding") and hasattr(raw, "read"):
-            self._read = lambda amount: raw.read(amount, decode_content=False)
-        else:
-            self._read = self._body.read
+    def __init__(self, stream: RangeStream, stats: Stats) -> None:
+        self._stream, self._stats = stream, stats
 
     def read_exact(self, length: int) -> bytes:
-        parts = []
-        got = 0
-        try:
-            while got < length:
-                part = self._read(length - got)
-                if not part:
-                    break
-                parts.append(part)
-                got += len(part)
-        except Exception as error:
-            raise self._store._error("read", self._key, error) from None
-        finally:
-            self._stats.add("store_bytes", got)
-        if got < length:
-            raise CorruptObjectError(f"object {self._key!r} in {self._store.describe()} ended early")
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def close(self) -> None:
-        try:
-            self._body.close()
-        except Exception:
-            pass
-
-
-class _RangeBody:
-    """A stream over any store: one ``get_range`` per piece (file stores read with pread anyway)."""
-
-    def __init__(self, reader: "Reader", obj: StoredObject, offset: int) -> None:
-        self._reader, self._obj, self._offset = reader, obj, offset
-
-    def read_exact(self, length: int) -> bytes:
-        data = self._reader.fetch(self._obj, self._offset, length)
-        self._offset += length
+        data = self._stream.read_exact(length)
+        self._stats.add("store_bytes", len(data))
         return data
 
     def close(self) -> None:
-        pass
+        self._stream.close()
 
 
 class Reader:
@@ -500,23 +461,10 @@ class Reader:
             raise CorruptObjectError(f"object {obj.hash} in {obj.store.describe()} is shorter than recorded")
         return data
 
-    def open_body(self, obj: StoredObject, offset: int, length: int) -> Any:
-        """A stream of ``length`` bytes of the object from ``offset`` (one request where the store allows)."""
-        opener = getattr(obj.store, "open_range", None)
-        if opener is not None:
-            self.stats.add("store_requests")
-            return opener(obj.key, offset, length)
-        if isinstance(obj.store, S3Store):
-            store = obj.store
-            self.stats.add("store_requests")
-            # the whole object is a plain GET (some servers copy the object for every ranged answer)
-            whole = {} if offset == 0 and length == obj.size else {"Range": f"bytes={offset}-{offset + length - 1}"}
-            try:
-                response = store._client.get_object(Bucket=store.bucket, Key=store._key(obj.key), **whole)
-            except Exception as error:
-                raise store._error("read", obj.key, error) from None
-            return _S3Body(store, obj.key, response, self.stats)
-        return _RangeBody(self, obj, offset)
+    def open_body(self, obj: StoredObject, offset: int) -> RangeStream:
+        """A stream of the object from ``offset`` to its end: one request where the store allows."""
+        self.stats.add("store_requests")
+        return _Counted(obj.store.open_range(obj.key, offset), self.stats)
 
     # -- blocks ----------------------------------------------------------------------------------------------
 

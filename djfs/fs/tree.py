@@ -63,28 +63,14 @@ class DatabaseError(Exception):
     """A query failed for another reason (EIO)."""
 
 
-class _FsConnection(Connection):
-    """A connection whose reads and writes time out: a hung server gives EIO, not a hung file system."""
-
-    def __init__(self, *args: Any, io_timeout: float = 30.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._io_timeout = io_timeout
-
-    def _open(self):  # type: ignore[override]
-        session = super()._open()
-        session._read_timeout = self._io_timeout   # pymysql applies these before each socket read/write
-        session._write_timeout = self._io_timeout
-        return session
-
-
 class Database:
     """Runs the view's SQL on a few threads of its own, each with a persistent session, with a deadline."""
 
     def __init__(self, config, threads: int = 4, timeout: float = 10.0) -> None:
         self.timeout = timeout
-        self.connection = _FsConnection(config["database.host"], config["database.port"], config["database.user"],
-                                        config["database.password"], config["connection.init_function"],
-                                        connect_timeout=min(timeout, 10.0), io_timeout=timeout)
+        self.connection = Connection(config["database.host"], config["database.port"], config["database.user"],
+                                     config["database.password"], config["connection.init_function"],
+                                     connect_timeout=min(timeout, 10.0), io_timeout=timeout)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="djfs-sql")
         self._lock = threading.Lock()
         self.queries = 0
@@ -103,8 +89,7 @@ class Database:
         except ConnectionLostError as error:
             raise Unavailable(str(error)) from None
         except QueryError as error:
-            code = re.search(r"MySQL error (\d+)", str(error))
-            if code and int(code.group(1)) in _MISSING_CODES:
+            if error.code in _MISSING_CODES:
                 raise NotFound(str(error)) from None
             raise DatabaseError(str(error)) from None
         except (OSError, DjfsError) as error:

@@ -44,7 +44,7 @@ _HEADER_NEED = 4 + 1 + 8 + 8 * 64 + 8
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 # MATLAB class ids of real numeric and logical arrays (blob's table, without datetime64 ids)
-_NUMERIC_CLASSES = {class_id: dtype for class_id, dtype in blob._DTYPE_OF_CLASS.items() if class_id < 65536}
+_NUMERIC_CLASSES = {class_id: dtype for class_id, dtype in blob.DTYPE_OF_CLASS.items() if class_id < 65536}
 
 
 def file_name(attribute: str, kind: str) -> str:
@@ -123,20 +123,9 @@ def describe_inline(prefix: bytes, length: int) -> View | None:
     return describe(body, declared, compressed=True)
 
 
-def inflate(data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
-    """The uncompressed serialized bytes of a stored blob (inflated if it is ZL123-compressed)."""
-    view = memoryview(data).cast("B")
-    if bytes(view[:6]) != blob.ZLIB_PREFIX:
-        return data
-    if len(view) < 14:
-        raise BlobError("truncated compressed blob")
-    (declared,) = _U64.unpack_from(view, 6)
-    return blob._inflate(view[14:], declared)
-
-
 def render(kind: str, header: bytes, stored: bytes | bytearray | memoryview, size: int) -> bytes:
     """The whole file of a value from its whole stored bytes (used when the file is not a plain byte range)."""
-    body = memoryview(inflate(stored)).cast("B")
+    body = blob.decompress(stored)
     if kind == "npy":
         layout = _array_layout(bytes(body[:_HEADER_NEED]))
         if layout is None:

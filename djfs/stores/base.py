@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Union
 
-from ..errors import MissingObjectError, StoreError
+from ..errors import CorruptObjectError, MissingObjectError, StoreError
 
 #: bytes-like values accepted by ``put``
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -98,6 +98,39 @@ def check_size(written: int, size: int | None, key: str, store: "Store") -> None
                          f"{size} were announced")
 
 
+class RangeStream:
+    """What ``Store.open_range`` returns: ``read_exact(n)`` the next ``n`` bytes, ``close()`` when done."""
+
+    def read_exact(self, length: int) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "RangeStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _PieceStream(RangeStream):
+    """The generic stream: one ``get_range`` per piece (a file store reads with pread anyway)."""
+
+    def __init__(self, store: "Store", key: str, offset: int, length: int | None) -> None:
+        self._store, self._key, self._offset = store, key, offset
+        self._end = None if length is None else offset + length
+
+    def read_exact(self, length: int) -> bytes:
+        if self._end is not None:
+            length = min(length, self._end - self._offset)
+        data = self._store.get_range(self._key, self._offset, length)
+        if len(data) != length:
+            raise CorruptObjectError(f"object {self._key!r} in {self._store.describe()} ended early")
+        self._offset += length
+        return data
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One listed object: its key (relative to the store), its size in bytes, its modification time."""
@@ -128,6 +161,15 @@ class Store(ABC):
     @abstractmethod
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes from ``offset``; shorter at the end of the object, empty past it."""
+
+    def prepare(self) -> None:
+        """Set up what the first request would (clients, credentials), so that request is not slower."""
+
+    def open_range(self, key: str, offset: int = 0, length: int | None = None) -> "RangeStream":
+        """A stream of the bytes from ``offset`` (``length`` of them, or to the end), read piece by piece:
+        one request where the backend allows (S3: one GET), so a sequential reader doesn't pay a round trip
+        per block."""
+        return _PieceStream(self, key, offset, length)
 
     @abstractmethod
     def size(self, key: str) -> int:
