@@ -31,7 +31,6 @@ import logging
 import os
 import sys
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from .settings import Config
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .gc import GCReport
     from .table import Table
 
 log = logging.getLogger(__name__)

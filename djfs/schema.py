@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from typing import Any
 
 from .connection import Connection, conn
 from .declare import declare

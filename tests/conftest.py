@@ -5,5 +5,5 @@ A test that needs one of them and can't have it fails; nothing is skipped for a 
 
 from pathlib import Path
 
-pytest_plugins = [name for name in ("fixtures_mariadb", "fixtures_s3", "fixtures_fuse")
+pytest_plugins = [name for name in ("fixtures_mariadb", "fixtures_s3", "fixtures_external", "fixtures_fuse")
                   if (Path(__file__).parent / f"{name}.py").exists()]

@@ -3,48 +3,15 @@
 from __future__ import annotations
 
 import base64
-import os
 import time
-import uuid
 
 import numpy as np
 import pytest
 
 import djfs
 from djfs import blob, hashing
-from djfs.errors import (CorruptObjectError, DataError, DeclarationError, DjfsError, MissingObjectError,
-                         QueryError, StoreError)
+from djfs.errors import CorruptObjectError, DeclarationError, MissingObjectError, QueryError, StoreError
 from djfs.external import origin_of
-from djfs.stores import clear_store_cache
-
-
-@pytest.fixture(params=["file", "s3"])
-def backend(request, db_config, tmp_path):
-    """djfs.config pointed at a fresh file or S3 store; returns a function giving a schema its folder."""
-    with djfs.config.override():
-        yield from _backend(request, tmp_path)
-
-
-def _backend(request, tmp_path):
-    clear_store_cache()
-    if request.param == "file":
-        root = tmp_path / "store"
-        root.mkdir()
-        djfs.config["external-location"] = f"file://{root}"
-
-        def use(schema, folder=None):
-            schema.set_external_storage(folder or f"f{uuid.uuid4().hex[:12]}")
-    else:
-        server = request.getfixturevalue("s3_server")
-        djfs.config["external-location"] = server.location("lab/prefix")
-        djfs.config["external-account"], djfs.config["external-token"] = server.credentials
-
-        def use(schema, folder=None):
-            bucket = folder or f"djfs-{uuid.uuid4().hex[:16]}"
-            server.create_bucket(bucket)
-            schema.set_external_storage(bucket)
-    use.kind = request.param
-    yield use
 
 
 @pytest.fixture
@@ -344,7 +311,6 @@ def hash_of_column(table, column):
 
 def test_malformed_hash_in_database_refused(movies, schema):
     movies.insert1({"movie_id": 1, "aligned": np.ones(3)})
-    table = schema.external.full_table_name
     for bad in ("../../etc/passwd", "a" * 44, "abc$" + "a" * 39):
         with pytest.raises(djfs.errors.InvalidHashError):
             schema.external.get(bad)

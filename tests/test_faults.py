@@ -14,7 +14,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -30,31 +29,6 @@ GC_RACE_SECONDS = float(os.environ.get("DJFS_GC_RACE_SECONDS", "20"))
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
-
-@pytest.fixture(params=["file", "s3"])
-def backend(request, db_config, tmp_path):
-    """djfs.config pointed at a fresh file store or a fresh bucket of the session's moto server."""
-    with djfs.config.override():
-        clear_store_cache()
-        if request.param == "file":
-            root = tmp_path / "store"
-            root.mkdir()
-            djfs.config["external-location"] = f"file://{root}"
-
-            def use(schema):
-                schema.set_external_storage(f"f{uuid.uuid4().hex[:12]}")
-        else:
-            server = request.getfixturevalue("s3_server")
-            djfs.config["external-location"] = server.location("faults")
-            djfs.config["external-account"], djfs.config["external-token"] = server.credentials
-
-            def use(schema):
-                bucket = server.create_bucket(f"djfs-faults-{uuid.uuid4().hex[:12]}")
-                schema.set_external_storage(bucket)
-        use.kind = request.param
-        yield use
-    clear_store_cache()
-
 
 def declare_items(schema):
     @schema

@@ -35,30 +35,6 @@ from djfs.stores import clear_store_cache, open_store
 # -- helpers ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["file", "s3"])
-def backend(request, db_config, tmp_path):
-    """djfs.config pointed at a fresh file store or a fresh bucket of the session's moto server."""
-    with djfs.config.override():
-        clear_store_cache()
-        if request.param == "file":
-            root = tmp_path / "store"
-            root.mkdir()
-            djfs.config["external-location"] = f"file://{root}"
-
-            def use(schema):
-                schema.set_external_storage(f"f{uuid.uuid4().hex[:12]}")
-        else:
-            server = request.getfixturevalue("s3_server")
-            djfs.config["external-location"] = server.location("security")
-            djfs.config["external-account"], djfs.config["external-token"] = server.credentials
-
-            def use(schema):
-                schema.set_external_storage(server.create_bucket(f"djfs-sec-{uuid.uuid4().hex[:12]}"))
-        use.kind = request.param
-        yield use
-    clear_store_cache()
-
-
 def declare_movies(schema):
     @schema
     class Movie(djfs.Manual):

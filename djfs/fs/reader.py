@@ -32,7 +32,6 @@ for the store's timeout.  Nothing here blocks without a bound: every request has
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from collections import Counter, OrderedDict
@@ -46,7 +45,7 @@ from .. import hashing
 from ..cache import CacheError, ObjectCache
 from ..errors import CorruptObjectError, StoreError
 from ..stores import Store
-from ..stores.base import RangeStream
+from ..stores.base import RangeStream, pread_all
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,29 @@ class MemoryHandle:
         self.content = b""
 
 
-class FileHandle:
+class _ViewHandle:
+    """A file that is ``header + object[data_offset:]``: the header from memory, the rest from the object."""
+
+    header: bytes
+    data_offset: int
+    size: int
+
+    def pieces(self, offset: int, size: int) -> list[Piece]:
+        end = min(offset + size, self.size)
+        hlen = len(self.header)
+        pieces: list[Piece] = []
+        if offset < min(end, hlen):
+            pieces.append((self.header, offset, min(end, hlen) - offset))
+            offset = hlen
+        if offset < end:
+            pieces += self._object_pieces(self.data_offset + offset - hlen, self.data_offset + end - hlen)
+        return pieces
+
+    def _object_pieces(self, start: int, stop: int) -> list[Piece]:
+        raise NotImplementedError
+
+
+class FileHandle(_ViewHandle):
     """``header + object[data_offset:]`` where the whole object is a cache file (kept open: eviction-proof)."""
 
     def __init__(self, file: BinaryIO, header: bytes, data_offset: int, size: int) -> None:
@@ -148,23 +169,15 @@ class FileHandle:
             return None
         return self.fd, self.data_offset + offset - hlen, min(size, self.size - offset)
 
-    def pieces(self, offset: int, size: int) -> list[Piece]:
-        end = min(offset + size, self.size)
-        hlen = len(self.header)
-        pieces: list[Piece] = []
-        if offset < min(end, hlen):
-            pieces.append((self.header, offset, min(end, hlen) - offset))
-            offset = hlen
-        if offset < end:
-            data = _pread_all(self.fd, end - offset, self.data_offset + offset - hlen)
-            pieces.append((data, 0, len(data)))
-        return pieces
+    def _object_pieces(self, start: int, stop: int) -> list[Piece]:
+        data = pread_all(self.fd, stop - start, start)
+        return [(data, 0, len(data))]
 
     def close(self) -> None:
         self._file.close()
 
 
-class BlockHandle:
+class BlockHandle(_ViewHandle):
     """``header + object[data_offset:]`` of a large object read by blocks, with streaming read-ahead."""
 
     def __init__(self, reader: "Reader", obj: StoredObject, header: bytes, data_offset: int, size: int) -> None:
@@ -179,17 +192,6 @@ class BlockHandle:
 
     def fd_segment(self, offset: int, size: int) -> tuple[int, int, int] | None:
         return None
-
-    def pieces(self, offset: int, size: int) -> list[Piece]:
-        end = min(offset + size, self.size)
-        hlen = len(self.header)
-        pieces: list[Piece] = []
-        if offset < min(end, hlen):
-            pieces.append((self.header, offset, min(end, hlen) - offset))
-            offset = hlen
-        if offset < end:
-            pieces += self._object_pieces(self.data_offset + offset - hlen, self.data_offset + end - hlen)
-        return pieces
 
     def _object_pieces(self, start: int, stop: int) -> list[Piece]:
         block_size = self.reader.block_size
@@ -414,7 +416,7 @@ class Reader:
         file = self.cache.open(obj.hash)
         if file is not None:
             with file:
-                return _pread_all(file.fileno(), obj.size, 0)
+                return pread_all(file.fileno(), obj.size, 0)
         data = b"".join(self.fetch(obj, offset, min(DOWNLOAD_STEP, obj.size - offset))
                         for offset in range(0, obj.size, DOWNLOAD_STEP))
         if hashing.object_hash(data, obj.origin) != obj.hash:
@@ -618,15 +620,3 @@ class Reader:
 
 def _not_cached() -> bytes:
     raise _NotCached()
-
-
-def _pread_all(fd: int, length: int, offset: int) -> bytes:
-    parts = []
-    while length > 0:
-        part = os.pread(fd, length, offset)
-        if not part:
-            break
-        parts.append(part)
-        offset += len(part)
-        length -= len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)

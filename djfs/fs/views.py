@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import blob
-from ..errors import BlobError, CorruptObjectError
+from ..errors import CorruptObjectError
 from ..external import View
 from ..heading import Heading
 
