@@ -4,7 +4,8 @@
 1. 20 x 8 MiB float32 arrays through the file store: insert vs raw write+fsync of the same bytes,
    fetch vs raw read of the same files (goals: >= 0.4x and >= 0.6x).
 2. 500 x 64 KiB arrays on S3 (a local moto server): one insert/fetch call with parallel transfers vs a
-   one-at-a-time loop over the same store (goal: >= 4x).
+   one-at-a-time loop over the same store (goal: >= 4x), directly and through a relay that adds a remote
+   S3's round trip (10 ms) to every request; bare boto3 (8 threads vs serial) gives the ceiling of each.
 
 Starts its own MariaDB and moto server; medians of several repetitions (the machines are shared and noisy).
 Usage: python scripts/bench_external.py [--repeat N]
@@ -25,6 +26,7 @@ import numpy as np
 import djfs
 from djfs.stores import clear_store_cache
 from djfs.testing.mariadb import MariaDBServer
+from djfs.testing.latency import LatencyRelay
 from djfs.testing.s3 import MotoServer
 
 MiB = 1 << 20
@@ -98,9 +100,11 @@ def bench_file_store(root: Path, connection, repeat: int) -> dict[str, float]:
     return result
 
 
-def bench_s3_parallel(server: MotoServer, connection, repeat: int) -> dict[str, float]:
+def bench_s3_parallel(server: MotoServer, connection, repeat: int, port: int | None = None) -> dict[str, float]:
+    """``port``: talk to the server through that port (a latency relay) instead of directly."""
     arrays = [np.random.default_rng(i).random(8192) for i in range(500)]  # 64 KiB each
-    djfs.config["external-location"] = server.location("bench")
+    port = port or server.port
+    djfs.config["external-location"] = f"s3+http://127.0.0.1:{port}/bench"
     djfs.config["external-account"], djfs.config["external-token"] = server.credentials
     clear_store_cache()
     loop_in, loop_out, par_in, par_out = [], [], [], []
@@ -123,7 +127,12 @@ def bench_s3_parallel(server: MotoServer, connection, repeat: int) -> dict[str, 
         schema.drop(force=True)
         schema2.drop(force=True)
     # the ceiling on this machine: the same puts and gets with bare boto3, one at a time vs 8 threads
-    client = server.client()
+    import boto3
+    from botocore.config import Config
+    account, token = server.credentials
+    client = boto3.session.Session().client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                                            aws_access_key_id=account, aws_secret_access_key=token,
+                                            config=Config(max_pool_connections=16))
     bucket = server.create_bucket(f"bench-raw-{uuid.uuid4().hex[:8]}")
     payloads = [a.tobytes() for a in arrays]
     from concurrent.futures import ThreadPoolExecutor
@@ -143,6 +152,7 @@ def bench_s3_parallel(server: MotoServer, connection, repeat: int) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--latency", type=float, default=0.01, help="seconds per request added by the relay")
     args = parser.parse_args()
     djfs.config["progress"] = False
     with tempfile.TemporaryDirectory(prefix="djfs-bench-", dir=os.environ.get("BENCH_DIR")) as tmp, \
@@ -155,6 +165,10 @@ def main() -> None:
         print("## S3 (moto server), 500 x 64 KiB arrays: one call vs one-at-a-time loop")
         for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2)).items():
             print(f"{key:>28}: {value:10.2f}")
+        print(f"## the same through a relay adding {args.latency * 1000:.0f} ms per request (a remote S3's round trip)")
+        with LatencyRelay(s3.port, args.latency) as relay:
+            for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2), relay.port).items():
+                print(f"{key:>28}: {value:10.2f}")
 
 
 if __name__ == "__main__":
