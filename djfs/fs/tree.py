@@ -63,6 +63,9 @@ class DatabaseError(Exception):
     """A query failed for another reason (EIO)."""
 
 
+DOWN_HOLD = 2.0  # seconds calls fail fast after the database failed to answer
+
+
 class Database:
     """Runs the view's SQL on a few threads of its own, each with a persistent session, with a deadline."""
 
@@ -74,14 +77,34 @@ class Database:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="djfs-sql")
         self._lock = threading.Lock()
         self.queries = 0
+        self._down_until = 0.0   # until then, calls fail fast; 0: the server answered last time
 
     def call(self, function: Callable[[Connection], Any]) -> Any:
-        """Run ``function(connection)`` on an SQL thread; server trouble becomes Unavailable or DatabaseError."""
-        future = self._pool.submit(self._run, function)
+        """Run ``function(connection)`` on an SQL thread; server trouble becomes Unavailable or DatabaseError.
+
+        Once the server has failed to answer, calls fail at once for ``DOWN_HOLD`` seconds (callers fall back
+        to what they knew); then one call probes whether it is back while the others still fail fast: a frozen
+        server must not make every operation of the file system wait out its own timeout."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._down_until:
+                raise Unavailable("the database is not answering")
+            if self._down_until:
+                # this call probes whether the server is back; the others keep failing fast meanwhile
+                self._down_until = now + self.timeout * 2 + DOWN_HOLD
         try:
-            return future.result(timeout=self.timeout + 5.0)
-        except FutureTimeout:
-            raise Unavailable("the database did not answer in time") from None
+            future = self._pool.submit(self._run, function)
+            try:
+                result = future.result(timeout=self.timeout + 5.0)
+            except FutureTimeout:
+                raise Unavailable("the database did not answer in time") from None
+        except Unavailable:
+            with self._lock:
+                self._down_until = time.monotonic() + DOWN_HOLD
+            raise
+        with self._lock:
+            self._down_until = 0.0
+        return result
 
     def _run(self, function: Callable[[Connection], Any]) -> Any:
         try:
@@ -393,7 +416,15 @@ class Tree:
                 rows = self.db.rows(f"SELECT {distinct}t.`{name}` FROM {table.sql_name} AS t{where} "
                                     f"ORDER BY t.`{name}` LIMIT %s", args + [self.page_size + 1])
                 page = rows[:self.page_size]
-                names.extend(paths.component(attribute, row[0]) for row in page)
+                for (value,) in page:
+                    name = paths.component(attribute, value)
+                    if len(name.encode("utf-8", "surrogateescape")) > paths.MAX_NAME:
+                        # no path can name it (the kernel's limit on a component): leave it out, say so
+                        log.warning("%s: a key value of %s escapes to a name longer than %d bytes; not shown",
+                                    table.sql_name, attribute,
+                                    paths.MAX_NAME)
+                        continue
+                    names.append(name)
                 if len(rows) <= self.page_size:
                     return tuple(names)
                 last = page[-1][0]
