@@ -349,6 +349,23 @@ def preflight(mountpoint: str, config: Any) -> None:
         connection.close()
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _return_freed_buffers() -> None:
+    """Blocks and replies of 1 MiB and more get their own mappings, given back to the system when freed.
+
+    Otherwise glibc keeps freed block buffers in its arenas: measured under 8 readers, the daemon's resident
+    size peaked near 1 GiB with 512 MiB of block and view memory configured, and at ~420 MiB with this."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     """The daemon, in the foreground: returns when the file system is unmounted."""
     import mfusepy
@@ -357,6 +374,7 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     from .operations import Operations
 
     _apply_config(config, options)
+    _return_freed_buffers()
     operations = Operations(options, config, mountpoint)
     if not options.read_buf:
         operations.read_buf = _ignored  # type: ignore[method-assign]
