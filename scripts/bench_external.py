@@ -26,7 +26,7 @@ import numpy as np
 import djfs
 from djfs.stores import clear_store_cache
 from djfs.testing.mariadb import MariaDBServer
-from djfs.testing.latency import LatencyRelay
+from djfs.testing.relay import Relay
 from djfs.testing.s3 import MotoServer
 
 MiB = 1 << 20
@@ -166,7 +166,7 @@ def main() -> None:
         for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2)).items():
             print(f"{key:>28}: {value:10.2f}")
         print(f"## the same through a relay adding {args.latency * 1000:.0f} ms per request (a remote S3's round trip)")
-        with LatencyRelay(s3.port, args.latency) as relay:
+        with Relay(s3.port, delay=args.latency) as relay:
             for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2), relay.port).items():
                 print(f"{key:>28}: {value:10.2f}")
 

@@ -166,6 +166,16 @@ def module_mounts(fuse_available, mariadb, tmp_path_factory) -> Iterator[Mounts]
         registry.stop_all()
 
 
+def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):
+    """Poll ``predicate`` until it gives something true or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
 def s3_config(server: Any, prefix: str = "mnt", **extra: Any) -> dict[str, Any]:
     """A djfs configuration for ``server`` (moto), with short store timeouts so failures come fast."""
     account, token = server.credentials

@@ -10,7 +10,6 @@ import logging
 import os
 import random
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 import djfs
+from djfs.testing.relay import Relay
 from djfs import hashing
 from djfs.errors import CorruptObjectError, DjfsError, StoreError
 from djfs.stores import clear_store_cache
@@ -76,77 +76,10 @@ def verify_cache(location, schema) -> list[str]:
     return cached
 
 
-class SlowLink:
-    """A TCP hop between djfs and an S3 server that delivers responses at ``rate`` bytes/s (all connections
-    together), like a slow network: a server restart then reliably lands in the middle of a download.  It
-    forwards bytes unchanged and counts those delivered; the S3 server behind it is the real moto server.
-    ``hold()`` makes new connections wait (a network partition) until ``release()``."""
-
-    def __init__(self, upstream_port: int, rate: float) -> None:
-        self.upstream_port = upstream_port
-        self.rate = rate
-        self.delivered = 0
-        self._lock = threading.Lock()
-        self._next = 0.0
-        self._open = threading.Event()
-        self._open.set()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, name="slow-link", daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def hold(self) -> None:
-        self._open.clear()
-
-    def release(self) -> None:
-        self._open.set()
-
-    def _serve(self, client: socket.socket) -> None:
-        self._open.wait(60)
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
-            upstream.settimeout(None)
-        except OSError:
-            client.close()  # the server is down: the client sees the connection closed
-            return
-        threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-        self._pump(upstream, client, True)
-
-    def _pump(self, source: socket.socket, target: socket.socket, slow: bool) -> None:
-        try:
-            while True:
-                data = source.recv(1 << 16)
-                if not data:
-                    break
-                if slow:
-                    with self._lock:
-                        now = time.monotonic()
-                        start = max(now, self._next)
-                        self._next = start + len(data) / self.rate
-                    time.sleep(max(0.0, start - now))
-                target.sendall(data)
-                if slow:
-                    with self._lock:
-                        self.delivered += len(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-
-    def close(self) -> None:
-        self._listener.close()
+def SlowLink(upstream_port: int, rate: float) -> Relay:
+    """A TCP hop between djfs and the S3 server delivering responses at ``rate`` bytes/s: a slow network, so
+    that a server restart reliably lands in the middle of a download."""
+    return Relay(upstream_port, rate=rate)
 
 
 # -- the S3 server restarted in the middle of a large fetch -----------------------------------------------------

@@ -26,20 +26,11 @@ import djfs
 from djfs import blob
 from djfs.fs import paths
 from djfs.stores import clear_store_cache
-from fixtures_fuse import s3_config
+from fixtures_fuse import s3_config, wait_for
 
 TIMEOUTS = ["listing_timeout=0.5", "entry_timeout=0.5", "attr_timeout=0.5", "negative_timeout=0"]
 BLOCK = 1 << 20
 SUBJECTS = ["m1", "a/b", "..", "x'; DROP TABLE scan; --", "ü z", "nul\0x", "%41", 'q"uote\\']
-
-
-def wait_for(predicate, timeout: float = 5.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ from djfs.fs.mount import is_mounted, mount_entry
 from djfs.stores import clear_store_cache
 from djfs.testing.mariadb import MariaDBServer
 from djfs.testing.s3 import MotoServer
-from fixtures_fuse import Mount, Mounts, s3_config
+from fixtures_fuse import Mount, Mounts, s3_config, wait_for
 from test_faults import SlowLink
 
 MiB = 1 << 20
@@ -61,15 +61,6 @@ LOG_ALARMS = ("MySQL error", "SQL syntax", "database:", "Traceback", "ERROR", "f
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
-
-
-def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 def errno_of(function, *args) -> int | None:
