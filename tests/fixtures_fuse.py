@@ -176,6 +176,15 @@ def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):
         time.sleep(step)
 
 
+def errno_of(function, *args) -> int | None:
+    """The errno ``function(*args)`` fails with, or None if it succeeds."""
+    try:
+        function(*args)
+    except OSError as error:
+        return error.errno
+    return None
+
+
 def s3_config(server: Any, prefix: str = "mnt", **extra: Any) -> dict[str, Any]:
     """A djfs configuration for ``server`` (moto), with short store timeouts so failures come fast."""
     account, token = server.credentials

@@ -26,7 +26,7 @@ import djfs
 from djfs import blob
 from djfs.fs import paths
 from djfs.stores import clear_store_cache
-from fixtures_fuse import s3_config, wait_for
+from fixtures_fuse import errno_of, s3_config, wait_for
 
 TIMEOUTS = ["listing_timeout=0.5", "entry_timeout=0.5", "attr_timeout=0.5", "negative_timeout=0"]
 BLOCK = 1 << 20
@@ -211,14 +211,6 @@ def test_npy_memory_map_slicing(mnt, lab):
 
 
 # -- refusing -------------------------------------------------------------------------------------------------
-
-
-def errno_of(function, *args) -> int | None:
-    try:
-        function(*args)
-    except OSError as error:
-        return error.errno
-    return None
 
 
 def test_read_only(mnt, lab):

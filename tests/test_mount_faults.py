@@ -51,7 +51,7 @@ from djfs.fs.mount import is_mounted, mount_entry
 from djfs.stores import clear_store_cache
 from djfs.testing.mariadb import MariaDBServer
 from djfs.testing.s3 import MotoServer
-from fixtures_fuse import Mount, Mounts, s3_config, wait_for
+from fixtures_fuse import Mount, Mounts, errno_of, s3_config, wait_for
 from test_faults import SlowLink
 
 MiB = 1 << 20
@@ -61,14 +61,6 @@ LOG_ALARMS = ("MySQL error", "SQL syntax", "database:", "Traceback", "ERROR", "f
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
-
-
-def errno_of(function, *args) -> int | None:
-    try:
-        function(*args)
-    except OSError as error:
-        return error.errno
-    return None
 
 
 def timed_errno(function, *args) -> tuple[int | None, float]:
