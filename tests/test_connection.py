@@ -24,8 +24,14 @@ def test_reconnects_after_idle_drop(mariadb, connection):
     assert connection.query("SELECT CONNECTION_ID()").fetchone()[0] != before
 
 
-def test_no_silent_reconnect_inside_transaction(mariadb, connection, schema):
+@pytest.fixture
+def table_t(connection, schema):
+    """An empty scratch table `t` (x int) in the test's database."""
     connection.query(f"CREATE TABLE `{schema.database}`.t (x int primary key)")
+    return f"`{schema.database}`.t"
+
+
+def test_no_silent_reconnect_inside_transaction(mariadb, connection, schema, table_t):
     with pytest.raises(ConnectionLostError):
         with connection.transaction():
             connection.query(f"INSERT INTO `{schema.database}`.t VALUES (1)")
@@ -34,8 +40,7 @@ def test_no_silent_reconnect_inside_transaction(mariadb, connection, schema):
     assert connection.query(f"SELECT COUNT(*) FROM `{schema.database}`.t").fetchone()[0] == 0
 
 
-def test_transaction_rolls_back_and_nests(connection, schema):
-    connection.query(f"CREATE TABLE `{schema.database}`.t (x int primary key)")
+def test_transaction_rolls_back_and_nests(connection, schema, table_t):
     with pytest.raises(RuntimeError):
         with connection.transaction():
             connection.query(f"INSERT INTO `{schema.database}`.t VALUES (1)")
@@ -81,8 +86,8 @@ def test_server_restart_library_recovers(mariadb, connection, schema):
     assert sorted(Item.fetch("k")) == [1, 2]
 
 
-def test_statements_after_a_loss_inside_a_transaction_fail_until_the_block_ends(mariadb, connection, schema):
-    connection.query(f"CREATE TABLE `{schema.database}`.t (x int primary key)")
+def test_statements_after_a_loss_inside_a_transaction_fail_until_the_block_ends(mariadb, connection, schema,
+                                                                                  table_t):
     with pytest.raises(ConnectionLostError):
         with connection.transaction():
             connection.query(f"INSERT INTO `{schema.database}`.t VALUES (1)")
