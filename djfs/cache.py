@@ -12,7 +12,11 @@ needs no invalidation: the cache only has to make sure that what it keeps *is* t
   object fetches a bounded amount; blocks can't be verified on their own (only a whole object can), they are
   written atomically and trusted as the store returned them; a cached whole object wins over blocks (it
   replaces them);
-* the total size (objects + blocks) is bounded by least-recently-used eviction.  Use is recorded in the files'
+* a file *derived* from an object (a compressed value decoded into the file the mount shows) is cached once as
+  ``derived/<k[0:2]>/<key>.<kind>``, written the same way (temporary file, size check, fsync, rename), one fill
+  per key at a time; it can't be hash-checked (nothing records its hash), so it is size-checked on every open,
+  like a whole object without ``verify-reads=always``;
+* the total size (objects + blocks + derived files) is bounded by least-recently-used eviction.  Use is recorded in the files'
   mtimes (``os.utime``), so processes share one recency order; each process keeps an in-memory index built by a
   scan at start and rescanned periodically to see the files of other processes.  Removing a file another
   process has open is fine on POSIX: its reader keeps its open file;
@@ -27,10 +31,11 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -44,25 +49,32 @@ from .stores.base import pread_all
 log = logging.getLogger(__name__)
 
 
+#: keys and kinds of derived files: safe file names (a hash, or a hex digest, and a short tag)
+_DERIVED_KEY = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_DERIVED_KIND = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_TOPS = ("objects", "blocks", "derived")
+
+
 class CacheError(DjfsError, OSError):
     """The cache could not keep an object (disk full, permissions …); read the object from its store instead."""
 
 
 class _HashingWriter:
-    """The file ``fill``'s writer gets: every byte written is hashed and counted, and a run-on object stopped."""
+    """The file a fill's writer gets: every byte written is counted (and hashed), and a run-on file stopped."""
 
-    def __init__(self, file: BinaryIO, hash_: str, size: int) -> None:
+    def __init__(self, file: BinaryIO, label: str, size: int, hashed: bool = True) -> None:
         self._file = file
-        self._hash = hash_
+        self._label = label
         self._size = size
-        self.state = hashing.hasher()
+        self.state = hashing.hasher() if hashed else None
         self.count = 0
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         if self.count + len(view) > self._size:
-            raise CorruptObjectError(f"object {self._hash} is longer than its recorded size of {self._size} bytes")
-        self.state.update(view)
+            raise CorruptObjectError(f"{self._label} is longer than its recorded size of {self._size} bytes")
+        if self.state is not None:
+            self.state.update(view)
         position = 0
         while position < len(view):  # a raw file may write less than asked
             position += self._file.write(view[position:]) or 0
@@ -97,7 +109,7 @@ class ObjectCache:
         self.touch_interval = touch_interval
         self._root = os.fspath(self.location)
         try:
-            for part in ("objects", "blocks", "tmp", "locks"):
+            for part in (*_TOPS, "tmp", "locks"):
                 os.makedirs(os.path.join(self._root, part), exist_ok=True)
         except OSError as error:
             raise CacheError(f"can't create the cache at {self._root!r}: {error.strerror or error}") from error
@@ -205,27 +217,36 @@ class ObjectCache:
         return self.fill(hash_, len(view), origin, lambda file: file.write(view))
 
     def _write_object(self, hash_: str, size: int, origin: bytes, write: Callable[[BinaryIO], None]) -> str:
-        name = self._object_name(hash_)
+        def verify(writer: _HashingWriter) -> None:
+            if hashing.finish(writer.state, origin) != hash_:
+                raise CorruptObjectError(f"object {hash_} does not match its hash: not cached")
+        final = self._write_file(self._object_name(hash_), f"object {hash_}", size, write, verify)
+        self._drop_blocks(hash_)  # the whole object serves every range now
+        return final
+
+    def _write_file(self, name: str, label: str, size: int, write: Callable[[BinaryIO], None],
+                    verify: Callable[[_HashingWriter], None] | None) -> str:
+        """Stream ``write(file)`` into ``tmp/``, check its size (and ``verify``), fsync, rename to ``name``."""
         final = self._full(name)
-        temporary = self._full(f"tmp/{hash_}.{secrets.token_hex(6)}.tmp")
+        temporary = self._full(f"tmp/{os.path.basename(name)}.{secrets.token_hex(6)}.tmp")
         try:
-            with self._cache_errors(hash_):
+            with self._cache_errors(label):
                 fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
             try:
                 with open(fd, "wb", buffering=0) as file:
-                    writer = _HashingWriter(file, hash_, size)
-                    with self._cache_errors(hash_):
+                    writer = _HashingWriter(file, label, size, hashed=verify is not None)
+                    with self._cache_errors(label):
                         write(writer)  # type: ignore[arg-type]
                     if writer.count != size:
-                        raise CorruptObjectError(f"object {hash_} is truncated: {writer.count} of {size} bytes")
-                    if hashing.finish(writer.state, origin) != hash_:
-                        raise CorruptObjectError(f"object {hash_} does not match its hash: not cached")
-                    with self._cache_errors(hash_):
+                        raise CorruptObjectError(f"{label} is truncated: {writer.count} of {size} bytes")
+                    if verify is not None:
+                        verify(writer)
+                    with self._cache_errors(label):
                         os.fsync(file.fileno())
             except BaseException:
                 self._unlink(temporary)
                 raise
-            with self._cache_errors(hash_):
+            with self._cache_errors(label):
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.replace(temporary, final)
         except BaseException:
@@ -235,11 +256,10 @@ class ObjectCache:
         self._count("fills")
         with self._lock:
             self._add(name, size)
-        self._drop_blocks(hash_)  # the whole object serves every range now
         return final
 
     @contextmanager
-    def _cache_errors(self, hash_: str) -> Iterator[None]:
+    def _cache_errors(self, label: str) -> Iterator[None]:
         """OS errors of the cache's own files become CacheError; djfs errors (from the store) pass through."""
         try:
             yield
@@ -247,9 +267,62 @@ class ObjectCache:
             raise
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise CacheError(f"no space left for object {hash_} in the cache at {self._root!r}; "
+                raise CacheError(f"no space left for {label} in the cache at {self._root!r}; "
                                  "read it from the store") from error
-            raise CacheError(f"can't cache object {hash_} in {self._root!r}: {error.strerror or error}") from error
+            raise CacheError(f"can't cache {label} in {self._root!r}: {error.strerror or error}") from error
+
+    # -- derived files ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _derived_name(key: str, kind: str) -> str:
+        if not isinstance(key, str) or not _DERIVED_KEY.fullmatch(key):
+            raise ValueError(f"not a key of a derived file: {key!r}")
+        if not isinstance(kind, str) or not _DERIVED_KIND.fullmatch(kind):
+            raise ValueError(f"not a kind of derived file: {kind!r}")
+        return f"derived/{key[0:2]}/{key}.{kind}"
+
+    def open_derived(self, key: str, kind: str, size: int) -> BinaryIO | None:
+        """The derived file opened for reading, or None; one of another size is damaged or stale: removed."""
+        name = self._derived_name(key, kind)
+        try:
+            file = open(self._full(name), "rb", buffering=0)
+        except FileNotFoundError:
+            self._forget(name)
+            self._count("misses")
+            return None
+        found = os.fstat(file.fileno()).st_size
+        if found != size:
+            file.close()
+            log.warning("derived file %s has %d bytes, not %d: removed", name, found, size)
+            self._unlink(self._full(name))
+            self._forget(name)
+            self._count("errors")
+            return None
+        self._touch(name, size)
+        self._count("hits")
+        return file  # type: ignore[return-value]
+
+    def fill_derived(self, key: str, kind: str, size: int, write: Callable[[BinaryIO], None]) -> BinaryIO:
+        """Make the derived file by calling ``write(file)`` unless it exists; returns it opened for reading.
+
+        One fill per (key, kind) on this host at a time: concurrent callers wait and open the one file.  A file
+        whose length is not ``size`` is refused (``CorruptObjectError``) and nothing is kept; a cache failure
+        raises ``CacheError``.
+        """
+        name = self._derived_name(key, kind)
+        if size > self.max_size:
+            raise CacheError(f"{name} ({size} bytes) is larger than the whole cache at {self._root!r}")
+        lock = f"{key}.{kind}"
+        for _ in range(3):  # made, then evicted at once by another process's fill: make it again
+            file = self.open_derived(key, kind, size)
+            if file is not None:
+                return file
+            with self._hash_lock(lock), self._file_lock(lock):
+                if not os.path.exists(self._full(name)):
+                    self._write_file(name, name, size, write, None)
+            self._evict(protect=name)
+        raise CacheError(f"{name} is evicted as soon as it is made: the cache at {self._root!r} is too small")
+
 
     # -- blocks ---------------------------------------------------------------------------------------------
 
@@ -393,7 +466,7 @@ class ObjectCache:
     def _rescan(self) -> None:
         """Rebuild the index from disk, ordered by mtime: sees the files other processes added or evicted."""
         found: list[tuple[float, str, int]] = []
-        for top in ("objects", "blocks"):
+        for top in _TOPS:
             for middle in _listdir(self._full(top)):
                 for name in _listdir(self._full(f"{top}/{middle}")):
                     relative = f"{top}/{middle}/{name}"
@@ -445,8 +518,8 @@ class ObjectCache:
                 pass
 
     def clear(self) -> None:
-        """Remove every cached object and block (of every process)."""
-        for top in ("objects", "blocks"):
+        """Remove every cached object, block and derived file (of every process)."""
+        for top in _TOPS:
             for middle in _listdir(self._full(top)):
                 directory = self._full(f"{top}/{middle}")
                 for name in _listdir(directory):
@@ -461,7 +534,7 @@ class ObjectCache:
             self._last_scan = time.monotonic()
 
     def usage(self) -> int:
-        """Bytes used by objects and blocks (as of the last scan plus this process's own changes)."""
+        """Bytes used by objects, blocks and derived files (as of the last scan plus this process's own changes)."""
         if time.monotonic() - self._last_scan > self.rescan_interval:
             self._rescan()
         with self._lock:
@@ -470,9 +543,9 @@ class ObjectCache:
     def stats(self) -> dict[str, Any]:
         usage = self.usage()
         with self._lock:
-            objects = sum(1 for name in self._index if name.startswith("objects/"))
+            tops = Counter(name.partition("/")[0] for name in self._index)
             return dict(self._counters, location=self._root, usage=usage, max_size=self.max_size,
-                        objects=objects, blocks=len(self._index) - objects)
+                        objects=tops["objects"], blocks=tops["blocks"], derived=tops["derived"])
 
     def __repr__(self) -> str:
         return f"ObjectCache({self._root!r}, max_size={self.max_size})"
@@ -480,10 +553,10 @@ class ObjectCache:
     # -- locks ----------------------------------------------------------------------------------------------
 
     @contextmanager
-    def _hash_lock(self, hash_: str) -> Iterator[None]:
-        """A lock per hash among this process's threads (entries disappear when nobody holds or waits)."""
+    def _hash_lock(self, name: str) -> Iterator[None]:
+        """A lock per name (a hash) among this process's threads (entries disappear when nobody holds or waits)."""
         with self._lock:
-            entry = self._hash_locks.setdefault(hash_, [threading.Lock(), 0])
+            entry = self._hash_locks.setdefault(name, [threading.Lock(), 0])
             entry[1] += 1
         try:
             with entry[0]:
@@ -492,18 +565,18 @@ class ObjectCache:
             with self._lock:
                 entry[1] -= 1
                 if not entry[1]:
-                    del self._hash_locks[hash_]
+                    del self._hash_locks[name]
 
     @contextmanager
-    def _file_lock(self, hash_: str) -> Iterator[None]:
-        """An exclusive ``flock`` per hash among processes; the lock file is removed after use.
+    def _file_lock(self, name: str) -> Iterator[None]:
+        """An exclusive ``flock`` per name (a hash) among processes; the lock file is removed after use.
 
         Removing a lock file races with a process that opened it just before: so after locking, a process checks
         that its file is still the one under the name, and starts over if not.
         """
-        path = self._full(f"locks/{hash_}")
+        path = self._full(f"locks/{name}")
         while True:
-            with self._cache_errors(hash_):
+            with self._cache_errors(f"lock {name}"):
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)

@@ -306,3 +306,51 @@ def test_stale_temporary_files_are_removed_at_start(tmp_path):
 def test_open_cache_shares_one_instance(tmp_path):
     assert open_cache(tmp_path, "1MiB") is open_cache(str(tmp_path), 1024 * 1024)
     assert open_cache(tmp_path, "2MiB") is not open_cache(tmp_path, "1MiB")
+
+
+def test_derived_files_are_made_once_size_checked_and_bounded(tmp_path):
+    cache = ObjectCache(tmp_path, 300_000)
+    hash_, data = make_object(100_000)
+    calls = []
+
+    def make(file) -> None:
+        calls.append(threading.get_ident())
+        time.sleep(0.05)  # the others arrive while the first one writes
+        streaming(data)(file)
+
+    files: list = []
+    threads = [threading.Thread(target=lambda: files.append(cache.fill_derived(hash_, "npy-v1", len(data), make)))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(files) == 8 and all(file.read() == data for file in files)
+    for file in files:
+        file.close()
+    path = tmp_path / "derived" / hash_[:2] / f"{hash_}.npy-v1"
+    assert path.read_bytes() == data and cache.stats()["derived"] == 1 and cache.usage() == len(data)
+
+    path.write_bytes(data[:-1])  # damaged: refused on open, removed, made again
+    assert cache.open_derived(hash_, "npy-v1", len(data)) is None and not path.exists()
+    with cache.fill_derived(hash_, "npy-v1", len(data), streaming(data)) as file:
+        assert file.read() == data
+
+    for wrong in (data[:-1], data + b"x"):  # a maker that writes the wrong length leaves nothing behind
+        with pytest.raises(CorruptObjectError):
+            cache.fill_derived(hash_, "blob-v1", len(data), streaming(wrong))
+    assert not (tmp_path / "derived" / hash_[:2] / f"{hash_}.blob-v1").exists()
+    assert files_under(tmp_path / "tmp") == []
+
+    with pytest.raises(CacheError, match="larger than the whole cache"):
+        cache.fill_derived(hash_, "big-v1", 300_001, streaming(b""))
+    for key, kind in (("../../etc/passwd", "npy"), (hash_, "../x"), (hash_, "NPY"), ("short", "npy")):
+        with pytest.raises(ValueError):
+            cache.fill_derived(key, kind, 1, streaming(b"x"))
+
+    for seed in range(1, 4):  # derived files and objects share one LRU bound
+        other, more = make_object(100_000, seed)
+        cache.fill(other, len(more), ORIGIN, streaming(more))
+    assert cache.usage() <= 300_000 and not path.exists()
+    cache.clear()
+    assert files_under(tmp_path / "derived") == [] and cache.usage() == 0

@@ -36,11 +36,9 @@ READERS = 8
 CHUNK = 1 * MiB                   # granularity of the expected-content digests
 CACHE_LIMIT = 384 * MiB           # about a third of the data: eviction all along
 WHOLE_MAX = 64 * MiB              # the mount's default: larger objects are read by blocks
-#: the daemon's in-memory budgets (half the defaults) and the bound on its RSS: the budgets, plus room for
-#: 8 readers' transient buffers, Python, boto3 and glibc's heap (with the default 256 MiB + 256 MiB budgets, RSS
-#: under this load reaches 0.9-1 GiB, about half of it glibc keeping freed buffers: see the report)
+#: the daemon's block memory (half the default) and the bound on its RSS: the budget, plus room for 8 readers'
+#: transient buffers and values being decoded (decoded files live in the disk cache), Python, boto3, glibc's heap
 BLOCK_MEMORY = 128 * MiB
-VIEW_MEMORY = 128 * MiB
 RSS_LIMIT = 1 << 30
 EXTENSIONS = {"npy": ".npy", "npy-packed": ".npy", "bytes": ".bin", "blob": ".blob", "blob-packed": ".blob"}
 
@@ -151,8 +149,8 @@ def loaded(mariadb, module_mounts, tmp_path_factory):
                 del content
         mount = module_mounts.mount(
             s3_config(server, "load", **{"store-timeout": 30, "store-retries": 2}) | {"cache-location": str(root / "cache")},
-            [f"schemas={name}", f"cache_size={CACHE_LIMIT}", f"whole_max={WHOLE_MAX}", f"block_memory={BLOCK_MEMORY}",
-             f"view_memory={VIEW_MEMORY}"] + [o for o in os.environ.get("DJFS_LOAD_OPTIONS", "").split(",") if o])
+            [f"schemas={name}", f"cache_size={CACHE_LIMIT}", f"whole_max={WHOLE_MAX}", f"block_memory={BLOCK_MEMORY}"]
+            + [o for o in os.environ.get("DJFS_LOAD_OPTIONS", "").split(",") if o])
         table = mount.path(name, "Value")
         files = []
         for k, (kind, size, digest, chunks) in expected.items():

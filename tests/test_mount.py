@@ -323,6 +323,44 @@ def test_page_cache_kept_until_content_changes(mnt, lab):
     assert wait_for(shows_new, timeout=5)
 
 
+def test_compressed_values_are_decoded_once_into_the_cache(mnt, lab, module_mounts, s3_server):
+    """A compressed value is decoded once per host into a cache file, kept across mounts, re-made if damaged."""
+    small, zeros = np.tile(np.arange(90.0), (80, 1)), np.full((40, 40), 7, np.int16)
+    with djfs.config.override(**lab.settings):
+        lab.Scan.insert1(dict(subject="decode", scan=1, small=small, zeros=zeros))
+    directory = row_dir(mnt, lab, "decode", 1)
+    assert wait_for(lambda: (directory / "small.npy").exists())  # once the listing timeout has passed
+    cache = Path(json.loads(Path(mnt.env["DJ_CONFIG"]).read_text())["cache-location"])
+    before = mnt.stats()
+    with ThreadPoolExecutor(8) as pool:  # concurrent first opens: one decode each
+        contents = list(pool.map(lambda name: (directory / name).read_bytes(), ["small.npy", "zeros.npy"] * 8))
+    assert mnt.stats()["decodes"] - before.get("decodes", 0) == 2
+    assert set(contents[0::2]) == {contents[0]} and set(contents[1::2]) == {contents[1]}
+    np.testing.assert_array_equal(np.load(io.BytesIO(contents[0])), small)
+    np.testing.assert_array_equal(np.load(io.BytesIO(contents[1])), zeros)
+    np.testing.assert_array_equal(np.load(directory / "small.npy", mmap_mode="r"), small)
+
+    def decoded_files(content: bytes) -> list[Path]:
+        return [path for path in cache.glob("derived/*/*") if path.read_bytes() == content]
+    (external,) = decoded_files(contents[0])  # keyed by the object's hash
+    (inline,) = decoded_files(contents[1])    # keyed by the digest of the blob kept in MySQL
+    assert len(external.name.partition(".")[0]) == 43 and len(inline.name.partition(".")[0]) == 64
+    assert not list(cache.glob("tmp/*"))
+
+    again = module_mounts.mount(s3_config(s3_server) | {"cache-location": str(cache)},
+                                TIMEOUTS + [f"schemas={lab.name}"])
+    moved = again.path(*directory.relative_to(mnt.mountpoint).parts)
+    assert (moved / "small.npy").read_bytes() == contents[0]
+    assert (moved / "zeros.npy").read_bytes() == contents[1]
+    assert again.stats().get("decodes", 0) == 0  # another daemon, the same host's cache: nothing decoded again
+    external.write_bytes(contents[0][:-1])  # damaged: cut short
+    with open(moved / "small.npy", "rb") as file:  # every open checks the file's size
+        assert file.read() == contents[0]
+    assert again.stats()["decodes"] == 1
+    assert external.read_bytes() == contents[0]
+    again.stop()
+
+
 def test_rows_appear_and_vanish_within_the_listing_timeout(mnt, lab):
     table = mnt.path(lab.name, "Scan")
     name = paths.component(lab.Scan.heading["subject"], "late/comer")

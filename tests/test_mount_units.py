@@ -74,7 +74,9 @@ def test_inline_views_match_external_views_and_render(value):
     if view.data_offset is not None:
         content = view.header + stored[view.data_offset:]
     else:
-        content = views.render(view.kind, view.header, stored, view.size)
+        out = io.BytesIO()
+        views.render(view.kind, view.header, stored, view.size, out)
+        content = out.getvalue()
     assert len(content) == view.size
     if view.kind == "npy":
         np.testing.assert_array_equal(np.load(io.BytesIO(content)), value)

@@ -24,7 +24,6 @@ whole_max=             64MiB       objects up to this size are cached whole (ver
 readahead=             8           blocks a sequential reader's stream may run ahead
 prefetch_threads=      4           concurrent read-ahead streams
 block_memory=          256MiB      blocks kept in memory (besides the disk cache)
-view_memory=           256MiB      decoded files (compressed values) kept in memory
 store_timeout=         config      seconds per store request (``store-timeout``)
 store_retries=         config      retries per store request (``store-retries``)
 failure_ttl=           1           seconds a failed block read fails fast before the store is asked again
@@ -34,6 +33,8 @@ page_size=             10000       rows per listing query
 read_buf=              1           let libfuse read cache files itself (0: copy through Python)
 splice=                0           splice cache-file data into /dev/fuse
 read_ahead_kb=         1024        kernel read-ahead of the mount (root only; 0 keeps the kernel's 128)
+libfuse=               3, else 2   the libfuse to use, 2 or 3; without it ``$FUSE_LIBRARY_PATH`` /
+                                   ``$FUSE_LIBRARY_NAME`` are honoured if set (see ``djfs.fs.libfuse``)
 =====================  ==========  ==============================================================================
 
 Credentials come only from djfs's configuration (``DJ_HOST``/``DJ_USER``/``DJ_PASS``, ``dj_local_conf.json`` or
@@ -61,6 +62,7 @@ from typing import Any
 
 from ..errors import DjfsError
 from ..settings import parse_size
+from .libfuse import LibfuseError, describe, load_mfusepy, parse_version, resolve
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +129,6 @@ class MountOptions:
     readahead: int = 8
     prefetch_threads: int = 4
     block_memory: int = 256 * MiB
-    view_memory: int = 256 * MiB
     store_timeout: float | None = None
     store_retries: int | None = None
     failure_ttl: float = 1.0
@@ -137,6 +138,7 @@ class MountOptions:
     read_buf: bool = True
     splice: bool = False
     read_ahead_kb: int = 1024
+    libfuse: int | None = None   # major version; None: the environment's choice, else 3, else 2
     fuse: dict[str, Any] = field(default_factory=dict)   # passed through to libfuse
 
     _PARSERS = {
@@ -147,9 +149,10 @@ class MountOptions:
         "negative_timeout": _non_negative_float, "listing_timeout": _non_negative_float,
         "heading_timeout": _non_negative_float, "catalog_timeout": _non_negative_float, "block_size": _positive(int), "whole_max": parse_size,
         "readahead": _positive(int), "prefetch_threads": _positive(int), "block_memory": parse_size,
-        "view_memory": parse_size, "store_timeout": _positive(float), "store_retries": int,
+        "store_timeout": _positive(float), "store_retries": int,
         "failure_ttl": _non_negative_float, "db_timeout": _positive(float), "sql_threads": _positive(int),
         "page_size": _positive(int), "read_buf": _flag, "splice": _flag, "read_ahead_kb": int,
+        "libfuse": parse_version,
     }
     #: libfuse options djfs sets itself or that contradict a read-only view
     _REFUSED = {"rw": "the mount is read-only", "fsname": "set by djfs", "subtype": "set by djfs",
@@ -368,9 +371,9 @@ def _return_freed_buffers() -> None:
 
 def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     """The daemon, in the foreground: returns when the file system is unmounted."""
-    import mfusepy
-
     from .. import config
+
+    mfusepy = load_mfusepy(options.libfuse)  # before operations imports it: see djfs.fs.libfuse
     from .operations import Operations
 
     _apply_config(config, options)
@@ -387,7 +390,7 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     fuse_options.update(options.fuse)
     if debug:
         fuse_options["debug"] = True
-    log.info("mounting %s (cache %s)", mountpoint, config["cache-location"])
+    log.info("mounting %s with %s (cache %s)", mountpoint, describe(mfusepy), config["cache-location"])
     mfusepy.FUSE(operations, mountpoint, raw_fi=True, **fuse_options)
     return 0
 
@@ -421,6 +424,10 @@ def mount(mountpoint: str, option_strings: list[str], schemas: list[str] | None 
 
     target = os.path.abspath(mountpoint)
     options = MountOptions.parse(option_strings, schemas)
+    try:
+        resolve(options.libfuse)  # a libfuse that isn't installed is said here, not in the daemon's log
+    except LibfuseError as error:
+        raise MountError(str(error)) from None
     _apply_config(config, options)
     preflight(target, config)
     if foreground:

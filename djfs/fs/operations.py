@@ -22,9 +22,8 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
-import mfusepy
 from cachetools import LRUCache
 
 from .. import hashing
@@ -33,10 +32,12 @@ from ..errors import BlobError, DjfsError
 from ..external import ExternalTable
 from ..settings import Config
 from . import views
+from .libfuse import describe, load_mfusepy
 from .reader import Handle, MemoryHandle, Piece, Reader, Stats, StoredObject, join
 from .tree import Database, DatabaseError, Node, NotFound, Tree, Unavailable
 
 log = logging.getLogger(__name__)
+mfusepy = load_mfusepy()  # libfuse 3 unless chosen otherwise (djfs.fs.libfuse), never mfusepy's own pick
 
 STATS_XATTR = "user.djfs.stats"
 ENODATA = getattr(errno, "ENODATA", getattr(errno, "ENOATTR", 61))
@@ -130,7 +131,7 @@ class Operations(mfusepy.Operations):
         cache = open_cache(self.config["cache-location"], self.config["cache-size"])
         self._reader = Reader(cache, block_size=options.block_size, whole_max=options.whole_max,
                               readahead=options.readahead, threads=options.prefetch_threads,
-                              memory=options.block_memory, view_memory=options.view_memory,
+                              memory=options.block_memory,
                               failure_ttl=options.failure_ttl, stats=self.stats)
         if conn_info is not None:
             if options.splice:
@@ -262,6 +263,7 @@ class Operations(mfusepy.Operations):
         if self._database is not None:
             counters["sql_queries"] = self._database.queries
         counters["open_handles"] = len(self._handles)
+        counters["libfuse"] = describe(mfusepy)
         return counters
 
     # -- files -----------------------------------------------------------------------------------------------
@@ -305,11 +307,9 @@ class Operations(mfusepy.Operations):
         view = views.describe_inline(data, len(data))
         assert view is not None
         if view.data_offset is not None:
-            content = view.header + data[view.data_offset:]
-        else:
-            content = self.reader.rendered(("inline", identity),
-                                           lambda: views.render(view.kind, view.header, data, view.size))
-        return MemoryHandle(content), identity
+            return MemoryHandle(view.header + data[view.data_offset:]), identity
+        return self.reader.open_decoded(identity, view.kind, view.size,
+                                        lambda file: views.render(view.kind, view.header, data, view.size, file)), identity
 
     def _open_external(self, node: Node, spec: views.FileSpec) -> tuple[Handle, str]:
         entry = spec.entry
@@ -319,9 +319,9 @@ class Operations(mfusepy.Operations):
         obj = StoredObject(hash_, int(entry["size"]), bytes(entry["origin"]), store, hashing.object_path(hash_))
         if spec.data_offset is not None:
             return self.reader.open_stored(obj, spec.header, spec.data_offset, spec.size), hash_
-        content = self.reader.rendered(("external", hash_),
-                                       lambda: views.render(spec.kind, spec.header, self.reader.whole(obj), spec.size))
-        return MemoryHandle(content), hash_
+        def decode(file: BinaryIO) -> None:
+            views.render(spec.kind, spec.header, self.reader.whole(obj), spec.size, file)
+        return self.reader.open_decoded(hash_, spec.kind, spec.size, decode), hash_
 
     def _handle(self, fi: Any) -> Handle:
         handle = self._handles.get(fi.fh)

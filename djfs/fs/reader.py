@@ -1,7 +1,8 @@
 """The bytes behind the mount's files: cache files, blocks, streaming read-ahead, one download per block.
 
 Every file of the mount is ``header + stored[data_offset : data_offset + n]`` (a plain byte range of a stored
-object) or, for compressed or in-MySQL values, a whole file rendered once in memory.  A handle serves one open
+object), a small file in memory (``row.json``, in-MySQL blobs), or a file decoded once into the disk cache (a
+compressed value: ``ObjectCache.fill_derived``, one decode per host, kept across mounts).  A handle serves one open
 file and answers reads as *pieces* (bytes, start, length) that the operations layer copies once, straight into
 libfuse's buffer:
 
@@ -31,6 +32,7 @@ for the store's timeout.  Nothing here blocks without a bound: every request has
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import weakref
@@ -39,7 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Protocol
 
-from cachetools import LRUCache, TTLCache
+from cachetools import TTLCache
 
 from .. import hashing
 from ..cache import CacheError, ObjectCache
@@ -53,6 +55,7 @@ MiB = 1 << 20
 DOWNLOAD_STEP = 16 * MiB      # pieces of a whole-object download
 SEQUENTIAL_SLACK = 4 * MiB    # the kernel sends read-ahead requests slightly out of order
 STREAM_IDLE = 10.0            # a stream whose reader went quiet this long gives up its connection and thread
+RENDER_VERSION = "v1"        # of decoded files: bump when views.render changes its output
 SPECULATIVE_IDLE = 1.0        # the same for a stream its reader has not yet proven sequential (window 0)
 
 
@@ -113,7 +116,7 @@ def join(pieces: list[Piece]) -> bytes:
 
 
 class MemoryHandle:
-    """A file rendered in memory (row.json, in-MySQL blobs, decoded compressed values)."""
+    """A file held in memory (row.json, in-MySQL blobs; a decoded value the disk cache can't keep)."""
 
     def __init__(self, content: bytes) -> None:
         self.content = content
@@ -355,10 +358,10 @@ class _Counted(RangeStream):
 
 
 class Reader:
-    """Shared by all handles of a mount: the block map, the read-ahead threads, the decoded-file memory."""
+    """Shared by all handles of a mount: the block map, the read-ahead threads, the cache."""
 
     def __init__(self, cache: ObjectCache, *, block_size: int = 2 * MiB, whole_max: int = 64 * MiB,
-                 readahead: int = 8, threads: int = 4, memory: int = 256 * MiB, view_memory: int = 256 * MiB,
+                 readahead: int = 8, threads: int = 4, memory: int = 256 * MiB,
                  failure_ttl: float = 1.0, stats: Stats | None = None) -> None:
         self.cache = cache
         self.block_size = block_size
@@ -374,9 +377,6 @@ class Reader:
         self._stream_slots = threading.BoundedSemaphore(threads)  # a stream only starts when a thread is free
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="djfs-cache-write")
         self._write_slots = threading.BoundedSemaphore(max(2, min(32, memory // block_size // 2)))
-        self._views: LRUCache = LRUCache(maxsize=view_memory, getsizeof=len)
-        self._views_lock = threading.Lock()
-        self._view_loads: dict[Any, Future] = {}
         self._live: weakref.WeakSet[_Stream] = weakref.WeakSet()
 
     # -- opening -------------------------------------------------------------------------------------------
@@ -423,34 +423,26 @@ class Reader:
             raise CorruptObjectError(f"object {obj.hash} does not match its hash")
         return data
 
-    def rendered(self, key: Any, produce: Callable[[], bytes]) -> bytes:
-        """A file rendered once and kept in a bounded memory cache (single flight per key)."""
-        with self._views_lock:
-            found = self._views.get(key)
-            if found is not None:
-                return found
-            future = self._view_loads.get(key)
-            owner = future is None
-            if owner:
-                future = self._view_loads[key] = Future()
-        assert future is not None
-        if not owner:
-            return future.result()
+    def open_decoded(self, key: str, kind: str, size: int, write: Callable[[BinaryIO], None]) -> Handle:
+        """A file decoded by ``write(file)`` once into the disk cache, then served from there like an object.
+
+        ``key`` names the source (an object's hash, a digest of an in-MySQL blob) and ``kind`` what is made of it
+        (versioned, so a djfs that renders differently never serves an old file).  Concurrent openers wait for
+        one decode.  When the cache can't keep the file (full disk, larger than the cache), it is decoded into
+        memory for this open only.
+        """
+        def counted(file: BinaryIO) -> None:
+            self.stats.add("decodes")
+            write(file)
         try:
-            content = produce()
-        except BaseException as error:
-            with self._views_lock:
-                del self._view_loads[key]
-            future.set_exception(error)
-            raise
-        with self._views_lock:
-            try:
-                self._views[key] = content
-            except ValueError:
-                pass  # larger than the whole memory budget: serve it, don't keep it
-            del self._view_loads[key]
-        future.set_result(content)
-        return content
+            file = self.cache.fill_derived(key, f"{kind}-{RENDER_VERSION}", size, counted)
+        except CacheError as error:
+            log.warning("can't keep a decoded file in the cache (%s); decoding it into memory", error)
+            out = io.BytesIO()
+            counted(out)
+            return MemoryHandle(out.getvalue())
+        self.stats.add("opens_decoded")
+        return FileHandle(file, b"", 0, size)
 
     # -- store access ----------------------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ rules are applied here to the blob's first bytes):
 ``<attr>.npy``   a numeric or boolean array with ndim >= 1: a real ``.npy`` (header + column-major data) that
                  ``numpy.load(path, mmap_mode='r')`` opens.  When the stored blob is uncompressed, its data *is*
                  a byte range of the stored object (from ``data_offset``), so reads become range reads of the
-                 object and nothing is decoded; a compressed array is inflated once and served from memory.
+                 object and nothing is decoded; a compressed array is inflated once into the disk cache (a *derived*
+                 file, kept across mounts) and served from there.
 ``<attr>.bin``   ``bytes`` values, raw.
 ``<attr>.blob``  anything else, as the *uncompressed* serialized blob (``djfs.blob.unpack`` and DataJoint read it).
 ``row.json``     the row's other attributes as a JSON object.
@@ -27,7 +28,7 @@ import struct
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -123,21 +124,23 @@ def describe_inline(prefix: bytes, length: int) -> View | None:
     return describe(body, declared, compressed=True)
 
 
-def render(kind: str, header: bytes, stored: bytes | bytearray | memoryview, size: int) -> bytes:
-    """The whole file of a value from its whole stored bytes (used when the file is not a plain byte range)."""
+def render(kind: str, header: bytes, stored: bytes | bytearray | memoryview, size: int, out: BinaryIO) -> None:
+    """Write the whole file of a value, decoded from its whole stored bytes (when it is not a plain byte range)."""
     body = blob.decompress(stored)
     if kind == "npy":
         layout = _array_layout(bytes(body[:_HEADER_NEED]))
         if layout is None:
             raise CorruptObjectError("stored value is not the array its view says")
-        content = header + bytes(body[layout[2]:])
+        parts = [header, body[layout[2]:]]
     elif kind == "bytes":
-        content = bytes(body[13:])
+        parts = [body[13:]]
     else:
-        content = bytes(body)
-    if len(content) != size:
-        raise CorruptObjectError(f"stored value renders to {len(content)} bytes, its view says {size}")
-    return content
+        parts = [body]
+    length = sum(len(part) for part in parts)
+    if length != size:
+        raise CorruptObjectError(f"stored value renders to {length} bytes, its view says {size}")
+    for part in parts:
+        out.write(part)
 
 
 # -- rows -----------------------------------------------------------------------------------------------------
