@@ -40,7 +40,8 @@ def passthrough_main(source: str, mountpoint: str) -> None:
     """Serve one file, ``/data``, straight from ``source`` with os.pread: nothing but FUSE + Python."""
     import stat as stat_module
 
-    import mfusepy
+    from djfs.fs.libfuse import load_mfusepy
+    mfusepy = load_mfusepy()  # the library djfs uses, not mfusepy's own pick
 
     class Passthrough(mfusepy.Operations):
         use_ns = True

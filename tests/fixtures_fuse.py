@@ -4,6 +4,9 @@ Loaded by ``tests/conftest.py``.  A mount gets the database credentials through 
 ``DJ_USER``/``DJ_PASS`` in its environment and the rest of its configuration through a ``$DJ_CONFIG`` file,
 exactly as a user would run it; it is waited for (the mount table) and always unmounted in teardown, even when
 the test failed or the daemon died.  FUSE missing is a failure, never a skip.
+
+A mount uses djfs's default libfuse (3, else 2) unless ``libfuse=2`` or ``3`` is given; the test process's
+``FUSE_LIBRARY_*`` variables never reach a daemon.
 """
 
 from __future__ import annotations
@@ -74,6 +77,11 @@ class Mount:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def libfuse(self) -> list[str]:
+        """The libfuse files the daemon has mapped (``libfuse3.so.3.14.0``, ``libfuse.so.2.9.9`` ...)."""
+        assert self.process is not None
+        return libfuse_mapped(self.process.pid)
+
     def log_text(self) -> str:
         try:
             return self.log.read_text(errors="replace")[-5000:]
@@ -114,15 +122,19 @@ class Mounts:
         index = len(self.mounts)
         config_file = self.base / f"config-{index}.json"
         config_file.write_text(json.dumps(config))
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("DJ_", "AWS_"))}
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("DJ_", "AWS_", "FUSE_LIBRARY_"))}
         env.update(DJ_HOST=self.mariadb.host, DJ_PORT=str(self.mariadb.port), DJ_USER=self.mariadb.user,
                    DJ_PASS=self.mariadb.password or "", DJ_CONFIG=str(config_file))
         env.update(extra)
         return env
 
     def mount(self, config: dict[str, Any], options: list[str] | tuple = (), start: bool = True,
-              **extra_env: str) -> Mount:
-        """A running mount whose configuration file holds ``config`` (a cache of its own unless given)."""
+              libfuse: int | None = None, **extra_env: str) -> Mount:
+        """A running mount whose configuration file holds ``config`` (a cache of its own unless given), with
+        libfuse ``libfuse`` (2 or 3; None: djfs's default)."""
+        if libfuse is not None:
+            options = [*options, f"libfuse={libfuse}"]
         index = len(self.mounts)
         config = dict(config)
         config.setdefault("cache-location", str(self.base / f"cache-{index}"))
@@ -164,6 +176,13 @@ def module_mounts(fuse_available, mariadb, tmp_path_factory) -> Iterator[Mounts]
         yield registry
     finally:
         registry.stop_all()
+
+
+def libfuse_mapped(pid: int) -> list[str]:
+    """The libfuse files process ``pid`` has mapped, from /proc/PID/maps: which library it really loaded."""
+    with open(f"/proc/{pid}/maps") as maps:
+        names = {os.path.basename(line.split()[-1]) for line in maps if len(line.split()) >= 6}
+    return sorted(name for name in names if name.startswith(("libfuse.so", "libfuse3.so")))
 
 
 def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):

@@ -117,11 +117,16 @@ def lab(mariadb, s3_server, tmp_path_factory):
     djfs.conn(reset=True)
 
 
+def mount_lab(lab, mounts, s3_server, libfuse: int | None = None):
+    """The lab schema mounted with small blocks (1 MiB) and whole_max below the big values."""
+    return mounts.mount(s3_config(s3_server), TIMEOUTS + [
+        f"schemas={lab.name}", "block_size=1MiB", "whole_max=1MiB", "readahead=4", "failure_ttl=0.5"],
+        libfuse=libfuse)
+
+
 @pytest.fixture(scope="module")
 def mnt(lab, module_mounts, s3_server):
-    """The lab schema mounted with small blocks (1 MiB) and whole_max below the big values."""
-    return module_mounts.mount(s3_config(s3_server), TIMEOUTS + [
-        f"schemas={lab.name}", "block_size=1MiB", "whole_max=1MiB", "readahead=4", "failure_ttl=0.5"])
+    return mount_lab(lab, module_mounts, s3_server)
 
 
 def row_dir(mnt, lab, subject: str, scan: int) -> Path:

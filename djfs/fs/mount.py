@@ -387,6 +387,8 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
         subtype="djfs", default_permissions=True, use_ino=True,
         entry_timeout=options.entry_timeout, attr_timeout=options.attr_timeout,
         negative_timeout=options.negative_timeout)
+    if mfusepy.fuse_version_major == 2:
+        fuse_options["nonempty"] = True  # as libfuse 3 does: mount over a directory that holds files
     fuse_options.update(options.fuse)
     if debug:
         fuse_options["debug"] = True
