@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import re
 import secrets
@@ -398,10 +399,7 @@ class ObjectCache:
         name = self._block_name(hash_, block_size, index)
         temporary = self._full(f"tmp/{hash_}.{block_size}-{index}.{secrets.token_hex(6)}.tmp")
         try:
-            with open(temporary, "xb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())  # blocks can't be verified later: never keep a torn one after a crash
+            write_durably(temporary, data)  # blocks can't be verified later: never keep a torn one after a crash
             os.makedirs(os.path.dirname(self._full(name)), exist_ok=True)
             os.replace(temporary, self._full(name))
         except OSError as error:
@@ -622,6 +620,60 @@ def open_cache(location: str | os.PathLike, max_size: int | str) -> ObjectCache:
         if cache is None:
             cache = _caches[key] = ObjectCache(key[0], size)
         return cache
+
+
+DIRECT_ALIGN = 4096  # O_DIRECT wants buffer addresses and lengths aligned to the device's block size: a page is
+_staging = threading.local()
+
+
+def _staging_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer of at least ``size`` bytes, one per thread, reused (its pages stay mapped)."""
+    buffer = getattr(_staging, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        if buffer is not None:
+            buffer.close()
+        buffer = _staging.buffer = mmap.mmap(-1, max(size, DIRECT_ALIGN))
+    return buffer
+
+
+def write_durably(path: str, data: bytes | bytearray | memoryview) -> None:
+    """Create ``path`` (which must not exist) holding ``data``, fsynced; bypass the page cache where possible.
+
+    Why not a plain write: copying a block into freshly allocated page-cache pages was 40% of the mount daemon's
+    CPU time on a cold read from S3 (perf).  With ``O_DIRECT`` the disk takes the bytes from one reused, aligned
+    buffer instead.  The tail past the last aligned length, and file systems without ``O_DIRECT`` (tmpfs), are
+    written through the page cache as usual.
+    """
+    view = memoryview(data).cast("B")
+    aligned = len(view) - len(view) % DIRECT_ALIGN
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    direct = getattr(os, "O_DIRECT", 0) if aligned else 0
+    try:
+        fd = os.open(path, flags | direct, 0o644)
+    except OSError as error:
+        if not direct or error.errno != errno.EINVAL:
+            raise
+        direct, fd = 0, os.open(path, flags, 0o644)  # this file system has no O_DIRECT
+    try:
+        done = 0
+        if direct:
+            buffer = _staging_buffer(aligned)
+            buffer[:aligned] = view[:aligned]
+            source = memoryview(buffer)
+            try:
+                while done < aligned:
+                    done += os.pwrite(fd, source[done:aligned], done)
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+            finally:
+                source.release()
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~direct)
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], done)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _listdir(path: str) -> list[str]:

@@ -8,11 +8,12 @@ import os
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from djfs import hashing
-from djfs.cache import CacheError, ObjectCache, open_cache
+from djfs.cache import DIRECT_ALIGN, CacheError, ObjectCache, open_cache, write_durably
 from djfs.errors import CorruptObjectError, InvalidHashError, MissingObjectError
 
 ORIGIN = b'lab.scan\n{"scan_id": 1}'
@@ -354,3 +355,27 @@ def test_derived_files_are_made_once_size_checked_and_bounded(tmp_path):
     assert cache.usage() <= 300_000 and not path.exists()
     cache.clear()
     assert files_under(tmp_path / "derived") == [] and cache.usage() == 0
+
+
+@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+def test_blocks_are_written_whole_with_or_without_o_direct(tmp_path, where):
+    """write_durably (O_DIRECT where the file system has it, tmpfs has not) writes any length exactly, once."""
+    root = tmp_path
+    if where == "tmpfs":
+        assert os.path.isdir("/dev/shm"), "the test needs /dev/shm (tmpfs)"
+        root = Path("/dev/shm") / f"djfs-test-{os.getpid()}-{random.getrandbits(32)}"
+        root.mkdir()
+    try:
+        for size in (0, 1, DIRECT_ALIGN - 1, DIRECT_ALIGN, DIRECT_ALIGN + 1, 3 * DIRECT_ALIGN + 7, (2 << 20) + 13):
+            data = random.Random(size).randbytes(size)
+            path = root / f"block-{size}"
+            write_durably(str(path), memoryview(bytearray(data))[0:size])
+            assert path.read_bytes() == data, size
+            with pytest.raises(FileExistsError):
+                write_durably(str(path), b"again")
+            assert path.read_bytes() == data
+    finally:
+        if where == "tmpfs":
+            for path in root.iterdir():
+                path.unlink()
+            root.rmdir()
