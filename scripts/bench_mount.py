@@ -256,14 +256,6 @@ class Bench:
         assert total == self.object_size
         return time.perf_counter() - start
 
-    def raw_boto3_transfer(self) -> float:
-        """boto3's managed download (parallel ranged GETs), to /dev/null."""
-        client = self.s3.client()
-        start = time.perf_counter()
-        with open(os.devnull, "wb") as sink:
-            client.download_fileobj(self.bucket, self.key, sink)
-        return time.perf_counter() - start
-
     def one_percent(self) -> dict:
         self.clear_cache()
         mountpoint, process = self.mount_djfs()
@@ -328,7 +320,7 @@ def main() -> int:
         results.append(("second read (page cache kept) vs raw cache file", raw / second, 0.4,
                         f"djfs {gib / second:.2f} GiB/s, raw {gib / raw:.2f} GiB/s"))
 
-        colds, boto, transfer, cold_stats = [], [], [], {}
+        colds, boto, cold_stats = [], [], {}
         for _ in range(repeat):
             drop_page_cache()
             # moto keeps a large object in a temporary file: after the page cache was dropped, whoever reads
@@ -337,12 +329,10 @@ def main() -> int:
             seconds_cold, cold_stats = bench.cold_djfs()
             colds.append(seconds_cold)
             boto.append(bench.raw_boto3())
-        transfer.append(bench.raw_boto3_transfer())
         cold, raw_s3 = statistics.median(colds), statistics.median(boto)
         results.append(("cold read from S3: djfs vs boto3 get_object", raw_s3 / cold, 0.8,
                         f"djfs {gib / cold:.2f} GiB/s ({cold_stats.get('store_requests')} requests), boto3 "
-                        f"get_object {gib / raw_s3:.2f} GiB/s, boto3 download_fileobj "
-                        f"{gib / transfer[0]:.2f} GiB/s"))
+                        f"get_object {gib / raw_s3:.2f} GiB/s"))
 
         partial = bench.one_percent()
         fetched = partial.get("store_bytes", 0)
