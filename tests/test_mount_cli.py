@@ -35,7 +35,8 @@ def lab_user(connection):
     connection.query(f"DROP USER '{user}'@'%'")
 
 
-def test_background_mount_keeps_credentials_out_of_sight(mounts, schema, lab_user, tmp_path):
+def add_note(schema) -> None:
+    """A small table with one row (``Note/note=1/row.json``) for the tests of the command line."""
     @schema
     class Note(djfs.Manual):
         definition = """
@@ -44,6 +45,10 @@ def test_background_mount_keeps_credentials_out_of_sight(mounts, schema, lab_use
         text : varchar(32)
         """
     Note.insert1({"note": 1, "text": "hello"})
+
+
+def test_background_mount_keeps_credentials_out_of_sight(mounts, schema, lab_user, tmp_path):
+    add_note(schema)
     env = mounts.environment({"cache-location": str(tmp_path / "cache")}, DJ_USER=lab_user, DJ_PASS=PASSWORD)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()

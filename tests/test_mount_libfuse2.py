@@ -17,14 +17,13 @@ import time
 import numpy as np
 import pytest
 
-import djfs
 from djfs.fs import libfuse
 from djfs.fs.mount import MountError, MountOptions, daemon_pid, is_mounted, mount_entry
 from fixtures_fuse import libfuse_mapped, wait_for
 from test_mount import (  # noqa: F401  (fixtures and tests of test_mount, run here under libfuse 2)
     fetch_row, lab, mount_lab, row_dir, test_every_file_equals_fetch, test_layout, test_npy_memory_map_slicing,
     test_page_cache_kept_until_content_changes, test_read_only, test_rows_appear_and_vanish_within_the_listing_timeout)
-from test_mount_cli import cli
+from test_mount_cli import add_note, cli
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +93,7 @@ def test_inode_numbers_are_djfs_own(mnt, lab):
 
 
 def test_background_mount_and_umount_with_libfuse_2(mounts, schema, tmp_path):
-    @schema
-    class Note(djfs.Manual):
-        definition = """
-        note : int
-        ---
-        text : varchar(32)
-        """
-    Note.insert1({"note": 1, "text": "hello"})
+    add_note(schema)
     env = mounts.environment({"cache-location": str(tmp_path / "cache")})
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
