@@ -16,7 +16,9 @@ needs no invalidation: the cache only has to make sure that what it keeps *is* t
   ``derived/<k[0:2]>/<key>.<kind>``, written the same way (temporary file, size check, fsync, rename), one fill
   per key at a time; it can't be hash-checked (nothing records its hash), so it is size-checked on every open,
   like a whole object without ``verify-reads=always``;
-* the total size (objects + blocks + derived files) is bounded by least-recently-used eviction.  Use is recorded in the files'
+* the total size (objects + blocks + derived files) is bounded by least-recently-used eviction, which makes room
+  *before* a finished file is renamed into place (a full cache never holds the new file and the old ones at
+  once; concurrent writers may overlap by the files being unlinked at that moment).  Use is recorded in the files'
   mtimes (``os.utime``), so processes share one recency order; each process keeps an in-memory index built by a
   scan at start and rescanned periodically to see the files of other processes.  Removing a file another
   process has open is fine on POSIX: its reader keeps its open file;
@@ -118,6 +120,7 @@ class ObjectCache:
         # relative path -> [size, last time we marked it used]; oldest use first
         self._index: OrderedDict[str, list] = OrderedDict()
         self._total = 0
+        self._reserved = 0  # bytes of files about to be renamed into place, room already made for them
         self._last_scan = 0.0
         self._hash_locks: dict[str, list] = {}
         self._block_futures: dict[tuple[str, int, int], Future] = {}
@@ -247,16 +250,16 @@ class ObjectCache:
             except BaseException:
                 self._unlink(temporary)
                 raise
-            with self._cache_errors(label):
+            with self._cache_errors(label), self._room(size):
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.replace(temporary, final)
+                with self._lock:
+                    self._add(name, size)
         except BaseException:
             self._unlink(temporary)
             self._count("errors")
             raise
         self._count("fills")
-        with self._lock:
-            self._add(name, size)
         return final
 
     @contextmanager
@@ -400,16 +403,15 @@ class ObjectCache:
         temporary = self._full(f"tmp/{hash_}.{block_size}-{index}.{secrets.token_hex(6)}.tmp")
         try:
             write_durably(temporary, data)  # blocks can't be verified later: never keep a torn one after a crash
-            os.makedirs(os.path.dirname(self._full(name)), exist_ok=True)
-            os.replace(temporary, self._full(name))
+            with self._room(len(data)):
+                os.makedirs(os.path.dirname(self._full(name)), exist_ok=True)
+                os.replace(temporary, self._full(name))
+                with self._lock:
+                    self._add(name, len(data))
         except OSError as error:
             self._unlink(temporary)
             self._count("errors")
             log.warning("not caching block %d of %s in %s: %s", index, hash_, self._root, error)
-            return
-        with self._lock:
-            self._add(name, len(data))
-        self._evict(protect=name)
 
     def _drop_blocks(self, hash_: str) -> None:
         directory = self._full(f"blocks/{hash_}")
@@ -479,12 +481,28 @@ class ObjectCache:
             self._total = sum(size for _, _, size in found)
             self._last_scan = time.monotonic()
 
+    @contextmanager
+    def _room(self, size: int) -> Iterator[None]:
+        """Evict until ``size`` more bytes fit, then hold that room while the caller moves its file in.
+
+        Room is made before a file appears under its name, so the files in ``objects/``, ``blocks/`` and
+        ``derived/`` never add up to more than the bound (within this process's view of them).
+        """
+        with self._lock:
+            self._reserved += size
+        try:
+            self._evict()
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= size
+
     def _evict(self, protect: str | None = None) -> None:
         if time.monotonic() - self._last_scan > self.rescan_interval:
             self._rescan()
         victims = []
         with self._lock:
-            while self._total > self.max_size and self._index:
+            while self._total + self._reserved > self.max_size and self._index:
                 name, entry = next(iter(self._index.items()))
                 if name == protect:
                     if len(self._index) == 1:

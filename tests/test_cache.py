@@ -379,3 +379,29 @@ def test_blocks_are_written_whole_with_or_without_o_direct(tmp_path, where):
             for path in root.iterdir():
                 path.unlink()
             root.rmdir()
+
+
+def test_room_is_made_before_a_file_appears(tmp_path, monkeypatch):
+    """Eviction runs before a new file is renamed into place: the cached files never exceed the bound."""
+    limit = 1_000_000
+    cache = ObjectCache(tmp_path, limit)
+    on_disk: list[int] = []
+    replace = os.replace
+
+    def measured_replace(source, target, *args, **kwargs):
+        replace(source, target, *args, **kwargs)
+        if os.fspath(target).startswith(os.fspath(tmp_path)):
+            on_disk.append(sum(os.path.getsize(tmp_path / name) for name in files_under(tmp_path)
+                               if name.split(os.sep)[0] in ("objects", "blocks", "derived")))
+    monkeypatch.setattr(os, "replace", measured_replace)
+
+    for seed in range(30):  # whole objects, blocks and derived files, in turn
+        hash_, data = make_object(150_000, seed)
+        if seed % 3 == 0:
+            cache.fill(hash_, len(data), ORIGIN, streaming(data))
+        elif seed % 3 == 1:
+            cache.read_block(hash_, 0, 150_000, lambda: data)
+        else:
+            cache.fill_derived(hash_, "npy-v1", len(data), streaming(data)).close()
+    assert len(on_disk) == 30 and max(on_disk) <= limit, on_disk
+    assert cache.usage() <= limit and cache.stats()["evictions"] >= 24
