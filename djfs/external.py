@@ -18,7 +18,10 @@ entry per object::
     data_offset where the file's data starts inside the stored object, when it is a plain byte range
 
 Lifecycle: objects are uploaded before the transaction that inserts their entries and rows, so a failure
-leaves an unreferenced object (swept by ``gc``), never a row pointing at nothing. Deleting rows marks their
+leaves an unreferenced object (swept by ``gc``), never a row pointing at nothing. While its objects are in
+flight (uploaded, entries not yet committed) an insert holds a named lock per object on its database session
+(``GET_LOCK('djfs:<hash>')``); gc leaves an object alone while its lock is held, so no grace period is needed to
+protect inserts, and a crashed inserter's locks vanish with its session. Deleting rows marks their
 entries ``deleted`` in the deleting transaction; inserting the same value for the same key again revives it.
 """
 
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+UPLOAD_LOCK = "djfs:{}"          # named lock (MariaDB/MySQL GET_LOCK, <= 64 chars) an inserter holds per object
 PROGRESS_THRESHOLD = 64 << 20   # transfers larger than this show a progress bar on a terminal
 TRUSTED_SIZE = 64 << 20         # larger sizes from ~external are checked with the store before allocating
 EXTERNAL_TABLE = "~external"
@@ -130,7 +134,8 @@ class PendingObject:
     packed: "blob.Packed"
     origin: bytes
     view: View
-    uploaded: bool = False   # put by this insert (young, so gc's grace period protects it)
+    uploaded: bool = False   # put by this insert
+    locked: bool = False     # this session holds its upload lock (gc leaves the object alone)
 
 
 @dataclass
@@ -150,6 +155,10 @@ class Pending:
 
     def commit(self) -> None:
         self.external.commit(self.unique())
+
+    def release(self) -> None:
+        """Give up the upload locks (after the insert's transaction ended, committed or not)."""
+        self.external.release(self.unique())
 
 
 class ExternalTable:
@@ -265,9 +274,14 @@ class ExternalTable:
                     disable=not enabled, leave=False)
 
     def upload(self, objects: list[PendingObject]) -> None:
-        """Put every object in its store (skipping those already there with the right size)."""
+        """Put every object in its store (skipping those already there with the right size).
+
+        Each object's upload lock is taken first and held until ``release``: from before the object exists
+        until its entry is committed, gc can see that it is in flight.
+        """
         if not objects:
             return
+        self._lock_uploads(objects)
         known = self._entries([obj.hash for obj in objects])
         total = sum(obj.packed.size for obj in objects)
         with self._progress(total, "upload") as bar:
@@ -300,14 +314,59 @@ class ExternalTable:
                 context=f"insert into {self.full_table_name}")
 
         def ensure_present(obj: PendingObject) -> None:
-            # We hold the entry's lock now, so gc can no longer remove the object. An object this insert
-            # did not upload (its entry existed) may have been removed by gc since we looked: put it back.
+            # We hold the entry's lock now, so gc can no longer remove the object. One this insert did not
+            # upload (its entry existed), or uploaded without holding its upload lock all along (another
+            # session had it, or the connection was lost), may have been removed by gc: put it back.
             store = self.store(obj.store)
             key = hashing.object_path(obj.hash)
             if not store.exists(key):
                 log.info("object %s vanished before commit (gc); uploading it again", obj.hash)
                 store.put(key, obj.packed.chunks(), size=obj.packed.size)
-        self._parallel(ensure_present, [obj for obj in objects if not obj.uploaded])
+        held = self._held_upload_locks(objects)
+        self._parallel(ensure_present, [obj for obj in objects if not (obj.uploaded and obj.hash in held)])
+
+    # -- upload locks ---------------------------------------------------------------------------------------
+
+    def _lock_uploads(self, objects: list[PendingObject]) -> None:
+        """Take the upload lock of each object, without waiting: one held elsewhere is checked at commit."""
+        for start in range(0, len(objects), 500):
+            batch = objects[start:start + 500]
+            names = [UPLOAD_LOCK.format(obj.hash) for obj in batch]
+            got = self.connection.query("SELECT " + ", ".join(["GET_LOCK(%s, 0)"] * len(names)), names,
+                                        context="upload locks").fetchone()
+            for obj, ok in zip(batch, got):
+                obj.locked = ok == 1
+
+    def _held_upload_locks(self, objects: list[PendingObject]) -> set[str]:
+        """The hashes whose upload lock this session still holds (a reconnect loses them all)."""
+        held: set[str] = set()
+        mine = [obj for obj in objects if obj.locked]
+        for start in range(0, len(mine), 500):
+            batch = mine[start:start + 500]
+            owners = self.connection.query(
+                "SELECT CONNECTION_ID(), " + ", ".join(["IS_USED_LOCK(%s)"] * len(batch)),
+                [UPLOAD_LOCK.format(obj.hash) for obj in batch], context="upload locks").fetchone()
+            held.update(obj.hash for obj, owner in zip(batch, owners[1:]) if owner == owners[0])
+        return held
+
+    def release(self, objects: list[PendingObject]) -> None:
+        """Release this session's upload locks (a lost session has released them already)."""
+        mine = [obj for obj in objects if obj.locked]
+        for start in range(0, len(mine), 500):
+            batch = mine[start:start + 500]
+            try:
+                self.connection.query("SELECT " + ", ".join(["RELEASE_LOCK(%s)"] * len(batch)),
+                                      [UPLOAD_LOCK.format(obj.hash) for obj in batch], context="upload locks")
+            except DjfsError as error:  # the session is gone, and its locks with it
+                log.debug("upload locks not released: %s", error)
+            for obj in batch:
+                obj.locked = False
+
+    def upload_in_flight(self, hash_: str) -> bool:
+        """Whether some session holds the object's upload lock (an insert between upload and commit)."""
+        (owner,) = self.connection.query("SELECT IS_USED_LOCK(%s)", (UPLOAD_LOCK.format(hash_),),
+                                         context="upload locks").fetchone()
+        return owner is not None
 
     def mark_deleted(self, restricted: "Table", names: list[str]) -> None:
         where = restricted.where

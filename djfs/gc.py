@@ -8,9 +8,10 @@
    object is removed, and the transaction commits.  An insert that revives the entry meanwhile waits for the
    lock and, finding the object gone, uploads it again (see ``ExternalTable.commit``).
 2. Objects in the schema's folders with no entry at all (an insert that failed after its upload) are
-   removed once they are older than the grace period; younger ones may belong to an insert in flight (an
-   object is uploaded before its entry is committed, so only the grace period protects it).  Each is removed
-   under a lock on its key in ``~external``, so an insert committing that hash meanwhile waits.
+   removed once they are older than the grace period.  Each is removed under a lock on its key in
+   ``~external``, so an insert committing that hash meanwhile waits, and only if no session holds its upload
+   lock: an insert holds that from before its upload until its entry is inserted (``ExternalTable.upload``),
+   so an object in flight is never taken for an orphan, whatever the grace.
 
 gc locks one entry at a time, each in a short transaction of its own. Locking whole batches (with a locking
 read that scanned all of ``~external``) deadlocked with concurrent inserts: the user's insert failed.
@@ -120,13 +121,19 @@ def _sweep_orphans(external: "ExternalTable", report: GCReport, dry_run: bool, g
                 if name in known:
                     continue
                 try:
-                    if not dry_run:
+                    if dry_run:
+                        if external.upload_in_flight(name):
+                            continue
+                    else:
                         with connection.transaction():
                             # Lock the key (a gap lock, as it has no entry): an insert committing this hash
                             # meanwhile waits until the object is gone; one that re-used the object puts it
-                            # back (ExternalTable.commit), one that uploaded it is protected by the grace.
+                            # back (ExternalTable.commit), one that uploaded it holds its upload lock.
                             if connection.query(f"SELECT 1 FROM {table} WHERE hash = %s FOR UPDATE",
                                                 (name,)).fetchone():
+                                continue
+                            if external.upload_in_flight(name):  # uploaded, its entry not yet inserted
+                                log.debug("object %s is being inserted: kept", name)
                                 continue
                             store.remove(candidates[name].key)
                     report.orphans.append(name)

@@ -191,8 +191,19 @@ class Table(metaclass=TableMeta):
         pending = self.external.prepare(self, rows, externals) if externals else None
         encoded = [[self._encode(heading[n], row.get(n), pending, index) for n in names]
                    for index, row in enumerate(rows)]
-        if pending is not None:
+        if pending is None:
+            self._insert_rows(rows, names, encoded, None, replace, skip_duplicates, externals)
+            return
+        try:
             pending.upload()
+            self._insert_rows(rows, names, encoded, pending, replace, skip_duplicates, externals)
+        finally:
+            pending.release()
+
+    def _insert_rows(self, rows: list[dict], names: list[str], encoded: list[list], pending: Any,
+                     replace: bool, skip_duplicates: bool, externals: list[str]) -> None:
+        """The transaction of an insert: the ``~external`` entries, then the rows."""
+        heading = self.heading
         verb = "REPLACE" if replace else "INSERT"
         suffix = ""
         if skip_duplicates:

@@ -20,7 +20,7 @@ import pytest
 import djfs
 from djfs.testing.relay import Relay
 from djfs import hashing
-from djfs.errors import CorruptObjectError, DjfsError, StoreError
+from djfs.errors import CorruptObjectError, DjfsError, DuplicateError, StoreError
 from djfs.stores import clear_store_cache
 from djfs.testing.mariadb import MariaDBServer
 from djfs.testing.s3 import MotoServer
@@ -178,19 +178,18 @@ def test_s3_restart_during_large_fetch_never_gives_wrong_bytes(schema, db_config
 @pytest.mark.slow
 def test_gc_racing_with_inserts_never_removes_a_live_object(schema, backend):
     """One thread inserts, deletes and re-inserts rows with external values for a sustained period while
-    another runs gc in a loop; every row fetches its right value, during the run and after.
+    another runs gc with a grace period of zero in a loop; every row fetches its right value, during the run
+    and after.
 
-    The grace period is 3 s, not 0: an insert uploads its new objects *before* committing their entries, and
-    by design (gc.py) only the grace period protects such an in-flight object from the orphan sweep — with
-    grace=0 the sweep can remove an object between its upload and its commit (seen on S3 within seconds).
-    3 s rather than 2: S3 listings give modification times in whole seconds, so an object can look up to a
-    second older than it is.
+    An insert uploads its new objects *before* committing their entries; gc must not take such an object in
+    flight for an orphan. Before inserts held an upload lock per object, grace=0 removed one within seconds
+    (on S3) and this test ran with a grace of 3 s; now it runs with none.
     Entries marked ``deleted`` are collected whatever the grace, so deletes and revivals race with gc at
-    full speed; ``test_gc_grace_zero_keeps_an_entry_revived_while_it_runs`` covers grace=0 for entries.
+    full speed; ``test_gc_grace_zero_keeps_an_entry_revived_while_it_runs`` covers entries in one race.
     """
     backend(schema)
     table = declare_items(schema)
-    grace = 3
+    grace = 0
     rng = random.Random(5)
     live: set[int] = set()
     deleted: set[int] = set()
@@ -253,6 +252,59 @@ def test_gc_racing_with_inserts_never_removes_a_live_object(schema, backend):
     hashes = {h for (h,) in hashes}
     assert set(entries(schema)) == hashes
     assert stored_objects(schema) == hashes
+
+
+def test_gc_grace_zero_keeps_the_objects_of_an_insert_in_flight(schema, backend, monkeypatch):
+    """An insert stopped between its upload and its commit: gc(grace=0), from another session, sees its object
+    without an entry, yet keeps it (the inserter holds its upload lock); the insert then commits a good row.
+    A failed insert releases its locks, and then its object is an orphan that gc removes."""
+    backend(schema)
+    table = declare_items(schema)
+    from djfs.external import ExternalTable
+    uploaded, proceed = threading.Event(), threading.Event()
+    commit = ExternalTable.commit
+
+    def paused_commit(self, objects):
+        uploaded.set()
+        assert proceed.wait(60)
+        return commit(self, objects)
+    monkeypatch.setattr(ExternalTable, "commit", paused_commit)
+    failures: list[BaseException] = []
+
+    def insert(row: dict) -> None:
+        try:
+            table.insert1(row)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+
+    inserter = threading.Thread(target=insert, args=({"k": 1, "v": value_of(1)},))
+    inserter.start()
+    try:
+        assert uploaded.wait(60), failures
+        (in_flight,) = stored_objects(schema)  # in the store, no entry yet
+        assert entries(schema) == {}
+        time.sleep(1.1)  # S3 gives modification times in whole seconds: make sure it looks older than grace 0
+        report = schema.external.gc(grace=0)
+        assert report.orphans == [] and not report.failed, report
+        assert stored_objects(schema) == {in_flight}
+    finally:
+        proceed.set()
+        inserter.join(60)
+    assert not failures, failures
+    assert check_all(table) == {1: True}
+
+    proceed.clear()
+    uploaded.clear()
+    inserter = threading.Thread(target=insert, args=({"k": 1, "v": value_of(2)},))  # a duplicate key: fails
+    inserter.start()
+    assert uploaded.wait(60)
+    proceed.set()
+    inserter.join(60)
+    assert len(failures) == 1 and isinstance(failures[0], DuplicateError), failures
+    (orphan,) = stored_objects(schema) - {in_flight}
+    time.sleep(1.1)
+    assert schema.external.gc(grace=0).orphans == [orphan]
+    assert stored_objects(schema) == {in_flight} and check_all(table) == {1: True}
 
 
 def test_gc_grace_zero_keeps_an_entry_revived_while_it_runs(schema, backend):
