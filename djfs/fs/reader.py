@@ -388,11 +388,7 @@ class Reader:
                                      f"its size {obj.size}")
         file = self.cache.open(obj.hash)
         if file is None and obj.size <= self.whole_max:
-            try:
-                self.fill(obj)
-            except CacheError as error:
-                log.warning("can't cache %s whole (%s); reading it by blocks", obj.hash, error)
-            file = self.cache.open(obj.hash)
+            file = self._filled(obj, "reading it by blocks")
         if file is not None:
             self.stats.add("opens_cached")
             return FileHandle(file, header, data_offset, size)
@@ -407,13 +403,17 @@ class Reader:
                 file.write(self.fetch(obj, offset, min(DOWNLOAD_STEP, obj.size - offset)))
         self.cache.fill(obj.hash, obj.size, obj.origin, download)
 
-    def whole(self, obj: StoredObject) -> bytes:
-        """The verified bytes of a whole object (to decode it): through the cache, or straight from the store."""
+    def _filled(self, obj: StoredObject, instead: str) -> BinaryIO | None:
+        """The object's cache file, filled first if need be; None when the cache can't keep it."""
         try:
             self.fill(obj)
         except CacheError as error:
-            log.warning("can't cache %s (%s); reading it from the store", obj.hash, error)
-        file = self.cache.open(obj.hash)
+            log.warning("can't cache %s whole (%s); %s", obj.hash, error, instead)
+        return self.cache.open(obj.hash)
+
+    def whole(self, obj: StoredObject) -> bytes:
+        """The verified bytes of a whole object (to decode it): through the cache, or straight from the store."""
+        file = self._filled(obj, "reading it from the store")
         if file is not None:
             with file:
                 return pread_all(file.fileno(), obj.size, 0)
