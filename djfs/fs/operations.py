@@ -308,8 +308,10 @@ class Operations(mfusepy.Operations):
         assert view is not None
         if view.data_offset is not None:
             return MemoryHandle(view.header + data[view.data_offset:]), identity
-        return self.reader.open_decoded(identity, view.kind, view.size,
-                                        lambda file: views.render(view.kind, view.header, data, view.size, file)), identity
+
+        def decode(file: BinaryIO) -> None:
+            views.render(view.kind, view.header, data, view.size, file)
+        return self.reader.open_decoded(identity, view.kind, view.size, decode), identity
 
     def _open_external(self, node: Node, spec: views.FileSpec) -> tuple[Handle, str]:
         entry = spec.entry
@@ -319,6 +321,7 @@ class Operations(mfusepy.Operations):
         obj = StoredObject(hash_, int(entry["size"]), bytes(entry["origin"]), store, hashing.object_path(hash_))
         if spec.data_offset is not None:
             return self.reader.open_stored(obj, spec.header, spec.data_offset, spec.size), hash_
+
         def decode(file: BinaryIO) -> None:
             views.render(spec.kind, spec.header, self.reader.whole(obj), spec.size, file)
         return self.reader.open_decoded(hash_, spec.kind, spec.size, decode), hash_

@@ -55,8 +55,8 @@ MiB = 1 << 20
 DOWNLOAD_STEP = 16 * MiB      # pieces of a whole-object download
 SEQUENTIAL_SLACK = 4 * MiB    # the kernel sends read-ahead requests slightly out of order
 STREAM_IDLE = 10.0            # a stream whose reader went quiet this long gives up its connection and thread
-RENDER_VERSION = "v1"        # of decoded files: bump when views.render changes its output
 SPECULATIVE_IDLE = 1.0        # the same for a stream its reader has not yet proven sequential (window 0)
+RENDER_VERSION = "v1"         # of decoded files in the cache: bump when views.render changes its output
 
 
 class Stats:
