@@ -5,5 +5,6 @@ A test that needs one of them and can't have it fails; nothing is skipped for a 
 
 from pathlib import Path
 
-pytest_plugins = [name for name in ("fixtures_mariadb", "fixtures_s3", "fixtures_external", "fixtures_fuse")
+pytest_plugins = [name for name in ("fixtures_mariadb", "fixtures_s3", "fixtures_external", "fixtures_fuse",
+                                     "fixtures_datajoint")
                   if (Path(__file__).parent / f"{name}.py").exists()]
