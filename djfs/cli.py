@@ -69,9 +69,13 @@ def _gc(args: argparse.Namespace) -> int:
     schema = djfs.Schema(args.schema, create_schema=False)
     if args.folder:
         schema.set_external_storage(args.folder)
-    report = schema.external.gc(dry_run=not args.run, grace=args.grace)
-    print(report)
-    return 1 if report.failed else 0
+    reports = [schema.external.gc(dry_run=not args.run, grace=args.grace)]
+    for store in schema.external.datajoint:  # DataJoint's own stores: ~external_<store>
+        reports.append(schema.external[store].gc(dry_run=not args.run, grace=args.grace))
+        print(f"store {store!r}: ", end="")
+        print(reports[-1])
+    print(reports[0])
+    return 1 if any(report.failed for report in reports) else 0
 
 
 def _cache(args: argparse.Namespace) -> int:

@@ -52,6 +52,8 @@ TYPE_PATTERNS: list[tuple[re.Pattern, str | None]] = [(re.compile(p, re.I), sql)
     (r"^uuid$", "binary(16)"),
     (r"^json$", "longtext"),
     (rf"^external(-{STORE_NAME})?$", HASH_SQL_TYPE),
+    (r"^(blob|attach|filepath)@[a-z][-\w]*$", "binary(16)"),  # DataJoint 0.12-0.14's kinds (djfs.external_dj)
+    (r"^attach$", "longblob"),
 ]]
 SPECIAL_TYPES = ("uuid", "json", "bool", "boolean")
 SQL_KEYWORD_DEFAULTS = {"null", "current_timestamp", "current_timestamp()"}
@@ -70,7 +72,7 @@ class ParsedAttribute:
     @property
     def special(self) -> str | None:
         lowered = self.type.lower()
-        if lowered.startswith("external"):
+        if lowered.startswith("external") or "@" in lowered or lowered == "attach":
             return lowered
         if lowered in SPECIAL_TYPES:
             return "bool" if lowered == "boolean" else lowered
@@ -78,7 +80,8 @@ class ParsedAttribute:
 
     @property
     def is_object(self) -> bool:
-        return self.type.lower().endswith("blob") or self.type.lower().startswith("external")
+        lowered = self.type.lower()
+        return lowered.endswith("blob") or lowered.startswith("external") or "@" in lowered or lowered == "attach"
 
     def sql(self) -> str:
         comment = f":{self.special}:{self.comment}" if self.special else self.comment
@@ -95,6 +98,7 @@ class Declaration:
     attributes: list[ParsedAttribute] = field(default_factory=list)
     parents: list[Any] = field(default_factory=list)
     stores: set[str] = field(default_factory=set)   # '' for the default store
+    datajoint_stores: set[str] = field(default_factory=set)   # DataJoint's stores (``~external_<store>``)
 
     @property
     def primary_key(self) -> list[str]:
@@ -225,11 +229,16 @@ def declare(database: str, table: str, definition: str, context: Mapping[str, An
         columns = ", ".join(f"`{n}`" for n in parent.heading.primary_key)
         clauses.append(f"FOREIGN KEY ({columns}) REFERENCES {parent.full_table_name} ({columns}) "
                        "ON UPDATE CASCADE ON DELETE RESTRICT")
-    stores = set()
+    stores, datajoint_stores = set(), set()
     for attribute in attributes:
         if attribute.special and attribute.special.startswith("external"):
             stores.add(attribute.special[len("external-"):] if "-" in attribute.special else "")
             clauses.append(f"FOREIGN KEY (`{attribute.name}`) REFERENCES `{database}`.`{EXTERNAL_TABLE}` (`hash`) "
+                           "ON UPDATE RESTRICT ON DELETE RESTRICT")
+        elif attribute.special and "@" in attribute.special:
+            store = attribute.special.split("@")[1]
+            datajoint_stores.add(store)
+            clauses.append(f"FOREIGN KEY (`{attribute.name}`) REFERENCES `{database}`.`~external_{store}` (`hash`) "
                            "ON UPDATE RESTRICT ON DELETE RESTRICT")
     for unique, names, line in indexes:
         unknown = [n for n in names if n not in known]
@@ -238,4 +247,5 @@ def declare(database: str, table: str, definition: str, context: Mapping[str, An
         clauses.append(("UNIQUE " if unique else "") + "INDEX (" + ", ".join(f"`{n}`" for n in names) + ")")
     sql = (f"CREATE TABLE IF NOT EXISTS {full_name} (\n  " + ",\n  ".join(clauses) +
            f'\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin COMMENT "{escape_string(comment)}"')
-    return Declaration(sql=sql, attributes=attributes, parents=[fk[0] for fk in foreign_keys], stores=stores)
+    return Declaration(sql=sql, attributes=attributes, parents=[fk[0] for fk in foreign_keys], stores=stores,
+                       datajoint_stores=datajoint_stores)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import json
 import logging
 import os
@@ -185,6 +186,16 @@ class ExternalTable:
 
     def __repr__(self) -> str:
         return f"ExternalTable({self.full_table_name})"
+
+    @functools.cached_property
+    def datajoint(self):
+        """DataJoint 0.12-0.14's ``~external_<store>`` tables of this schema (``djfs.external_dj``)."""
+        from .external_dj import DataJointStores
+        return DataJointStores(self.connection, self.database)
+
+    def __getitem__(self, store: str):
+        """``schema.external[store]``, as in DataJoint: the tracking table of one of DataJoint's stores."""
+        return self.datajoint[store]
 
     # -- declaration and configuration
     def declare(self) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import blob
+from . import blob, external_dj
 from .errors import QueryError
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def _limit_clause(limit: int | None, offset: int | None) -> str:
 
 
 def query_rows(table: "Table", names: list[str], order_by=None, limit=None, offset=None,
-               decode: bool = True, squeeze: bool = False) -> list[dict[str, Any]]:
+               decode: bool = True, squeeze: bool = False, download_path: str = ".") -> list[dict[str, Any]]:
     """Rows as dicts of decoded values, in one query (plus one batch of external object reads)."""
     heading = table.heading
     for name in names:
@@ -67,6 +67,7 @@ def query_rows(table: "Table", names: list[str], order_by=None, limit=None, offs
     if externals:
         hashes = {row[n] for row in rows for n in externals if row[n] is not None}
         objects = table.external.get_many(sorted(hashes), squeeze=squeeze) if hashes else {}
+    external_dj.decode(table, rows, [n for n in names if heading[n].datajoint_kind], squeeze, download_path)
     for row in rows:
         for name in names:
             value = row[name]
@@ -105,18 +106,18 @@ class Fetch:
 
     def __call__(self, *attrs: str, offset: int | None = None, limit: int | None = None,
                  order_by: str | list[str] | None = None, as_dict: bool | None = None, squeeze: bool = False,
-                 format_objects: bool = True) -> Any:
+                 format_objects: bool = True, download_path: str = ".") -> Any:
         table = self._table
         heading = table.heading
         if not attrs:
-            rows = query_rows(table, heading.names, order_by, limit, offset, format_objects, squeeze)
+            rows = query_rows(table, heading.names, order_by, limit, offset, format_objects, squeeze, download_path)
             return rows if as_dict else as_record_array(table, heading.names, rows)
         names: list[str] = []
         for attr in attrs:
             for name in (table.primary_key if attr == "KEY" else [attr]):
                 if name not in names:
                     names.append(name)
-        rows = query_rows(table, names, order_by, limit, offset, True, squeeze)
+        rows = query_rows(table, names, order_by, limit, offset, True, squeeze, download_path)
         if as_dict:
             keep = [n for attr in attrs for n in (table.primary_key if attr == "KEY" else [attr])]
             return [{n: row[n] for n in keep} for row in rows]
@@ -135,13 +136,13 @@ class Fetch1:
     def __init__(self, table: "Table") -> None:
         self._table = table
 
-    def __call__(self, *attrs: str, squeeze: bool = False) -> Any:
+    def __call__(self, *attrs: str, squeeze: bool = False, download_path: str = ".") -> Any:
         table = self._table
         names: list[str] = []
         for attr in attrs or ("*",):
             expanded = table.heading.names if attr == "*" else table.primary_key if attr == "KEY" else [attr]
             names.extend(n for n in expanded if n not in names)
-        rows = query_rows(table, names, limit=2, squeeze=squeeze)
+        rows = query_rows(table, names, limit=2, squeeze=squeeze, download_path=download_path)
         if len(rows) != 1:
             raise QueryError(f"fetch1 needs exactly one row of {table.full_table_name}, "
                              f"found {'none' if not rows else 'more than one'}")

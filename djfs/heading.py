@@ -17,7 +17,10 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 #: djfs types that are not plain SQL types, kept as ``:<type>:`` at the start of the column comment
-SPECIAL_TYPE = re.compile(r"^:(?P<type>uuid|json|bool|external(?:-[a-z][a-z0-9_]*)?):(?P<comment>.*)$", re.S)
+SPECIAL_TYPE = re.compile(r"^:(?P<type>uuid|json|bool|external(?:-[a-z][a-z0-9_]*)?|(?:blob|attach|filepath)@[a-z][-\w]*"
+                          r"|attach):(?P<comment>.*)$", re.S)
+#: DataJoint 0.12-0.14's own kinds (``djfs.external_dj``): the type is the kind, the store in ``Attribute.store``
+DATAJOINT_KINDS = ("blob@", "attach@", "filepath@", "attach")
 BLOB_TYPES = ("tinyblob", "blob", "mediumblob", "longblob")
 
 _NUMPY_TYPES = {
@@ -55,9 +58,14 @@ class Attribute:
         return self.type == "json"
 
     @property
+    def datajoint_kind(self) -> str | None:
+        """'blob@', 'attach@', 'filepath@' (DataJoint's external kinds) or 'attach' (in-table); else None."""
+        return self.type if self.type in DATAJOINT_KINDS else None
+
+    @property
     def holds_object(self) -> bool:
-        """Serialized values (blob or external): can't be restricted on, decoded when fetched."""
-        return self.is_blob or self.is_external
+        """Serialized values (blob, external, DataJoint's kinds): can't be restricted on, decoded when fetched."""
+        return self.is_blob or self.is_external or self.datajoint_kind is not None
 
     @property
     def base_sql_type(self) -> str:
@@ -100,6 +108,9 @@ class Heading:
                 if kind.startswith("external"):
                     store = kind[len("external-"):] if "-" in kind else ""
                     kind = "external"
+                elif "@" in kind:
+                    kind, store = kind.split("@")
+                    kind += "@"
             elif kind in BLOB_TYPES:
                 kind = "blob"
             else:

@@ -71,6 +71,8 @@ class Schema:
             declaration = declare(self.database, cls._table_name, definition, context)
             if declaration.stores:
                 self.external.declare()
+            for store in declaration.datajoint_stores:
+                self.external[store].declare()
             self.connection.query(declaration.sql, context=f"declare {cls.__name__}")
             log.info("declared %s", cls._table_name)
         if issubclass(cls, Lookup) and cls.contents:

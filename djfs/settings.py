@@ -101,6 +101,59 @@ def _location(value: Any) -> str | None:
     return value
 
 
+#: DataJoint 0.12-0.14's ``stores``: protocol -> (required keys, optional keys), as ``Config.get_store_spec``
+DATAJOINT_STORE_NAME = re.compile(r"^[a-z][-\w]*$")
+STORE_KEYS = {
+    "file": (("protocol", "location"), ("subfolding", "stage")),
+    "s3": (("protocol", "endpoint", "bucket", "access_key", "secret_key", "location"),
+           ("secure", "subfolding", "stage", "proxy_server")),
+}
+DEFAULT_SUBFOLDING = (2, 2)
+
+
+def store_spec(name: str, spec: Any) -> dict[str, Any]:
+    """One store of DataJoint's ``stores``, checked as DataJoint checks it (protocol, required and allowed keys)
+    and typed; ``subfolding`` defaults to (2, 2), ``secure`` to False. Errors name the key, never a secret."""
+    where = f"stores[{name!r}]"
+    if not isinstance(name, str) or not DATAJOINT_STORE_NAME.match(name):
+        raise ValueError(f"store name {str(name)[:60]!r} must match [a-z][-\\w]* (as in blob@<store>)")
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where} must be a mapping of protocol, location, ...")
+    protocol = str(spec.get("protocol", "")).lower()
+    if protocol not in STORE_KEYS:
+        raise ValueError(f"missing or invalid protocol in {where}: use 'file' or 's3'")
+    required, optional = STORE_KEYS[protocol]
+    missing = [key for key in required if key not in spec]
+    if missing:
+        raise ValueError(f"{where} is missing {missing[0]!r}")
+    unknown = [key for key in spec if key not in required and key not in optional]
+    if unknown:
+        raise ValueError(f"invalid key {str(unknown[0])[:60]!r} in {where}")
+    result: dict[str, Any] = {"protocol": protocol}
+    for key in required[1:] + ("stage", "proxy_server"):
+        if spec.get(key) is not None:
+            if not isinstance(spec[key], str):
+                raise ValueError(f"{where}[{key!r}] must be a string")
+            result[key] = spec[key]
+    folds = spec.get("subfolding", DEFAULT_SUBFOLDING)
+    if folds is None:
+        folds = ()
+    if (not isinstance(folds, (list, tuple)) or
+            not all(isinstance(f, int) and not isinstance(f, bool) and 0 < f <= 32 for f in folds)
+            or sum(folds) > 32):
+        raise ValueError(f"{where}['subfolding'] must be a list of positive lengths (e.g. [2, 2])")
+    result["subfolding"] = tuple(folds)
+    if protocol == "s3":
+        result["secure"] = _bool(spec.get("secure", False))
+    return result
+
+
+def _stores(value: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of store name -> store settings")
+    return {name: store_spec(name, spec) for name, spec in value.items()}
+
+
 def _verify_policy(value: Any) -> str:
     if value not in ("always", "remote"):
         raise ValueError("must be 'always' (hash-check every read) or 'remote' (hash-check reads over the "
@@ -124,6 +177,7 @@ SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "transfer-threads": (8, _count(1)),
     "safemode": (False, _bool),
     "verify-reads": ("remote", _verify_policy),
+    "stores": ({}, _stores),
 }
 
 SECRET_KEYS = re.compile(r"(password|token|secret)", re.IGNORECASE)
@@ -165,6 +219,8 @@ class Config(MutableMapping):
             self._values[key] = validate(value)
         except (TypeError, ValueError) as error:
             shown = MASK if is_secret(key) else repr(value)
+            if key == "stores":  # a mapping holding secrets: the error names the store and key instead
+                raise ConfigError(f"bad configuration key 'stores': {error}") from None
             raise ConfigError(f"bad value {shown} for configuration key {key!r}: {error}") from None
 
     def __delitem__(self, key: str) -> None:
@@ -178,7 +234,8 @@ class Config(MutableMapping):
         return len(self._values)
 
     def masked(self) -> dict[str, Any]:
-        return {key: (MASK if is_secret(key) and value is not None else value)
+        return {key: (MASK if is_secret(key) and value is not None else _masked_stores(value)
+                      if key == "stores" else value)
                 for key, value in self._values.items()}
 
     def __repr__(self) -> str:
@@ -221,6 +278,12 @@ class Config(MutableMapping):
         """The location, account and token of the default store ('') or a named one."""
         suffix = f"-{store}" if store else ""
         return {part: self[f"external-{part}{suffix}"] for part in ("location", "account", "token")}
+
+
+def _masked_stores(stores: dict) -> dict:
+    """DataJoint's ``stores`` with each store's secrets masked (``secret_key``)."""
+    return {name: {key: (MASK if is_secret(key) and value is not None else value) for key, value in spec.items()}
+            for name, spec in stores.items()}
 
 
 def load_default() -> Config:

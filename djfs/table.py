@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import blob
+from . import blob, external_dj
 from .condition import Not, Where, make_condition, sql_value
 from .errors import DataError, DjfsError, DuplicateError, QueryError
 from .fetch import Fetch, Fetch1
@@ -188,7 +188,8 @@ class Table(metaclass=TableMeta):
         for row in rows:
             self._check_required(row)
         externals = [n for n in names if heading[n].is_external]
-        pending = self.external.prepare(self, rows, externals) if externals else None
+        objects = [n for n in names if heading[n].is_external or heading[n].datajoint_kind]
+        pending = external_dj.prepare(self, rows, objects) if objects else None
         encoded = [[self._encode(heading[n], row.get(n), pending, index) for n in names]
                    for index, row in enumerate(rows)]
         if pending is None:
@@ -273,7 +274,7 @@ class Table(metaclass=TableMeta):
                 return None
             if not attribute.nullable:
                 raise DataError(f"{where} can't be NULL")
-        if attribute.is_external:
+        if attribute.is_external or attribute.datajoint_kind:
             return pending.hash_of(index, attribute.name)
         if attribute.is_blob:
             return blob.pack(value)
@@ -415,6 +416,8 @@ class Table(metaclass=TableMeta):
                 kind = "external" + (f"-{attribute.store}" if attribute.store else "")
             if attribute.is_blob:
                 kind = attribute.sql_type
+            if attribute.datajoint_kind:
+                kind = attribute.datajoint_kind + (attribute.store or "")
             comment = f"  # {attribute.comment}" if attribute.comment else ""
             lines.append(f"{attribute.name}{default} : {kind}{comment}")
         if not separated:

@@ -21,25 +21,26 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import CorruptObjectError, StoreError
-from .base import MAX_IO, Data, ObjectInfo, Store, as_chunks, check_size, pread_all, is_valid_key, validate_key, validate_prefix
+from .base import MAX_IO, STRICT_KEYS, Data, KeyRule, ObjectInfo, Store, as_chunks, check_size, pread_all, validate_prefix
 
 
 
 class FileStore(Store):
     """Objects are files ``<root>/<key>``."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, keys: KeyRule = STRICT_KEYS) -> None:
         root = Path(root)
         if not root.is_absolute():
             raise ValueError(f"a file store needs an absolute path, not {os.fspath(root)!r}")
         self.root = root
         self._root = os.fspath(root)
+        self.keys = keys
 
     def describe(self) -> str:
         return f"file://{self._root}"
 
     def _path(self, key: str) -> str:
-        return os.path.join(self._root, validate_key(key))
+        return os.path.join(self._root, self.keys.validate(key))
 
     def _fail(self, action: str, key: str, error: OSError) -> StoreError:
         return StoreError(f"can't {action} {key!r} in {self.describe()}: {error.strerror or error}")
@@ -193,7 +194,7 @@ class FileStore(Store):
         # sorting a directory as "name/" yields keys in plain lexicographic order, as S3 lists them
         for name, is_directory in sorted(entries, key=lambda entry: entry[0] + "/" if entry[1] else entry[0]):
             key = f"{relative}/{name}" if relative else name
-            if not is_valid_key(key):
+            if not self.keys.is_valid(key):
                 continue
             if is_directory:
                 if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
