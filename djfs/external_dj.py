@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -185,12 +186,23 @@ class Kind:
         raise NotImplementedError
 
 
+def datajoint_pack(value: Any) -> bytes:
+    """The blob exactly as DataJoint 0.14 packs it (compressed at zlib's default level whenever that is shorter
+    than 1000+ bytes), so the same value has the same MD5, and is the same object, whoever stored it."""
+    raw = blob.pack(value, compress=False)
+    if len(raw) > blob.COMPRESS_MIN:
+        compressed = blob.ZLIB_PREFIX + len(raw).to_bytes(8, "little") + zlib.compress(raw)
+        if len(compressed) < len(raw):
+            return compressed
+    return raw
+
+
 class BlobKind(Kind):
     name = "blob@"
 
     def encode(self, value, store, spec, where):
         try:
-            packed = blob.pack(value)
+            packed = datajoint_pack(value)
         except Exception as error:
             raise type(error)(f"{where}: {error}") from None
         entry = Entry(md5([packed]), len(packed))

@@ -14,6 +14,7 @@ import pytest
 
 import djfs
 from djfs import cli
+from djfs.external_dj import datajoint_pack
 from djfs.errors import CorruptObjectError, DataError, DjfsError
 from djfs.stores import clear_store_cache
 
@@ -226,8 +227,11 @@ def test_djfs_writes_what_datajoint_reads(dj, stores, schema_name, tmp_path):
     masks = {(k["session"], k["roi"]): m for k, m in zip(*module.Session.Roi.fetch("KEY", "mask"))}
     for part in parts:
         np.testing.assert_array_equal(masks[(part["session"], part["roi"])], part["mask"])
-    # the objects are where DataJoint puts them, named by MD5 as DataJoint names them
-    packed = djfs.blob.pack(rows[0]["movie"])
+    # the objects are where DataJoint puts them, named by MD5 as DataJoint names them; the same value is the
+    # same object whoever stored it
+    for value in BLOBS:
+        assert datajoint_pack(value) == dj.blob.pack(value)
+    packed = dj.blob.pack(rows[0]["movie"])
     digest = hashlib.md5(packed).hexdigest()
     assert (Path(stores["local"]["location"]) / schema_name / digest[0] / digest[1] / digest).read_bytes() == packed
     assert len(schema.external["local"]) == len(DSession.external["local"])
@@ -261,7 +265,7 @@ def test_tampered_objects_give_an_error_never_a_value(dj, stores, schema_name, t
     rows, _ = sample_rows(tmp_path, stores, 1)
     Session.insert(rows[:1])
     _, DSession = djfs_pipeline(schema_name)
-    digest = hashlib.md5(djfs.blob.pack(rows[0]["movie"])).hexdigest()
+    digest = hashlib.md5(dj.blob.pack(rows[0]["movie"])).hexdigest()
     path = Path(stores["local"]["location"]) / schema_name / digest[0] / digest[1] / digest
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
