@@ -32,6 +32,7 @@ from ..errors import BlobError, DjfsError
 from ..external import ExternalTable
 from ..settings import Config
 from . import views
+from .datajoint_files import DataJointFiles
 from .libfuse import describe, load_mfusepy
 from .reader import Handle, MemoryHandle, Piece, Reader, Stats, StoredObject, join
 from .tree import Database, DatabaseError, Node, NotFound, Tree, Unavailable
@@ -112,6 +113,7 @@ class Operations(mfusepy.Operations):
         self.config = config
         self.stats = Stats()
         self._tree: Tree | None = None
+        self._datajoint: DataJointFiles | None = None
         self._reader: Reader | None = None
         self._database: Database | None = None
         self._handles: dict[int, Handle] = {}
@@ -125,10 +127,11 @@ class Operations(mfusepy.Operations):
         """libfuse has mounted (and, in the background, forked): only now start threads and connections."""
         options = self.options
         self._database = Database(self.config, threads=options.sql_threads, timeout=options.db_timeout)
+        cache = open_cache(self.config["cache-location"], self.config["cache-size"])
+        self._datajoint = DataJointFiles(self.config, cache, self.stats)
         self._tree = Tree(self._database, schemas=options.schemas, listing_timeout=options.listing_timeout,
                           heading_timeout=options.heading_timeout, catalog_timeout=options.catalog_timeout,
-                          page_size=options.page_size)
-        cache = open_cache(self.config["cache-location"], self.config["cache-size"])
+                          page_size=options.page_size, datajoint=self._datajoint)
         self._reader = Reader(cache, block_size=options.block_size, whole_max=options.whole_max,
                               readahead=options.readahead, threads=options.prefetch_threads,
                               memory=options.block_memory,
@@ -183,6 +186,8 @@ class Operations(mfusepy.Operations):
         self._handles.clear()
         if self._reader is not None:
             self._reader.close()
+        if self._datajoint is not None:
+            self._datajoint.close()
         if self._database is not None:
             self._database.close()
 
@@ -298,6 +303,8 @@ class Operations(mfusepy.Operations):
             return MemoryHandle(spec.content), spec.identity
         if spec.source == "inline":
             return self._open_inline(node, spec)
+        if spec.source == "datajoint":
+            return self._datajoint.open(self.reader, self.tree, node, spec)
         return self._open_external(node, spec)
 
     def _open_inline(self, node: Node, spec: views.FileSpec) -> tuple[Handle, str]:

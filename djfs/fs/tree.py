@@ -41,7 +41,7 @@ from ..errors import ConnectionLostError, DjfsError, QueryError
 from ..external import EXTERNAL_TABLE
 from ..heading import Heading
 from ..user_tables import class_name
-from . import paths, views
+from . import datajoint_files, paths, views
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +242,9 @@ class Tree:
 
     def __init__(self, database: Database, *, schemas: list[str] | None = None, listing_timeout: float = 1.0,
                  heading_timeout: float = 30.0, catalog_timeout: float = 10.0, page_size: int = 10_000,
-                 relist_max: int = 50_000) -> None:
+                 relist_max: int = 50_000, datajoint: "datajoint_files.DataJointFiles | None" = None) -> None:
         self.db = database
+        self.datajoint = datajoint  # files of DataJoint's own kinds (blob@, attach@, filepath@, attach)
         self.only = list(schemas) if schemas else None
         self.page_size = page_size
         self.relist_max = relist_max
@@ -324,11 +325,13 @@ class Tree:
             if not self._prefix_exists(table, parts[2:2 + depth], values):
                 raise NotFound(path)
             return Node("row" if depth == len(key) else "keys", path, schema, table, values, mtime=self.started)
-        if len(parts) != 2 + len(key) + 1:
+        if len(parts) not in (2 + len(key) + 1, 2 + len(key) + 2):
             raise NotFound(path)
         row = self.row(table, parts[2:2 + len(key)], values, stale_ok=True)
-        spec = row.files.get(parts[-1])
+        spec = row.files.get("/".join(parts[2 + len(key):]))
         if spec is None:
+            if len(parts) == 2 + len(key) + 1 and any(n.startswith(parts[-1] + "/") for n in row.files):
+                return Node("folder", path, schema, table, values, mtime=self.started)
             raise NotFound(path)
         return Node("file", path, schema, table, values, spec, mtime=spec.mtime)
 
@@ -382,10 +385,19 @@ class Tree:
         elif node.kind in ("table", "keys"):
             assert node.table is not None
             names = self._list_keys(node.table, node.values, stale_ok=False)
-        elif node.kind == "row":
+            if self.datajoint is not None and not node.values:  # learn the table's blob heads in parallel
+                self.datajoint.prefetch_table(self.db, node.table)
+        elif node.kind in ("row", "folder"):
             assert node.table is not None
-            row = self.row(node.table, self._row_names(path), node.values, stale_ok=False)
-            return [(name, False, spec.ino) for name, spec in row.files.items()]
+            row = self.row(node.table, self._row_names(path)[:len(node.table.primary_key)], node.values,
+                           stale_ok=False)
+            if node.kind == "folder":
+                inside = path.rstrip("/").rsplit("/", 1)[-1] + "/"
+                return [(name[len(inside):], False, spec.ino) for name, spec in row.files.items()
+                        if name.startswith(inside)]
+            folders = {name.split("/")[0] for name in row.files if "/" in name}
+            return [(name, False, spec.ino) for name, spec in row.files.items() if "/" not in name] + \
+                [(name, True, views.inode_of(f"{base}/{name}")) for name in sorted(folders)]
         else:
             raise NotFound(path)
         return [(name, True, views.inode_of(f"{base}/{name}")) for name in names]
@@ -441,6 +453,12 @@ class Tree:
             layout: list[tuple[str, str, int]] = []  # (attribute, how, index of its first column)
             for index, attribute in enumerate(heading):
                 name = attribute.name
+                if attribute.datajoint_kind:
+                    layout.append((name, "datajoint", len(columns)))
+                    more, join = datajoint_files.columns(table.schema, attribute, f"d{index}")
+                    columns += more
+                    joins += join
+                    continue
                 layout.append((name, "external" if attribute.is_external else "blob" if attribute.is_blob
                                else "plain", len(columns)))
                 if attribute.is_external:
@@ -476,6 +494,13 @@ class Tree:
                 continue
             if record[first] is None:
                 continue  # NULL: no file
+            if how == "datajoint":
+                if self.datajoint is not None:
+                    for spec in self.datajoint.files(table.schema, where, heading[name],
+                                                     record[first:first + datajoint_files.width(heading[name])],
+                                                     self.started):
+                        files[spec.name] = spec
+                continue
             if how == "external":
                 spec = self._external_file(where, name, record[first:first + 2 + len(_ENTRY_COLUMNS)])
             else:

@@ -1,0 +1,265 @@
+"""The mount's files of DataJoint 0.12-0.14's kinds (``djfs.external_dj``).
+
+* ``blob@store``: ``<attr>.npy`` / ``.bin`` / ``.blob``, the same views as ``external`` (``views``);
+* ``attach@store`` and in-table ``attach``: the attachment under its own name, ``<attr>/<attachment name>``;
+* ``filepath@store``: the file under its own name, ``<attr>/<last component of its relative path>``.
+
+DataJoint keeps no view metadata: a blob's view (kind, exact size, ``.npy`` header, where its data starts) is
+learned once per host from the object's head (a ranged read of its first KiB, inflating just the start of a
+compressed blob) and kept in the local cache as a small derived file (``dj-head``); a table's heads are learned
+in parallel when the table is listed, so ``ls -l`` of its rows costs at most one ranged read per object the first
+time and none after. Attachments and filepaths need none: their size is in ``~external_<store>``.
+
+Reading: an object is downloaded whole once per host into the cache (a derived file of kind ``dj-<kind>``),
+checked against its MD5 while it is written, and served from there as byte ranges (``<attr>.npy`` of an
+uncompressed blob is the npy header + a range of the object); a compressed blob is inflated once into its
+rendered file instead. ``object_file`` is the reusable unit "a verified object as a range-readable file".
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO
+
+from cachetools import LRUCache
+
+from ..errors import CorruptObjectError, DjfsError
+from ..external import View
+from ..external_dj import TABLE_PREFIX, Entry, check_attachment_name
+from ..settings import store_spec
+from . import views
+
+log = logging.getLogger(__name__)
+
+ENTRY_COLUMNS = ("size", "attachment_name", "filepath", "contents_hash")
+NAME_BYTES = 257         # an in-table attachment's name (at most 255 bytes) and its NUL
+HEAD_SIZE = 4096         # bytes of a cached head record (JSON, padded)
+HEAD_READS = (1024, 64 << 10)  # ranged reads tried for a blob's head before reading it whole
+PREFETCH_MAX = 100_000   # objects of one table whose heads a listing learns ahead
+
+
+def width(attribute) -> int:
+    """Columns one attribute takes in a row query."""
+    return 1 + len(ENTRY_COLUMNS) if attribute.datajoint_kind != "attach" else 2
+
+
+def columns(schema: str, attribute, alias: str) -> tuple[list[str], list[str]]:
+    """(select expressions, joins) of one attribute in the row query."""
+    name = attribute.name
+    if attribute.datajoint_kind == "attach":
+        return [f"LENGTH(t.`{name}`)", f"SUBSTRING(t.`{name}`, 1, {NAME_BYTES})"], []
+    return ([f"t.`{name}`"] + [f"{alias}.`{c}`" for c in ENTRY_COLUMNS],
+            [f"LEFT JOIN `{schema}`.`{TABLE_PREFIX}{attribute.store}` AS {alias} ON {alias}.`hash` = t.`{name}`"])
+
+
+class DataJointFiles:
+    """Shared by the mount: head records, verified object files, and the parallel head reads of listings."""
+
+    def __init__(self, config, cache, stats=None, threads: int = 16) -> None:
+        self.config = config
+        self.cache = cache    # the mount's ObjectCache: head records and verified objects, as derived files
+        self.stats = stats
+        self._heads: LRUCache = LRUCache(maxsize=200_000)
+        self._loading: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="djfs-heads")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        if self.stats is not None:
+            self.stats.add(name, amount)
+
+    # -- where objects are
+    def locate(self, schema: str, store_name: str, entry: Entry) -> tuple[Any, str]:
+        """(store, key) of an object, from the mount's own ``stores`` configuration."""
+        from ..stores import open_datajoint_store
+        stores = self.config["stores"] or {}
+        if store_name not in stores:
+            raise DjfsError(f"store {store_name!r} is not configured (stores in the mount's configuration)")
+        spec = store_spec(store_name, stores[store_name])
+        store = open_datajoint_store(spec, timeout=self.config["store-timeout"], retries=self.config["store-retries"])
+        return store, entry.key(schema, spec["subfolding"])
+
+    # -- files of a row
+    def files(self, schema: str, where: str, attribute, values: tuple, mtime: float) -> list[views.FileSpec]:
+        """The file (none for NULL) of one attribute of a row, from its columns of the row query."""
+        name, kind = attribute.name, attribute.datajoint_kind
+        if values[0] is None:
+            return []
+        if kind == "attach":
+            length, prefix = int(values[0]), bytes(values[1])
+            raw_name, found, _ = prefix.partition(b"\0")
+            try:
+                file_name = check_attachment_name(raw_name.decode("utf-8")) if found else None
+            except (CorruptObjectError, UnicodeDecodeError):
+                file_name = None
+            if file_name is None:
+                return [self._broken(where, name, "not an attachment (no file name)")]
+            size = length - len(raw_name) - 1
+            return [views.FileSpec(f"{name}/{file_name}", "raw", size, mtime, views.inode_of(where, name),
+                                   "datajoint", name, entry={"kind": kind, "skip": len(raw_name) + 1})]
+        hash_ = bytes(values[0])
+        row = dict(zip(ENTRY_COLUMNS, values[1:]))
+        if row["size"] is None:
+            return [self._broken(where, name, f"no entry in {TABLE_PREFIX}{attribute.store}")]
+        try:
+            entry = Entry.from_row((hash_, row["size"], row["attachment_name"], row["filepath"],
+                                    row["contents_hash"]))
+        except DjfsError as error:
+            return [self._broken(where, name, str(error))]
+        record = {"kind": kind, "store": attribute.store, "entry": entry, "schema": schema}
+        if kind == "blob@":
+            try:
+                view = self.head(schema, attribute.store, entry)
+            except (DjfsError, OSError) as error:
+                log.warning("%s.%s: can't learn the view of its blob: %s", where, name, error)
+                return [self._broken(where, name, f"view unknown: {error}")]
+            return [views.FileSpec(views.file_name(name, view.kind), view.kind, view.size, mtime,
+                                   views.inode_of("dj", hash_.hex()), "datajoint", name, identity=hash_.hex(),
+                                   entry=record, header=view.header, data_offset=view.data_offset)]
+        file_name = entry.attachment_name if kind == "attach@" else entry.filepath.rsplit("/", 1)[-1]
+        return [views.FileSpec(f"{name}/{file_name}", "raw", entry.size, mtime,
+                               views.inode_of("dj", hash_.hex(), file_name), "datajoint", name,
+                               identity=hash_.hex(), entry=record)]
+
+    @staticmethod
+    def _broken(where: str, name: str, error: str) -> views.FileSpec:
+        return views.FileSpec(name + ".blob", "blob", 0, 0.0, views.inode_of(where, name), "datajoint", name,
+                              error=error)
+
+    # -- heads of blobs
+    def head(self, schema: str, store: str, entry: Entry) -> View:
+        """A blob's view: from memory, the cache's head record, or the object's head (one download per host)."""
+        key = entry.hash.hex()
+        with self._lock:
+            view = self._heads.get(key)
+            if view is not None:
+                return view
+            future = self._loading.get(key)
+            owner = future is None
+            if owner:
+                future = self._loading[key] = Future()
+        if not owner:
+            return future.result()
+        try:
+            view = self._cached_head(key) or self._learn_head(schema, store, entry)
+        except BaseException as error:
+            with self._lock:
+                del self._loading[key]
+            future.set_exception(error)
+            raise
+        with self._lock:
+            self._heads[key] = view
+            del self._loading[key]
+        future.set_result(view)
+        return view
+
+    def _cached_head(self, key: str) -> View | None:
+        file = self.cache.open_derived(key, "dj-head", HEAD_SIZE)
+        if file is None:
+            return None
+        with file:
+            try:
+                record = json.loads(file.read().rstrip(b" "))
+                return View(record["kind"], int(record["size"]), base64.b64decode(record["header"]),
+                            record["data_offset"])
+            except (ValueError, KeyError, TypeError):
+                return None
+
+    def _learn_head(self, schema: str, store_name: str, entry: Entry) -> View:
+        store, key = self.locate(schema, store_name, entry)
+        view = None
+        for length in HEAD_READS:
+            self._count("datajoint_head_reads")
+            self._count("store_requests")
+            prefix = store.get_range(key, 0, min(length, entry.size))
+            view = views.describe_inline(prefix, entry.size)
+            if view is not None or length >= entry.size:
+                break
+        if view is None:
+            self._count("store_requests")
+            view = views.describe_inline(store.get(key), entry.size)
+        assert view is not None
+        record = json.dumps({"kind": view.kind, "size": view.size, "data_offset": view.data_offset,
+                             "header": base64.b64encode(view.header).decode()}).encode()
+        if len(record) <= HEAD_SIZE:
+            try:
+                self.cache.fill_derived(entry.hash.hex(), "dj-head", HEAD_SIZE,
+                                        lambda file: file.write(record.ljust(HEAD_SIZE, b" "))).close()
+            except (DjfsError, OSError) as error:
+                log.info("head of %s not kept in the cache: %s", key, error)
+        return view
+
+    def prefetch(self, rows: list[tuple[str, str, bytes, int]]) -> None:
+        """Learn the heads of many blobs in parallel, (schema, store, hash, size) each; waits for them."""
+        with self._lock:
+            todo = [r for r in rows if r[2].hex() not in self._heads]
+        futures = [self._pool.submit(self._prefetch_one, *r) for r in todo[:PREFETCH_MAX]]
+        for future in futures:
+            future.result()
+
+    def _prefetch_one(self, schema: str, store: str, hash_: bytes, size: int) -> None:
+        try:
+            self.head(schema, store, Entry(hash_, int(size)))
+        except (DjfsError, OSError) as error:  # the row's own lookup reports it
+            log.debug("head of %s not learned: %s", hash_.hex(), error)
+
+    def prefetch_table(self, db, table) -> None:
+        """Learn the heads of a table's blob@ values (one query per attribute, then parallel ranged reads)."""
+        rows = []
+        for attribute in table.heading:
+            if attribute.datajoint_kind == "blob@":
+                found = db.rows(f"SELECT DISTINCT e.`hash`, e.`size` FROM {table.sql_name} AS t JOIN "
+                                f"`{table.schema}`.`{TABLE_PREFIX}{attribute.store}` AS e ON e.`hash` = "
+                                f"t.`{attribute.name}` LIMIT {PREFETCH_MAX}")
+                rows += [(table.schema, attribute.store, bytes(h), int(s)) for h, s in found]
+        self.prefetch(rows)
+
+    # -- opening
+    def object_file(self, schema: str, store_name: str, entry: Entry) -> BinaryIO:
+        """The whole object as a local file, downloaded once per host and checked against its MD5 as it is
+        written (a mismatch keeps nothing and raises): attachments, filepaths and blobs read as ranges."""
+        prefix, expected = entry.check
+        key = expected.hex() if expected is not None else hashlib.md5(
+            f"{store_name}\0{schema}\0{entry.key(schema, ())}\0{entry.size}".encode()).hexdigest()
+        kind = ("dj-attach" if entry.attachment_name is not None else
+                "dj-filepath" if entry.filepath is not None else "dj-blob")
+        store, object_key = self.locate(schema, store_name, entry)
+
+        def download(file: BinaryIO) -> None:
+            state = hashlib.md5(prefix)
+            self._count("whole_downloads")
+            for offset in range(0, entry.size, 16 << 20):
+                self._count("store_requests")
+                data = store.get_range(object_key, offset, min(16 << 20, entry.size - offset))
+                state.update(data)
+                file.write(data)
+            if expected is not None and state.digest() != expected:
+                raise CorruptObjectError(f"object {object_key!r} in {store.describe()} does not match its hash "
+                                         "(corrupted or tampered)")
+        return self.cache.fill_derived(key, kind if expected is not None else kind + "-unchecked", entry.size,
+                                       download)
+
+    def open(self, reader, tree, node, spec: views.FileSpec):
+        """(handle, identity) of one of these files."""
+        from .reader import FileHandle, MemoryHandle
+        record = spec.entry
+        assert record is not None
+        if record["kind"] == "attach":
+            data = tree.inline_blob(node.table, node.values, spec.attribute)
+            return MemoryHandle(data[record["skip"]:]), views.digest_of(data)
+        entry: Entry = record["entry"]
+        if record["kind"] == "blob@" and spec.data_offset is None:  # compressed: inflated once per host
+            def render(file: BinaryIO) -> None:
+                with self.object_file(record["schema"], record["store"], entry) as stored:
+                    views.render(spec.kind, spec.header, stored.read(), spec.size, file)
+            return reader.open_decoded(spec.identity, spec.kind, spec.size, render), spec.identity
+        file = self.object_file(record["schema"], record["store"], entry)
+        return FileHandle(file, spec.header, spec.data_offset or 0, spec.size), spec.identity
