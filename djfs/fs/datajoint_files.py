@@ -6,8 +6,8 @@
 
 DataJoint keeps no view metadata: a blob's view (kind, exact size, ``.npy`` header, where its data starts) is
 learned once per host from the object's head (a ranged read of its first KiB, inflating just the start of a
-compressed blob) and kept in the local cache as a small derived file (``dj-head``); a table's heads are learned
-in parallel when the table is listed, so ``ls -l`` of its rows costs at most one ranged read per object the first
+compressed blob) and kept in the host's head index (``HeadIndex``, a small SQLite file in the cache folder); a
+table's heads are learned in parallel when the table is listed, so ``ls -l`` of its rows costs at most one ranged read per object the first
 time and none after. Attachments and filepaths need none: their size is in ``~external_<store>``.
 
 Reading: an object is downloaded whole once per host into the cache (a derived file of kind ``dj-<kind>``),
@@ -18,10 +18,10 @@ rendered file instead. ``object_file`` is the reusable unit "a verified object a
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
+import os
+import sqlite3
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
@@ -36,9 +36,9 @@ from . import views
 
 log = logging.getLogger(__name__)
 
+INDEX_NAME = "datajoint-heads.sqlite"  # in the cache folder: the views learned on this host, per object
 ENTRY_COLUMNS = ("size", "attachment_name", "filepath", "contents_hash")
 NAME_BYTES = 257         # an in-table attachment's name (at most 255 bytes) and its NUL
-HEAD_SIZE = 4096         # bytes of a cached head record (JSON, padded)
 HEAD_READS = (1024, 64 << 10)  # ranged reads tried for a blob's head before reading it whole
 PREFETCH_MAX = 100_000   # objects of one table whose heads a listing learns ahead
 
@@ -57,12 +57,65 @@ def columns(schema: str, attribute, alias: str) -> tuple[list[str], list[str]]:
             [f"LEFT JOIN `{schema}`.`{TABLE_PREFIX}{attribute.store}` AS {alias} ON {alias}.`hash` = t.`{name}`"])
 
 
+class HeadIndex:
+    """The views of blob@ objects learned on this host, by MD5: immutable facts, so never stale.
+
+    A small SQLite file beside the cache's objects, shared by every process of the host (WAL, so readers never
+    wait for a writer); if it can't be used, views are only kept in memory."""
+
+    def __init__(self, path: str) -> None:
+        self._lock = threading.Lock()
+        try:
+            self._db: sqlite3.Connection | None = sqlite3.connect(path, timeout=10, isolation_level=None,
+                                                                  check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS heads (hash BLOB PRIMARY KEY, kind TEXT NOT NULL, "
+                             "size INTEGER NOT NULL, header BLOB NOT NULL, data_offset INTEGER)")
+        except sqlite3.Error as error:
+            log.warning("head index %s unusable (%s): views are learned again by each mount", path, error)
+            self._db = None
+
+    def get(self, hashes: list[bytes]) -> dict[bytes, View]:
+        found: dict[bytes, View] = {}
+        if self._db is None or not hashes:
+            return found
+        try:
+            with self._lock:
+                for start in range(0, len(hashes), 500):
+                    chunk = hashes[start:start + 500]
+                    for hash_, kind, size, header, offset in self._db.execute(
+                            "SELECT hash, kind, size, header, data_offset FROM heads WHERE hash IN "
+                            f"({', '.join('?' * len(chunk))})", chunk):
+                        found[bytes(hash_)] = View(kind, int(size), bytes(header), offset)
+        except sqlite3.Error as error:
+            log.warning("head index not read: %s", error)
+        return found
+
+    def put(self, views_: dict[bytes, View]) -> None:
+        if self._db is None or not views_:
+            return
+        try:
+            with self._lock:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?, ?)",
+                                     [(h, v.kind, v.size, v.header, v.data_offset) for h, v in views_.items()])
+                self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            log.warning("head index not written: %s", error)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+
 class DataJointFiles:
     """Shared by the mount: head records, verified object files, and the parallel head reads of listings."""
 
     def __init__(self, config, cache, stats=None, threads: int = 16) -> None:
         self.config = config
-        self.cache = cache    # the mount's ObjectCache: head records and verified objects, as derived files
+        self.cache = cache    # the mount's ObjectCache: verified objects, as derived files
+        self.index = HeadIndex(os.path.join(cache.location, INDEX_NAME))
         self.stats = stats
         self._heads: LRUCache = LRUCache(maxsize=200_000)
         self._loading: dict[str, Future] = {}
@@ -71,6 +124,7 @@ class DataJointFiles:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.index.close()
 
     def _count(self, name: str, amount: int = 1) -> None:
         if self.stats is not None:
@@ -135,9 +189,10 @@ class DataJointFiles:
                               error=error)
 
     # -- heads of blobs
-    def head(self, schema: str, store: str, entry: Entry) -> View:
-        """A blob's view: from memory, the cache's head record, or the object's head (one download per host)."""
-        key = entry.hash.hex()
+    def head(self, schema: str, store: str, entry: Entry, keep: bool = True) -> View:
+        """A blob's view: from memory, the host's head index, or the object's head (one read per host);
+        ``keep=False`` leaves writing it to the index to the caller (a batch, see ``prefetch``)."""
+        key = entry.hash
         with self._lock:
             view = self._heads.get(key)
             if view is not None:
@@ -149,7 +204,11 @@ class DataJointFiles:
         if not owner:
             return future.result()
         try:
-            view = self._cached_head(key) or self._learn_head(schema, store, entry)
+            view = self.index.get([key]).get(key)
+            if view is None:
+                view = self._learn_head(schema, store, entry)
+                if keep:
+                    self.index.put({key: view})
         except BaseException as error:
             with self._lock:
                 del self._loading[key]
@@ -160,18 +219,6 @@ class DataJointFiles:
             del self._loading[key]
         future.set_result(view)
         return view
-
-    def _cached_head(self, key: str) -> View | None:
-        file = self.cache.open_derived(key, "dj-head", HEAD_SIZE)
-        if file is None:
-            return None
-        with file:
-            try:
-                record = json.loads(file.read().rstrip(b" "))
-                return View(record["kind"], int(record["size"]), base64.b64decode(record["header"]),
-                            record["data_offset"])
-            except (ValueError, KeyError, TypeError):
-                return None
 
     def _learn_head(self, schema: str, store_name: str, entry: Entry) -> View:
         store, key = self.locate(schema, store_name, entry)
@@ -187,29 +234,29 @@ class DataJointFiles:
             self._count("store_requests")
             view = views.describe_inline(store.get(key), entry.size)
         assert view is not None
-        record = json.dumps({"kind": view.kind, "size": view.size, "data_offset": view.data_offset,
-                             "header": base64.b64encode(view.header).decode()}).encode()
-        if len(record) <= HEAD_SIZE:
-            try:
-                self.cache.fill_derived(entry.hash.hex(), "dj-head", HEAD_SIZE,
-                                        lambda file: file.write(record.ljust(HEAD_SIZE, b" "))).close()
-            except (DjfsError, OSError) as error:
-                log.info("head of %s not kept in the cache: %s", key, error)
         return view
 
     def prefetch(self, rows: list[tuple[str, str, bytes, int]]) -> None:
-        """Learn the heads of many blobs in parallel, (schema, store, hash, size) each; waits for them."""
+        """Learn the views of many blobs, (schema, store, hash, size) each: those the host's index lacks by
+        parallel ranged reads, kept in the index in one transaction; waits for them."""
         with self._lock:
-            todo = [r for r in rows if r[2].hex() not in self._heads]
-        futures = [self._pool.submit(self._prefetch_one, *r) for r in todo[:PREFETCH_MAX]]
-        for future in futures:
-            future.result()
+            todo = [r for r in rows if r[2] not in self._heads]
+        known = self.index.get([r[2] for r in todo])
+        with self._lock:
+            self._heads.update(known)
+        todo = [r for r in todo if r[2] not in known][:PREFETCH_MAX]
+        learned = {}
+        for row, view in zip(todo, self._pool.map(lambda r: self._prefetch_one(*r), todo)):
+            if view is not None:
+                learned[row[2]] = view
+        self.index.put(learned)
 
-    def _prefetch_one(self, schema: str, store: str, hash_: bytes, size: int) -> None:
+    def _prefetch_one(self, schema: str, store: str, hash_: bytes, size: int) -> View | None:
         try:
-            self.head(schema, store, Entry(hash_, int(size)))
+            return self.head(schema, store, Entry(hash_, int(size)), keep=False)
         except (DjfsError, OSError) as error:  # the row's own lookup reports it
             log.debug("head of %s not learned: %s", hash_.hex(), error)
+            return None
 
     def prefetch_table(self, db, table) -> None:
         """Learn the heads of a table's blob@ values (one query per attribute, then parallel ranged reads)."""
