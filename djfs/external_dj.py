@@ -33,12 +33,12 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import blob
 from .errors import CorruptObjectError, DataError, DjfsError, IntegrityError, MissingObjectError, StoreError
-from .external import TRUSTED_SIZE, UPLOAD_LOCK, ExternalTable
+from .external import TRUSTED_SIZE, ExternalTable
 from .settings import Config, store_spec
 
 if TYPE_CHECKING:
@@ -362,12 +362,7 @@ class DataJointExternal:
         self._declared = False
         self.spec  # an unknown or misconfigured store fails here, naming it
 
-    @property
-    def config(self) -> Config:
-        if self._config is not None:
-            return self._config
-        from . import config
-        return config
+    config = ExternalTable.config
 
     @property
     def spec(self) -> dict:
@@ -405,7 +400,8 @@ class DataJointExternal:
         return entry.key(self.database, self.spec["subfolding"])
 
     # -- entries
-    def entries(self, hashes: Iterable[bytes]) -> dict[bytes, Entry]:
+    def entries(self, hashes: Iterable[bytes], required: bool = True) -> dict[bytes, Entry]:
+        """The entries of some hashes; a missing one raises ``MissingObjectError`` unless not ``required``."""
         hashes = sorted(set(hashes))
         found: dict[bytes, Entry] = {}
         for start in range(0, len(hashes), 1000):
@@ -417,7 +413,7 @@ class DataJointExternal:
                 entry = Entry.from_row(row)
                 found[entry.hash] = entry
         missing = [h for h in hashes if h not in found]
-        if missing:
+        if missing and required:
             raise MissingObjectError(f"{self.full_table_name} has no entry {uuid.UUID(bytes=missing[0])}")
         return found
 
@@ -459,7 +455,7 @@ class DataJointExternal:
             return
         self.declare()
         self._lock_uploads(uploads)
-        known = self._known([u.entry.hash for u in uploads])
+        known = self.entries([u.entry.hash for u in uploads], required=False)
         store = self.store()
 
         def upload_one(upload: Upload) -> None:
@@ -473,18 +469,6 @@ class DataJointExternal:
             store.put(key, upload.chunks(), size=entry.size)
             upload.uploaded = True
         self._parallel(upload_one, uploads)
-
-    def _known(self, hashes: list[bytes]) -> dict[bytes, Entry]:
-        try:
-            return self.entries(hashes)
-        except MissingObjectError:
-            found = {}
-            for hash_ in hashes:
-                try:
-                    found.update(self.entries([hash_]))
-                except MissingObjectError:
-                    pass
-            return found
 
     def commit(self, uploads: list[Upload]) -> None:
         """Insert the entries (inside the insert's transaction); put back an object gc removed meanwhile."""

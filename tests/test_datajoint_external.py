@@ -101,28 +101,25 @@ def sample_rows(tmp: Path, stores: dict, first: int) -> tuple[list[dict], list[d
     return rows, parts
 
 
-def dj_pipeline(dj, schema_name):
-    schema = dj.Schema(schema_name)
+def pipeline(module, schema_name):
+    """The test pipeline declared (or, when it exists, loaded) by ``module``: ``datajoint`` or ``djfs``."""
+    schema = module.Schema(schema_name)
 
     @schema
-    class Session(dj.Manual):
+    class Session(module.Manual):
         definition = DEFINITION
 
-        class Roi(dj.Part):
+        class Roi(module.Part):
             definition = PART
     return schema, Session
+
+
+def dj_pipeline(dj, schema_name):
+    return pipeline(dj, schema_name)
 
 
 def djfs_pipeline(schema_name):
-    schema = djfs.Schema(schema_name)
-
-    @schema
-    class Session(djfs.Manual):
-        definition = DEFINITION
-
-        class Roi(djfs.Part):
-            definition = PART
-    return schema, Session
+    return pipeline(djfs, schema_name)
 
 
 def same_name(got: str, name: str) -> bool:
