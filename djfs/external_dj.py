@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import secrets
+import time
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 TABLE_PREFIX = "~external_"
 CHUNK = 16 << 20  # bytes per read when streaming an object or a file
+OBJECT_NAME = re.compile(r"[0-9a-f]{32}")  # a blob's or attachment's object name starts with its MD5 in hex
 
 DEFINITION = """CREATE TABLE IF NOT EXISTS `{database}`.`~external_{store}` (
 `hash` binary(16) NOT NULL COMMENT ":uuid:hash of contents (blob), of filename + contents (attach), or relative filepath (filepath)",
@@ -537,8 +539,38 @@ class DataJointExternal:
         return [(uuid.UUID(bytes=h), key, str(error) if errors_as_string else error) for h, key, error in failures]
 
     def gc(self, dry_run: bool = False, grace: float = 0.0) -> "GCReport":
-        """Remove unused entries older than ``grace`` seconds and their objects (``djfs gc``)."""
-        return self._collect(dry_run, grace, None, True)[0]
+        """Remove unused entries older than ``grace`` seconds and their objects, then the orphan blobs and
+        attachments (objects under the schema's folder without an entry, left by a failed insert) older than
+        ``grace`` (``djfs gc``). Filepaths live anywhere in a store: only their entries are collected."""
+        report = self._collect(dry_run, grace, None, True)[0]
+        self._sweep_orphans(report, dry_run, grace)
+        return report
+
+    def _sweep_orphans(self, report: "GCReport", dry_run: bool, grace: float) -> None:
+        from .gc import remove_orphans
+        from .stores import validate_prefix
+        folds = self.spec["subfolding"]
+        cutoff = time.time() - grace
+        candidates = {}
+        try:
+            store = self.store()
+            prefix = validate_prefix(self.database + "/")
+            # a filepath may lie under the same folder (a stage with a folder of the schema's name): never an orphan
+            tracked = {row[0] for row in self.connection.query(
+                f"SELECT filepath FROM {self.full_table_name} WHERE filepath LIKE %s",
+                (prefix.replace("_", "\\_") + "%",)).fetchall()} if self.exists() else set()
+            for info in store.list(prefix):
+                if info.key in tracked:
+                    continue
+                name = info.key.rsplit("/", 1)[-1]
+                hex_, dot, attachment = name.partition(".")
+                if (OBJECT_NAME.fullmatch(hex_) and info.mtime < cutoff and info.key == Entry(
+                        bytes.fromhex(hex_), 0, attachment_name=attachment if dot else None).key(self.database, folds)):
+                    candidates[hex_] = (bytes.fromhex(hex_), info)
+        except (DjfsError, OSError, ValueError) as error:
+            report.failed.append((f"{self.name}:{self.database}/", f"listing failed: {error}"))
+            return
+        remove_orphans(self, store, candidates, report, dry_run)
 
     def _collect(self, dry_run: bool, grace: float, limit: int | None, delete_objects: bool):
         from .gc import GCReport

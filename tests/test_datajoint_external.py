@@ -343,3 +343,33 @@ def test_datajoint_stores_configuration(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DJ_CONFIG", raising=False)
     assert djfs.settings.load_default()["stores"]["raw"]["location"] == "/data"
+
+
+def test_a_failed_insert_leaves_no_row_and_no_entry(dj, stores, schema_name, tmp_path):
+    schema, DSession = djfs_pipeline(schema_name)
+    rows, _ = sample_rows(tmp_path, stores, 1)
+    DSession.insert1(rows[0])
+    entries = {store: len(schema.external[store]) for store in ("local", "shared")}
+    # the same key again, with new values: objects are uploaded, then the transaction fails on the duplicate
+    with pytest.raises(djfs.errors.DuplicateError):
+        DSession.insert1({**rows[1], "session": rows[0]["session"]})
+    assert {store: len(schema.external[store]) for store in ("local", "shared")} == entries
+    assert all(not schema.external[store].unused() for store in ("local", "shared"))
+    # a store that can't be written: nothing inserted, no entry
+    with djfs.config.override(stores={**stores, "shared": {**stores["shared"], "bucket": "no-such-bucket"}}):
+        clear_store_cache()
+        with pytest.raises(djfs.errors.StoreError):
+            DSession.insert1(rows[2])
+    clear_store_cache()
+    assert len(DSession()) == 1
+    assert {store: len(schema.external[store]) for store in ("local", "shared")} == entries
+    # what the failed inserts uploaded is an orphan: gc removes it (after the grace), and nothing else
+    local = Path(stores["local"]["location"]) / schema_name   # blobs and attachments (filepaths: elsewhere)
+    objects = {p for p in local.rglob("*") if p.is_file()}
+    assert len(objects) == 6   # the first row's movie and doc, and the orphan movie and doc of two failed rows
+    assert not schema.external["local"].gc(grace=3600).orphans
+    report = schema.external["local"].gc(grace=0)
+    assert not report.failed and len(report.orphans) == len(objects) - 2
+    assert {p for p in local.rglob("*") if p.is_file()} == objects - {p for p in objects if p.name[:32] in
+                                                                       report.orphans}
+    compare(rows[:1], DSession.fetch(as_dict=True, download_path=str(tmp_path / "d")), stores)
