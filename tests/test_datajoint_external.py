@@ -373,3 +373,54 @@ def test_a_failed_insert_leaves_no_row_and_no_entry(dj, stores, schema_name, tmp
     assert {p for p in local.rglob("*") if p.is_file()} == objects - {p for p in objects if p.name[:32] in
                                                                        report.orphans}
     compare(rows[:1], DSession.fetch(as_dict=True, download_path=str(tmp_path / "d")), stores)
+
+
+# -- pure functions: DataJoint's names, checked against the facts of datajoint-python 0.14 ------------------------
+
+@pytest.mark.parametrize("location, prefix", [("dj/store", "dj/store"), ("/dj/store", "dj/store"), ("", ""),
+                                              ("/", ""), ("C:\\x", "x"), ("f:\\leading/slash\\test",
+                                                                          "leading/slash/test"), ("a\\b", "a/b")])
+def test_s3_locations_are_derooted_as_datajoint_does(location, prefix):
+    from djfs.stores import datajoint_prefix
+    assert datajoint_prefix(location) == prefix
+
+
+def test_object_names_and_hashes_are_datajoints():
+    from djfs.external_dj import Entry, md5, subfold
+    packed = datajoint_pack([1, 2, 3])
+    assert packed.hex() == "646a3000" "02" "0300000000000000" + "".join(
+        f"0400000000000000" "0a" "0100" f"{k:02x}" for k in (1, 2, 3))
+    digest = md5([packed])
+    assert digest.hex() == "4c16e9e15b64474e4b56ba22bb17faae"     # the golden vector of the research notes
+    assert Entry(digest, len(packed)).key("lab", (2, 2)) == f"lab/4c/16/{digest.hex()}"
+    assert Entry(digest, len(packed)).key("lab", (1, 1)) == f"lab/4/c/{digest.hex()}"
+    assert Entry(digest, 1, attachment_name="a b.tar.gz").key("lab", ()) == f"lab/{digest.hex()}.a b.tar.gz"
+    assert subfold("aBCdefg", (2, 3)) == ["ab", "cde"]
+    path = "s1/raw.dat"
+    assert Entry(md5([], path.encode()), 3, filepath=path).key("lab", (2, 2)) == path
+
+
+@pytest.mark.parametrize("name, valid", [("lab/4c/16/abc.my file.txt", True), ("ü/x", True), ("a/../b", False),
+                                         (".hidden", False), ("a/.x", False), ("a\\b", False), ("a//b", False),
+                                         ("a/", False), ("x\0", False), ("a\nb", False)])
+def test_datajoint_object_names_never_escape_a_store(tmp_path, name, valid):
+    from djfs.stores import FileStore
+    from djfs.stores.base import NAME_KEYS
+    store = FileStore(tmp_path / "store", keys=NAME_KEYS)
+    if valid:
+        store.put(name, b"x")
+        assert store.get(name) == b"x"
+    else:
+        with pytest.raises(ValueError, match="invalid object key"):
+            store.put(name, b"x")
+    assert not any(p.is_file() for p in tmp_path.iterdir())   # nothing outside the store's folder
+
+
+def test_hostile_names_from_the_database_are_refused():
+    from djfs.external_dj import Entry
+    digest = bytes(16)
+    for row in [(digest, 1, "../x", None, None), (digest, 1, "a/b", None, None), (digest, 1, "..", None, None),
+                (digest, 1, None, "../../etc/passwd", None), (digest, 1, None, "/abs", None),
+                (digest, 1, None, "s1/raw.dat", None), (b"short", 1, None, None, None)]:
+        with pytest.raises(CorruptObjectError):
+            Entry.from_row(row)
