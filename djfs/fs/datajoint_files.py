@@ -26,9 +26,9 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
-from ..errors import CorruptObjectError, DjfsError
+from ..errors import CorruptObjectError, DjfsError, MissingObjectError, StoreError
 from ..external import View
 from ..external_dj import TABLE_PREFIX, Entry, check_attachment_name
 from ..settings import store_spec
@@ -41,6 +41,7 @@ ENTRY_COLUMNS = ("size", "attachment_name", "filepath", "contents_hash")
 NAME_BYTES = 257         # an in-table attachment's name (at most 255 bytes) and its NUL
 HEAD_READS = (1024, 64 << 10)  # ranged reads tried for a blob's head before reading it whole
 PREFETCH_MAX = 100_000   # objects of one table whose heads a listing learns ahead
+DOWN_TTL = 5.0           # seconds head reads of a store fail at once after one failed (not a missing object)
 
 
 def width(attribute) -> int:
@@ -118,6 +119,7 @@ class DataJointFiles:
         self.index = HeadIndex(os.path.join(cache.location, INDEX_NAME))
         self.stats = stats
         self._heads: LRUCache = LRUCache(maxsize=200_000)
+        self._down: TTLCache = TTLCache(maxsize=64, ttl=DOWN_TTL)   # store name -> its last failure
         self._loading: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="djfs-heads")
@@ -221,18 +223,29 @@ class DataJointFiles:
         return view
 
     def _learn_head(self, schema: str, store_name: str, entry: Entry) -> View:
+        with self._lock:
+            down = self._down.get(store_name)
+        if down is not None:  # fail fast: a listing must not wait out the store's timeout once per object
+            raise StoreError(f"store {store_name!r} is not answering: {down}")
         store, key = self.locate(schema, store_name, entry)
         view = None
-        for length in HEAD_READS:
-            self._count("datajoint_head_reads")
-            self._count("store_requests")
-            prefix = store.get_range(key, 0, min(length, entry.size))
-            view = views.describe_inline(prefix, entry.size)
-            if view is not None or length >= entry.size:
-                break
-        if view is None:
-            self._count("store_requests")
-            view = views.describe_inline(store.get(key), entry.size)
+        try:
+            for length in HEAD_READS:
+                self._count("datajoint_head_reads")
+                self._count("store_requests")
+                prefix = store.get_range(key, 0, min(length, entry.size))
+                view = views.describe_inline(prefix, entry.size)
+                if view is not None or length >= entry.size:
+                    break
+            if view is None:
+                self._count("store_requests")
+                view = views.describe_inline(store.get(key), entry.size)
+        except (MissingObjectError, CorruptObjectError):
+            raise
+        except (StoreError, OSError) as error:
+            with self._lock:
+                self._down[store_name] = str(error)
+            raise
         assert view is not None
         return view
 
