@@ -4,7 +4,12 @@ moto's server reads a whole object for every ranged GET (``FakeKey.value``), so 
 ranges looks slow for a reason no real S3 has.  s3rver keeps each object in a file and answers a ranged GET with
 a read stream of exactly that range; the benchmarks use it, and ``tests/test_s3_endpoint.py`` shows the property.
 It supports what djfs uses: buckets, put, multipart upload, get with Range, head, delete, list_objects_v2, and
-checks request signatures against its one fixed key pair (``S3RVER`` / ``S3RVER``).
+refuses any access key but its one fixed pair (``S3RVER`` / ``S3RVER``; V4 signatures themselves go unchecked).
+
+Where it departs from S3 (why the functional tests stay on moto, measured with ``tests/test_stores.py``): a
+ranged GET of an empty object announces one byte and sends none; ``list_multipart_uploads`` is not implemented;
+listings are in directory order, not key order (``ab/c`` before ``ab-x``); a multipart object's ETag has no
+``-<parts>`` suffix; creating an existing bucket says ``BucketAlreadyExists``, not ``...OwnedByYou``.
 
 Installed on first use with npm into a cache directory outside the work tree (``DJFS_S3RVER_HOME``, default
 ``~/.cache/djfs-testing/s3rver-<version>``), pinned to one version; ``python3 -m djfs.testing.s3rver`` installs
