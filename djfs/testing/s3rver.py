@@ -78,17 +78,20 @@ def install() -> Path:
 
 
 class S3rver(S3Server):
-    """s3rver on 127.0.0.1 with its objects in ``directory`` (default: a fresh temporary one, removed on exit)."""
+    """s3rver on 127.0.0.1 with its objects in ``directory``.
+
+    By default a fresh temporary directory (in ``parent``, e.g. a tmpfs, else the system's), removed on exit.
+    """
 
     name = "s3rver server"
     access_key = "S3RVER"  # the one key pair s3rver accepts; it checks every request's signature against it
     secret_key = "S3RVER"
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", startup_timeout: float = 30.0,
-                 directory: str | Path | None = None) -> None:
+                 directory: str | Path | None = None, parent: str | Path | None = None) -> None:
         super().__init__(port, host, startup_timeout)
         self._own_directory = directory is None
-        self.directory = Path(directory or tempfile.mkdtemp(prefix="djfs-s3rver-"))
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="djfs-s3rver-", dir=parent))
 
     def _command(self) -> list[str]:
         node = shutil.which("node")
