@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import (REMOTE_DELAY, MiB, RemoteS3, Results, drop_page_cache, median, s3transfer_download, single_get,
-                      start_s3, stop_s3)
+                      start_s3, stop_s3, write_fsync)
 from benchlib import timed as timed_result
 
 import djfs
@@ -40,12 +40,7 @@ def timed(function) -> float:
 def raw_write(directory: Path, arrays: list[np.ndarray]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for i, array in enumerate(arrays):
-        fd = os.open(directory / f"{i}.raw", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, memoryview(array).cast("B"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_fsync(directory / f"{i}.raw", array)
 
 
 def raw_read(directory: Path, count: int) -> list[bytearray]:

@@ -6,7 +6,8 @@ one line per goal: the ratio, the goal, ``[ok]`` or ``[BELOW GOAL]``/``[OVER]``,
 * ``Lab``: a private MariaDB and S3 server, djfs configured for them, mounts of the djfs daemon;
 * ``RemoteS3``: the S3 server seen through ``djfs.testing.relay`` as a remote S3 (10 ms per request, each
   connection capped at ~90 MiB/s), with the boto3 yardsticks (one GET, s3transfer's 8 threads, ranged GETs);
-* ``Results``: the verdict lines; ``timed``, ``median``, ``drop_page_cache``, ``read_file``, process counters.
+* ``Results``: the verdict lines; ``timed``, ``median``, ``drop_page_cache``, ``read_file``, ``write_fsync``,
+  process counters (``cpu_seconds``, ``memory``).
 
 Not a test helper: nothing in ``djfs`` or ``tests`` imports it.  A script imports it as ``import benchlib``
 (Python puts the script's directory on the path).
@@ -81,6 +82,18 @@ def read_file(path: str | Path, start: int = 0, stop: int | None = None) -> tupl
                 break
             total += count
     return time.perf_counter() - begin, total
+
+
+def write_fsync(path: str | Path, data) -> None:
+    """Write ``data`` (any buffer) to a new file and fsync it: the physical limit of storing a value locally."""
+    view = memoryview(data).cast("B")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while view:
+            view = view[os.write(fd, view):]  # one write() stops short of 2 GiB
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # -- processes -----------------------------------------------------------------------------------------------
