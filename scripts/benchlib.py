@@ -52,11 +52,6 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 
 
-def repeated(function: Callable[[], _T], repeat: int) -> list[_T]:
-    """``function`` run ``repeat`` times (at least once): the samples to take medians of."""
-    return [function() for _ in range(max(1, repeat))]
-
-
 def drop_page_cache() -> None:
     """Forget clean pages (needs root); without it the 'cold' reads may be warmer than they should be."""
     try:

@@ -34,9 +34,6 @@ class S3ServerError(RuntimeError):
     """A local S3 server is not installed, did not start, or died."""
 
 
-MotoServerError = S3ServerError  # the name the tests used before there were two servers
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
