@@ -74,3 +74,14 @@ def test_restart_keeps_objects_in_its_directory(s3rver):
     s3rver.restart()
     assert store.get("ab/cd/key") == b"kept"
     assert [info.key for info in store.list()] == ["ab/cd/key"]
+
+
+def test_a_store_through_a_relay_reaches_it(s3rver):
+    """The way tests play a remote S3: the store talks to the relay, whose counters see its requests."""
+    from djfs.testing.relay import Relay
+    bucket = s3rver.create_bucket(f"djfs-relay-{uuid.uuid4().hex[:12]}")
+    s3rver.store(bucket).put("ab/cd/key", b"0123456789")
+    with Relay(s3rver.port, delay=0.01, connection_rate=90 * MiB) as relay:
+        remote = s3rver.store(bucket, endpoint=relay.endpoint)
+        assert remote.get_range("ab/cd/key", 2, 3) == b"234"
+        assert relay.requests == 1 and relay.delivered > 3

@@ -53,18 +53,32 @@ class Relay:
                  connection_rate: float | None = None, host: str = "127.0.0.1") -> None:
         self.upstream = (host, upstream_port)
         self.delay = delay
-        self.rate = rate
-        self.connection_rate = connection_rate
+        self.connection_rate = connection_rate  # read when a connection opens
         self.delivered = 0
         self.requests = 0
         self.connections = 0
         self._lock = threading.Lock()
-        self._total = Pace(rate) if rate else None
+        self._total: Pace | None = None
+        self.rate = rate
         self._open = threading.Event()
         self._open.set()
         self._listener = socket.create_server((host, 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True, name="relay").start()
+
+    @property
+    def rate(self) -> float | None:
+        return self._total.rate if self._total is not None else None
+
+    @rate.setter
+    def rate(self, rate: float | None) -> None:
+        """The total rate may change while connections run (a test slows the link only around a fault)."""
+        if not rate:
+            self._total = None
+        elif self._total is None:
+            self._total = Pace(rate)
+        else:
+            self._total.rate = rate
 
     @property
     def endpoint(self) -> str:
@@ -117,14 +131,15 @@ class Relay:
                     turn["answered"] = False
                 else:
                     turn["answered"] = True
-                    if self._total is not None:
-                        self._total.wait(count)
+                    total = self._total
+                    if total is not None:
+                        total.wait(count)
                 if pace is not None:
                     pace.wait(count)
-                target.sendall(view[:count])
                 if not request:
-                    with self._lock:
+                    with self._lock:  # counted before it goes: a client that has the bytes sees them counted
                         self.delivered += count
+                target.sendall(view[:count])
         except OSError:
             pass
         finally:

@@ -175,12 +175,16 @@ class S3Server:
         self.client().create_bucket(Bucket=name)
         return name
 
-    def store(self, bucket: str, prefix: str = "", **options: Any):
-        """An ``S3Store`` on this server with the dummy credentials (``options``: S3Store keyword arguments)."""
+    def store(self, bucket: str, prefix: str = "", endpoint: str | None = None, **options: Any):
+        """An ``S3Store`` on this server with the dummy credentials.
+
+        ``endpoint``: another URL leading to it (a relay); ``options``: S3Store keyword arguments.
+        """
         from ..stores.s3 import S3Store
         options.setdefault("timeout", 10.0)
         options.setdefault("retries", 2)
-        return S3Store(bucket, prefix, self.endpoint, REGION, self.access_key, self.secret_key, **options)
+        return S3Store(bucket, prefix, endpoint or self.endpoint, REGION, self.access_key, self.secret_key,
+                       **options)
 
     def __enter__(self) -> "S3Server":
         return self.start()
