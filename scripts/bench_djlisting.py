@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Cost of listing a DataJoint 0.14 table through the mount (not a test): store requests and time, cold and warm.
 
-Starts its own MariaDB and moto S3 server, and a relay in front of S3 that adds a round trip of ``--delay``
-seconds per request (a remote S3; default 10 ms).  The real ``datajoint`` 0.14 creates a table of ``--rows`` rows
+Starts its own MariaDB and S3 server (``benchlib.Lab``; s3rver by default), seen through ``benchlib.RemoteS3`` as a
+remote S3 (10 ms per request by default).  The real ``datajoint`` 0.14 creates a table of ``--rows`` rows
 (default 1,000), one ``blob@`` value each on the S3 store (half compressible, so DataJoint compresses them).  Then
 ``ls -l`` of every row directory (``os.scandir`` + ``stat`` of every file) through a fresh mount:
 
@@ -19,9 +19,7 @@ Run as root (or with FUSE available):  python scripts/bench_djlisting.py [--rows
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,54 +29,45 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_mount import unmount, wait_mounted  # noqa: E402
+import benchlib
 
 
 def list_table(mountpoint: str, schema: str) -> tuple[float, int]:
     """``ls -l`` of every row directory: seconds and the number of files seen."""
-    start = time.perf_counter()
-    count = 0
-    table = os.path.join(mountpoint, schema, "Scan")
-    with os.scandir(table) as rows:
-        for row in rows:
-            with os.scandir(row.path) as files:
-                for file in files:
-                    file.stat()
-                    count += 1
-    return time.perf_counter() - start, count
-
-
-def stats(mountpoint: str) -> dict:
-    return json.loads(os.getxattr(mountpoint, "user.djfs.stats"))
+    def walk() -> int:
+        count = 0
+        with os.scandir(os.path.join(mountpoint, schema, "Scan")) as rows:
+            for row in rows:
+                with os.scandir(row.path) as files:
+                    for file in files:
+                        file.stat()
+                        count += 1
+        return count
+    return benchlib.timed(walk)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1000)
-    parser.add_argument("--delay", type=float, default=0.01, help="seconds added per S3 request (default 0.01)")
+    parser.add_argument("--delay", type=float, default=benchlib.REMOTE_DELAY,
+                        help="seconds added per S3 request (default %(default)s)")
+    parser.add_argument("--s3", default="s3rver", choices=["s3rver", "moto"], help="the local S3 server")
     parser.add_argument("--root", help="working directory (default: a temporary one)")
     args = parser.parse_args()
 
     import datajoint as dj
 
-    from djfs.testing.mariadb import MariaDBServer
-    from djfs.testing.relay import Relay
-    from djfs.testing.s3 import MotoServer
-
     root = Path(args.root or tempfile.mkdtemp(prefix="djfs-bench-djlisting-"))
-    print(f"starting MariaDB and the moto S3 server in {root} ...", flush=True)
-    db = MariaDBServer(root / "mariadb").start()
-    s3 = MotoServer().start()
-    relay = Relay(s3.port, delay=args.delay)
-    processes = []
+    lab = benchlib.Lab(root, s3=args.s3).start()
+    remote = benchlib.RemoteS3(lab.s3, delay=args.delay)
+    mounts = []
     try:
-        bucket = s3.create_bucket(f"bench-{uuid.uuid4().hex[:12]}")
-        account, secret = s3.credentials
-        store = {"protocol": "s3", "endpoint": f"{s3.host}:{s3.port}", "bucket": bucket, "access_key": account,
+        bucket = lab.s3.create_bucket(f"bench-{uuid.uuid4().hex[:12]}")
+        account, secret = lab.s3.credentials
+        store = {"protocol": "s3", "endpoint": f"127.0.0.1:{lab.s3.port}", "bucket": bucket, "access_key": account,
                  "secret_key": secret, "location": "dj/lab"}
-        dj.config.update({"database.host": db.host, "database.port": db.port, "database.user": db.user,
-                          "database.password": db.password or "", "database.use_tls": False, "safemode": False,
+        dj.config.update({"database.host": lab.db.host, "database.port": lab.db.port, "database.user": lab.db.user,
+                          "database.password": lab.db.password or "", "database.use_tls": False, "safemode": False,
                           "loglevel": "WARNING"})
         dj.config["stores"] = {"shared": dict(store)}
         schema = dj.Schema("bench_dj")
@@ -96,48 +85,35 @@ def main() -> int:
                      for i in range(args.rows)])
 
         # the mount's configuration: the same store, reached through the relay (a remote S3)
-        config = {"stores": {"shared": {**store, "endpoint": f"127.0.0.1:{relay.port}"}},
-                  "cache-location": str(root / "cache")}
-        config_file = root / "config.json"
-        config_file.write_text(json.dumps(config))
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("DJ_", "AWS_"))}
-        env.update(DJ_HOST=db.host, DJ_PORT=str(db.port), DJ_USER=db.user, DJ_PASS=db.password or "",
-                   DJ_CONFIG=str(config_file))
+        lab.settings["stores"] = {"shared": {**store, "endpoint": f"127.0.0.1:{remote.relay.port}"}}
+        options = ["schemas=bench_dj", "listing_timeout=0.5", "attr_timeout=0.5", "entry_timeout=0.5"]
 
-        def mount() -> tuple[str, subprocess.Popen]:
-            mountpoint = tempfile.mkdtemp(prefix="mnt-", dir=root)
-            process = subprocess.Popen([sys.executable, "-m", "djfs.cli", "mount", "-f", mountpoint, "-o",
-                                        "schemas=bench_dj,listing_timeout=0.5,attr_timeout=0.5,entry_timeout=0.5",
-                                        "--log-file", str(root / "daemon.log")], env=env)
-            processes.append((mountpoint, process))
-            wait_mounted(mountpoint, process)
-            return mountpoint, process
+        def mount() -> str:
+            mounts.append(lab.mount(options))
+            return mounts[-1][0]
 
         # the physical limit: the same ranged reads with boto3, 16 at a time, through the same relay
         keys = [f"dj/lab/bench_dj/{h[:2]}/{h[2:4]}/{h}" for h in
                 (bytes(row[0]).hex() for row in dj.conn().query("SELECT hash FROM `bench_dj`.`~external_shared`"))]
-        client = s3.client()
-        client._endpoint.host = f"http://127.0.0.1:{relay.port}"
-        start = time.perf_counter()
+        client = remote.client(connections=16)
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda key: client.get_object(Bucket=bucket, Key=key, Range="bytes=0-1023")["Body"].read(),
-                          keys))
-        limit = time.perf_counter() - start
+            limit, _ = benchlib.timed(lambda: list(pool.map(
+                lambda key: client.get_object(Bucket=bucket, Key=key, Range="bytes=0-1023")["Body"].read(), keys)))
 
-        mountpoint, process = mount()
+        mountpoint = mount()
         cold, files = list_table(mountpoint, "bench_dj")
-        after_cold = stats(mountpoint)
+        after_cold = benchlib.mount_stats(mountpoint)
         time.sleep(1.0)  # past the listing timeout: the rows are listed again
         warm, _ = list_table(mountpoint, "bench_dj")
-        after_warm = stats(mountpoint)
-        unmount(mountpoint, process)
-        mountpoint, process = mount()
+        after_warm = benchlib.mount_stats(mountpoint)
+        benchlib.unmount(*mounts.pop())
+        mountpoint = mount()
+        benchlib.timed(lambda: os.listdir(os.path.join(mountpoint, "bench_dj")))  # the daemon's first queries
         host, _ = list_table(mountpoint, "bench_dj")
-        after_host = stats(mountpoint)
-        unmount(mountpoint, process)
+        after_host = benchlib.mount_stats(mountpoint)
 
         requests = lambda s: s.get("store_requests", 0)  # noqa: E731
-        print(f"\nls -l of {args.rows} rows ({files} files), blob@ on S3 with {args.delay * 1000:.0f} ms per request:")
+        print(f"\nls -l of {args.rows} rows ({files} files), blob@ on S3 ({remote.describe()}):")
         print(f"  physical limit: {len(keys)} ranged reads of 1 KiB, boto3, 16 threads: {limit:.2f} s")
         print(f"  cold:            {cold:6.2f} s, {requests(after_cold):5d} store requests "
               f"({after_cold.get('datajoint_head_reads', 0)} head reads), {after_cold.get('sql_queries', 0)} SQL "
@@ -146,12 +122,10 @@ def main() -> int:
         print(f"  warm (new mount, same host cache): {host:.2f} s, {requests(after_host):d} store requests")
         return 0
     finally:
-        for mountpoint, process in processes:
-            if process.poll() is None:
-                unmount(mountpoint, process)
-        relay.close()
-        s3.stop()
-        db.stop()
+        for mounted in mounts:
+            benchlib.unmount(*mounted)
+        remote.close()
+        lab.close()
 
 
 if __name__ == "__main__":
