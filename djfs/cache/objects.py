@@ -302,10 +302,13 @@ class ObjectCache:
         self._write(name, f"block {index} of {oid.key}", len(data), lambda file: file.write(data))
 
     def put_block_later(self, oid: ObjectId, index: int, block_size: int, data: bytes,
-                        done: Callable[[], None] | None = None) -> None:
-        """``put_block`` on the background writer; ``done()`` is called when it is written (or failed)."""
-        self._later(len(data), lambda: self.put_block(oid, index, block_size, data), f"block {index} of {oid.key}",
-                    done)
+                        done: Callable[[], None] | None = None, keep: Callable[[], bool] | None = None) -> None:
+        """``put_block`` on the background writer, unless ``keep()`` says no by then; ``done()`` is called when
+        it is written (or failed, or skipped)."""
+        def write() -> None:
+            if keep is None or keep():
+                self.put_block(oid, index, block_size, data)
+        self._later(len(data), write, f"block {index} of {oid.key}", done)
 
     def put_sums(self, oid: ObjectId, size: int, sums: list[int]) -> None:
         """Record the block checksums of an object's bytes that matched its content digest."""

@@ -443,6 +443,7 @@ class Reader:
                 found[index] = future.result()
             except _Retry:
                 found[index] = self.blocks(obj, index, index)[0]
+        self._check_sound(obj)  # this read may have completed a verifying pass that failed
         return [found[index] for index in range(first, last + 1)]
 
     def claim_run(self, obj: StoredObject, first: int, last: int) -> dict[int, Future]:
@@ -536,10 +537,10 @@ class Reader:
                 if len(run) > 1 else data
             if sums:
                 check_range(obj.store, obj.key, sums, index * self.block_size, block, obj.size)
+            else:
+                self._offer(obj, index, block)  # before anyone gets the block: the last one completes the digest
             self._remember(obj, index, block, fresh=True)
             self._flights.resolve((obj.hash, index), owned[index], block)
-            if not sums:
-                self._offer(obj, index, block)
 
     def _remember(self, obj: StoredObject, index: int, data: bytes, fresh: bool = False) -> None:
         """Keep a block in memory; one fresh from the store also goes to the disk cache (in the background)."""
@@ -552,7 +553,8 @@ class Reader:
             def written() -> None:
                 with self._lock:
                     self._unwritten.pop(key, None)
-            self.cache.put_block_later(obj.oid, index, self.block_size, data, done=written)
+            self.cache.put_block_later(obj.oid, index, self.block_size, data, done=written,
+                                       keep=lambda: obj.hash not in self._corrupt)
 
     # -- verification ----------------------------------------------------------------------------------------
 
@@ -615,5 +617,6 @@ class Reader:
         self.cache.drop_blocks(obj.oid.key)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Cancel queued parts, let those in flight land (each has the store's timeout), finish cache writes."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self.cache.flush()
