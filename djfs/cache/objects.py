@@ -65,7 +65,7 @@ class ObjectCache:
     """A size-bounded, process-shared disk cache of objects, blocks, derived files and block sums, by key."""
 
     def __init__(self, location: str | os.PathLike, max_size: int, *, rescan_interval: float = 60.0,
-                 tmp_max_age: float = 3600.0, touch_interval: float = 10.0, max_pending: int = 256 << 20) -> None:
+                 tmp_max_age: float = 3600.0, touch_interval: float = 10.0, max_pending: int = 64 << 20) -> None:
         if max_size < 0:
             raise ValueError("the cache size can't be negative")
         self.location = Path(location)

@@ -502,7 +502,8 @@ class Reader:
                     if isinstance(failure, Exception):
                         with self._lock:
                             for index in run:
-                                self._failures[(obj.hash, index)] = failure
+                                if not owned[index].done():
+                                    self._failures[(obj.hash, index)] = failure
             for index in run:
                 if not owned[index].done():
                     self._flights.fail((obj.hash, index), owned[index], error if retries == 0 else _Retry())
@@ -510,37 +511,40 @@ class Reader:
             raise error
 
     def _fetch_run(self, obj: StoredObject, run: list[int], owned: dict[int, Future], retries: int) -> None:
-        """One ranged GET for contiguous blocks; each block checked, remembered, delivered, cached."""
-        start = run[0] * self.block_size
-        length = sum(self.block_length(obj, index) for index in run)
+        """One ranged GET for contiguous blocks, read block by block from the socket (one copy); each block is
+        checked, remembered, delivered and cached as it arrives.  A failure is retried from the first block not
+        yet delivered, ``retries`` times."""
+        sums = self._sums_of(obj)
+        position = 0
         for attempt in range(retries + 1):
+            start = run[position] * self.block_size
+            length = sum(self.block_length(obj, index) for index in run[position:])
             try:
                 self.stats.add("store_requests")
-                data = obj.store.get_range(obj.key, start, length)
-                self.stats.add("store_bytes", len(data))
-                if len(data) != length:
-                    raise StoreError(f"object {obj.hash} in {obj.store.describe()} returned {len(data)} of "
-                                     f"{length} bytes at {start}")
-                break
+                with obj.store.open_range(obj.key, start, length) as body:
+                    while position < len(run):
+                        index = run[position]
+                        block = body.read_exact(self.block_length(obj, index))
+                        self.stats.add("store_bytes", len(block))
+                        self.stats.fetched_blocks(obj.hash, index, 1)
+                        if sums:
+                            check_range(obj.store, obj.key, sums, index * self.block_size, block, obj.size)
+                        else:
+                            self._offer(obj, index, block)  # before anyone gets it: the last completes the digest
+                        self._remember(obj, index, block, fresh=True)
+                        self._flights.resolve((obj.hash, index), owned[index], block)
+                        position += 1
+                return
             except MissingObjectError:
                 raise
-            except StoreError as error:
+            except StoreError as error:  # a dropped connection, a short body, bytes damaged on the way
                 if attempt == retries:
                     raise
-                self.stats.add("part_retries")
-                log.info("part of %s at %d failed (%s); retrying", obj.hash, start, error)
-        self.stats.fetched_blocks(obj.hash, run[0], len(run))
-        sums = self._sums_of(obj)
-        view = memoryview(data)
-        for number, index in enumerate(run):
-            block = bytes(view[number * self.block_size:number * self.block_size + self.block_length(obj, index)]) \
-                if len(run) > 1 else data
-            if sums:
-                check_range(obj.store, obj.key, sums, index * self.block_size, block, obj.size)
-            else:
-                self._offer(obj, index, block)  # before anyone gets the block: the last one completes the digest
-            self._remember(obj, index, block, fresh=True)
-            self._flights.resolve((obj.hash, index), owned[index], block)
+                self._retrying(obj, start, error)
+
+    def _retrying(self, obj: StoredObject, start: int, error: BaseException) -> None:
+        self.stats.add("part_retries")
+        log.info("part of %s from %d failed (%s); retrying", obj.hash, start, error)
 
     def _remember(self, obj: StoredObject, index: int, data: bytes, fresh: bool = False) -> None:
         """Keep a block in memory; one fresh from the store also goes to the disk cache (in the background)."""
