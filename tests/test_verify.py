@@ -72,6 +72,20 @@ def test_verification_records_the_block_sums_it_checked(tmp_path):
     assert cache.get_sums(oid, len(content)) is None
 
 
+def test_a_large_object_is_verified_while_its_parts_arrive_in_parallel(store, tmp_path):
+    """On S3 (small parts in the test fixture) the parts land in any order: the digest follows them in order."""
+    content = np.random.default_rng(2).bytes(17 * MiB + 5)
+    oid = hashing.object_id(hashing.object_hash(content, b"o"), b"o")
+    store.put("ab/cd/large", content)
+    data, sums = fetch_verified(store, "ab/cd/large", oid, len(content))
+    assert data == content and sums == hashing.sums_of(content)
+    damaged = bytearray(content)
+    damaged[9 * MiB] ^= 1                                    # in a middle part
+    store.put("ab/cd/large", bytes(damaged))
+    with pytest.raises(CorruptObjectError, match="does not match"):
+        fetch_verified(store, "ab/cd/large", oid, len(content))
+
+
 @pytest.fixture
 def damaged_values(schema, s3_server, db_config):
     """A small value (cached whole on open) and a large one (read by blocks), both damaged in the store."""

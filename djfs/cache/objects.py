@@ -86,7 +86,8 @@ class ObjectCache:
         self._verified: LRUCache = LRUCache(maxsize=4096)   # name -> identity of a file checked whole
         self._counters = dict(hits=0, misses=0, fills=0, block_hits=0, block_misses=0, evictions=0, errors=0,
                               damaged=0, sums_hits=0)
-        self._pending = 0
+        self._pending = 0   # bytes queued for the background writer
+        self._jobs = 0      # writes queued (an empty object is a write of no bytes)
         self._pending_cond = threading.Condition(self._lock)
         self._writer: tuple[int, ThreadPoolExecutor] | None = None
         self._remove_stale_temporaries()
@@ -184,8 +185,11 @@ class ObjectCache:
 
     def open_object(self, oid: ObjectId, size: int) -> CheckedFile | None:
         """The cached object opened, checked whole once per process (libfuse then reads it by descriptor)."""
-        name = self._object_name(oid.key)
-        file = self._open(name, size, f"cached object {oid.key}")
+        return self._open_verified(self._object_name(oid.key), size, f"cached object {oid.key}")
+
+    def _open_verified(self, name: str, size: int, label: str) -> CheckedFile | None:
+        """A cache file opened and checked whole (once per process); None if missing or damaged (dropped)."""
+        file = self._open(name, size, label)
         if file is None:
             self._count("misses")
             return None
@@ -375,6 +379,7 @@ class ObjectCache:
             while self._pending and self._pending + size > self.max_pending:
                 self._pending_cond.wait()
             self._pending += size
+            self._jobs += 1
 
         def run() -> None:
             try:
@@ -386,6 +391,7 @@ class ObjectCache:
                     done()
                 with self._pending_cond:
                     self._pending -= size
+                    self._jobs -= 1
                     self._pending_cond.notify_all()
         try:
             self._executor().submit(run)
@@ -401,7 +407,7 @@ class ObjectCache:
     def flush(self) -> None:
         """Wait until every background write is done."""
         with self._pending_cond:
-            while self._pending:
+            while self._jobs:
                 self._pending_cond.wait()
 
     def pending(self) -> int:
@@ -432,16 +438,7 @@ class ObjectCache:
     def open_derived(self, key: str, kind: str, size: int) -> CheckedFile | None:
         """The derived file opened and checked (once per process), or None; a damaged one is removed."""
         name = self._derived_name(key, kind)
-        file = self._open(name, size, f"derived file {name}")
-        if file is None:
-            self._count("misses")
-            return None
-        try:
-            self._verify_once(name, file)
-        except DamagedFile:
-            file.close()
-            return None
-        return file
+        return self._open_verified(name, size, f"derived file {name}")
 
     def fill_derived(self, key: str, kind: str, size: int, write: Callable[[BinaryIO], None]) -> CheckedFile:
         """Make the derived file by calling ``write(file)`` unless it exists; returns it opened for reading.

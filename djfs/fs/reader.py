@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 READ_PIECE = 1 * MiB          # pieces of a whole-object fill's single GET
-SEQUENTIAL_SLACK = 4 * MiB    # the kernel sends read-ahead requests slightly out of order
+SEQUENTIAL_SLACK = 1 * MiB    # the kernel's read-ahead requests arrive slightly out of order (its window)
 PASS_PENDING = 64 * MiB       # bytes a verifying pass may hold for blocks that arrived ahead of its position
 RENDER_VERSION = "v1"         # of decoded files in the cache: bump when views.render changes its output
 
@@ -377,7 +377,6 @@ class Reader:
     def whole(self, obj: StoredObject) -> bytes:
         """The verified bytes of a whole object (to decode it): from the cache, or the store (then cached)."""
         self._check_sound(obj)
-        self.stats.add("store_requests")
         return bytes(read_object(obj.store, obj.key, obj.oid, obj.size, self.cache, self.verify))
 
     def open_decoded(self, key: str, kind: str, size: int, write: Callable[[BinaryIO], None]) -> Handle:
