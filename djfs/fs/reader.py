@@ -43,7 +43,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Protocol
@@ -65,6 +65,7 @@ MiB = 1 << 20
 READ_PIECE = 1 * MiB          # pieces of a whole-object fill's single GET
 SEQUENTIAL_SLACK = 1 * MiB    # the kernel's read-ahead requests arrive slightly out of order (its window)
 PASS_PENDING = 64 * MiB       # bytes a verifying pass may hold for blocks that arrived ahead of its position
+MAX_PASSES = 8                # objects verified from their blocks at once (each holds at most PASS_PENDING)
 RENDER_VERSION = "v1"         # of decoded files in the cache: bump when views.render changes its output
 
 
@@ -338,7 +339,7 @@ class Reader:
         self._unwritten: dict[tuple[str, int], bytes] = {}   # blocks queued for the disk cache
         self._failures: TTLCache = TTLCache(maxsize=10_000, ttl=failure_ttl)
         self._sums: LRUCache = LRUCache(maxsize=4096)        # key -> block sums, or False: none recorded
-        self._passes: dict[str, _Pass] = {}
+        self._passes: OrderedDict[str, _Pass] = OrderedDict()
         self._corrupt: LRUCache = LRUCache(maxsize=4096)     # key -> what was found wrong
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="djfs-parts")
 
@@ -585,9 +586,13 @@ class Reader:
         with self._lock:
             verifying = self._passes.get(obj.hash)
             if verifying is None:
-                if index != 0 or len(self._passes) >= 16:
+                if index != 0:
                     return
+                if len(self._passes) >= MAX_PASSES:  # the pass that progressed least recently gives way
+                    self._passes.popitem(last=False)
                 verifying = self._passes[obj.hash] = _Pass(obj, self.block_size)
+            else:
+                self._passes.move_to_end(obj.hash)
         try:
             outcome = verifying.offer(index, data)
         except _Abandon:
