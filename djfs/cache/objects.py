@@ -65,7 +65,7 @@ class ObjectCache:
     """A size-bounded, process-shared disk cache of objects, blocks, derived files and block sums, by key."""
 
     def __init__(self, location: str | os.PathLike, max_size: int, *, rescan_interval: float = 60.0,
-                 tmp_max_age: float = 3600.0, touch_interval: float = 10.0, max_pending: int = 64 << 20) -> None:
+                 tmp_max_age: float = 3600.0, touch_interval: float = 10.0, max_pending: int = 256 << 20) -> None:
         if max_size < 0:
             raise ValueError("the cache size can't be negative")
         self.location = Path(location)
@@ -312,7 +312,7 @@ class ObjectCache:
         def write() -> None:
             if keep is None or keep():
                 self.put_block(oid, index, block_size, data)
-        self._later(len(data), write, f"block {index} of {oid.key}", done)
+        self._later(len(data), write, f"block {index} of {oid.key}", done, self.max_pending // 4)
 
     def put_sums(self, oid: ObjectId, size: int, sums: list[int]) -> None:
         """Record the block checksums of an object's bytes that matched its content digest."""
@@ -373,10 +373,13 @@ class ObjectCache:
         return sums
 
     def _later(self, size: int, write: Callable[[], None], label: str,
-               done: Callable[[], None] | None = None) -> None:
-        """Run ``write`` on the writer thread; wait only while more than ``max_pending`` bytes are queued."""
+               done: Callable[[], None] | None = None, limit: int | None = None) -> None:
+        """Run ``write`` on the writer thread; wait only while more than ``limit`` bytes (``max_pending``) are
+        queued.  Blocks (the mount's) get a quarter: their bytes are copies, a library's objects are the values
+        the caller holds anyway."""
+        limit = self.max_pending if limit is None else limit
         with self._pending_cond:
-            while self._pending and self._pending + size > self.max_pending:
+            while self._pending and self._pending + size > limit:
                 self._pending_cond.wait()
             self._pending += size
             self._jobs += 1
