@@ -3,16 +3,21 @@ in order, retried parts, bounded read-ahead, shared parts, the cache keeping wha
 
 from __future__ import annotations
 
+import io
 import random
 import threading
 import time
+import uuid
 
+import numpy as np
 import pytest
 
+import djfs
 from djfs import hashing
 from djfs.cache import ObjectCache
 from djfs.errors import CorruptObjectError
 from djfs.fs.reader import Reader, Stats, StoredObject, join
+from fixtures_fuse import s3_config, wait_for
 from s3link import S3Link
 
 KiB = 1 << 10
@@ -214,3 +219,33 @@ def test_blocks_are_checked_against_the_sums_of_a_verified_read(s3_server, s3_bu
     finally:
         handle.close()
         second.close()
+
+
+def test_a_remounted_daemon_rereads_from_the_cache_without_requests(schema, s3_server, db_config, mounts):
+    """Through real mounts: a cold sequential read of a large value keeps every block it read in the disk cache,
+    so after an unmount and a new mount on the same cache the re-read makes no request to the store."""
+    with djfs.config.override(**s3_config(s3_server, "reread")):
+        schema.set_external_storage(s3_server.create_bucket(f"djfs-reread-{uuid.uuid4().hex[:12]}"))
+
+        @schema
+        class Value(djfs.Manual):
+            definition = "k : int\n---\nv : external"
+        value = np.random.default_rng(3).random(3 * (1 << 20))   # 24 MiB: read by blocks
+        Value.insert1({"k": 1, "v": value})
+    cache = mounts.base / "reread-cache"
+    options = [f"schemas={schema.database}", "whole_max=1MiB", "block_size=1MiB"]
+    contents = []
+    for run in range(2):
+        mount = mounts.mount({**s3_config(s3_server, "reread"), "cache-location": str(cache)}, options)
+        path = mount.path(schema.database, "Value", "k=1", "v.npy")
+        assert wait_for(path.exists)
+        before = mount.stats()
+        contents.append(path.read_bytes())
+        requests = mount.stats().get("store_requests", 0) - before.get("store_requests", 0)
+        mount.stop()  # the daemon finishes its cache writes before it exits
+        if run == 0:
+            assert requests > 0
+        else:
+            assert requests == 0, requests
+    assert contents[0] == contents[1]
+    np.testing.assert_array_equal(np.load(io.BytesIO(contents[1])), value)
