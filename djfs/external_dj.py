@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from . import blob
 from .errors import CorruptObjectError, DataError, DjfsError, IntegrityError, MissingObjectError, StoreError
 from .external import TRUSTED_SIZE, ExternalTable
+from .hashing import ObjectId
 from .settings import Config, store_spec
 
 if TYPE_CHECKING:
@@ -144,6 +145,16 @@ class Entry:
         hex_ = self.hash.hex()
         name = "/".join([database, *subfold(hex_, folds), hex_])
         return f"{name}.{self.attachment_name}" if self.attachment_name is not None else name
+
+    @property
+    def object_id(self) -> ObjectId | None:
+        """What the cache and the readers verify the object with (MD5); None for a filepath DataJoint stored
+        without a checksum. Keyed by kind and MD5: a blob and an attachment can't share a cache entry."""
+        prefix, expected = self.check
+        if expected is None:
+            return None
+        kind = "a" if self.attachment_name is not None else "f" if self.filepath is not None else "b"
+        return ObjectId(f"dj{kind}-{expected.hex()}", expected, hashlib.md5, prefix)
 
     @property
     def check(self) -> tuple[bytes, bytes | None]:
@@ -365,6 +376,8 @@ class DataJointExternal:
         self.spec  # an unknown or misconfigured store fails here, naming it
 
     config = ExternalTable.config
+    cache = ExternalTable.cache
+    _verify = ExternalTable._verify
 
     @property
     def spec(self) -> dict:
@@ -421,23 +434,17 @@ class DataJointExternal:
 
     # -- reads
     def read(self, entry: Entry) -> bytearray:
-        """The object's bytes, checked against its size and MD5."""
+        """A blob's bytes, checked against its MD5 (``verify-reads = size``: its size only), through the cache
+        when one is configured: the same path as ``external``'s objects."""
+        from .cache.through import read_object
         store, key = self.store(), self.key(entry)
         if entry.size > TRUSTED_SIZE and store.size(key) != entry.size:  # no huge allocation on a row's word
             raise CorruptObjectError(f"object {key!r} in {store.describe()} does not have the {entry.size} bytes "
                                      f"its entry in {self.full_table_name} says")
-        buffer = bytearray(entry.size)
-        if entry.size:
-            try:
-                store.get_into(key, memoryview(buffer))
-            except CorruptObjectError as error:
-                raise CorruptObjectError(f"{error} (its entry in {self.full_table_name} says {entry.size} "
-                                         "bytes)") from None
-        prefix, expected = entry.check
-        if expected is not None and md5([buffer], prefix) != expected:
-            raise CorruptObjectError(f"object {key!r} in {store.describe()} does not match its hash "
-                                     f"{entry.uuid} (corrupted or tampered)")
-        return buffer
+        try:
+            return read_object(store, key, entry.object_id, entry.size, self.cache(), self._verify())
+        except CorruptObjectError as error:
+            raise CorruptObjectError(f"{error} (entry {entry.uuid} of {self.full_table_name})") from None
 
     def download(self, entry: Entry, target: Path) -> None:
         """The object into a local file, in bounded pieces, renamed into place only once verified."""

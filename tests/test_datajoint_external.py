@@ -267,14 +267,14 @@ def test_tampered_objects_give_an_error_never_a_value(dj, stores, schema_name, t
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(CorruptObjectError, match="does not match its hash"):
+    with pytest.raises(CorruptObjectError, match="does not match its (hash|content digest)"):
         DSession.fetch1("movie")
     # an attachment on S3 replaced by other bytes of the same size
     name = hashlib.md5(b"scan.bin\0" + rows[0]["doc_s3"].read_bytes()).hexdigest()
     key = f"dj/shared/{schema_name}/{name[:2]}/{name[2:4]}/{name}.scan.bin"
     s3_server.client().put_object(Bucket=stores["shared"]["bucket"], Key=key, Body=b"\0" * 256)
     (tmp_path / "down").mkdir()
-    with pytest.raises(CorruptObjectError, match="does not match its hash"):
+    with pytest.raises(CorruptObjectError, match="does not match its (hash|content digest)"):
         DSession.fetch1("doc_s3", download_path=str(tmp_path / "down"))
     assert list((tmp_path / "down").iterdir()) == []   # nothing half-written, nothing unverified
     # a missing object: a clear error too
@@ -424,3 +424,21 @@ def test_hostile_names_from_the_database_are_refused():
                 (digest, 1, None, "s1/raw.dat", None), (b"short", 1, None, None, None)]:
         with pytest.raises(CorruptObjectError):
             Entry.from_row(row)
+
+
+def test_blobs_go_through_the_shared_cache(dj, stores, schema_name, tmp_path):
+    _, Session = dj_pipeline(dj, schema_name)
+    rows, _ = sample_rows(tmp_path, stores, 1)
+    Session.insert1(rows[0])
+    _, DSession = djfs_pipeline(schema_name)
+    with djfs.config.override(**{"cache-location": str(tmp_path / "cache")}):
+        first = DSession.fetch1("movie", "movie_s3")
+        djfs.cache.open_cache(tmp_path / "cache", djfs.config["cache-size"]).flush()   # background fills done
+        digest = hashlib.md5(dj.blob.pack(rows[0]["movie"])).hexdigest()
+        (Path(stores["local"]["location"]) / schema_name / digest[0] / digest[1] / digest).unlink()
+        again = DSession.fetch1("movie", "movie_s3")   # the file store's object is gone: served by the cache
+    for value, one, two in zip((rows[0]["movie"], rows[0]["movie_s3"]), first, again):
+        np.testing.assert_array_equal(one, value)
+        np.testing.assert_array_equal(two, value)
+    with pytest.raises(djfs.errors.MissingObjectError):   # without the cache: a clear error
+        DSession.fetch1("movie")

@@ -10,10 +10,11 @@ compressed blob) and kept in the host's head index (``HeadIndex``, a small SQLit
 table's heads are learned in parallel when the table is listed, so ``ls -l`` of its rows costs at most one ranged read per object the first
 time and none after. Attachments and filepaths need none: their size is in ``~external_<store>``.
 
-Reading: an object is downloaded whole once per host into the cache (a derived file of kind ``dj-<kind>``),
-checked against its MD5 while it is written, and served from there as byte ranges (``<attr>.npy`` of an
-uncompressed blob is the npy header + a range of the object); a compressed blob is inflated once into its
-rendered file instead. ``object_file`` is the reusable unit "a verified object as a range-readable file".
+Reading: an object is a ``StoredObject`` whose ``ObjectId`` is its MD5 (``Entry.object_id``), so the mount's
+``Reader`` serves it exactly as ``external``'s objects: a small one verified whole into the cache, a large one
+by blocks with read-ahead, as byte ranges (``<attr>.npy`` of an uncompressed blob is the npy header + a range of
+the object); a compressed blob is inflated once per host into its rendered file. "An attachment's bytes as a
+range-readable file" is ``Reader.open_stored`` of its ``StoredObject`` (see ``open``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ INDEX_NAME = "datajoint-heads.sqlite"  # in the cache folder: the views learned 
 ENTRY_COLUMNS = ("size", "attachment_name", "filepath", "contents_hash")
 NAME_BYTES = 257         # an in-table attachment's name (at most 255 bytes) and its NUL
 HEAD_READS = (1024, 64 << 10)  # ranged reads tried for a blob's head before reading it whole
+DOWNLOAD_STEP = 16 << 20  # pieces of a whole download
 PREFETCH_MAX = 100_000   # objects of one table whose heads a listing learns ahead
 DOWN_TTL = 5.0           # seconds head reads of a store fail at once after one failed (not a missing object)
 
@@ -283,43 +285,30 @@ class DataJointFiles:
         self.prefetch(rows)
 
     # -- opening
-    def object_file(self, schema: str, store_name: str, entry: Entry) -> BinaryIO:
-        """The whole object as a local file, downloaded once per host and checked against its MD5 as it is
-        written (a mismatch keeps nothing and raises): attachments, filepaths and blobs read as ranges."""
-        prefix, expected = entry.check
-        key = expected.hex() if expected is not None else hashlib.md5(
-            f"{store_name}\0{schema}\0{entry.key(schema, ())}\0{entry.size}".encode()).hexdigest()
-        kind = ("dj-attach" if entry.attachment_name is not None else
-                "dj-filepath" if entry.filepath is not None else "dj-blob")
-        store, object_key = self.locate(schema, store_name, entry)
-
-        def download(file: BinaryIO) -> None:
-            state = hashlib.md5(prefix)
-            self._count("whole_downloads")
-            for offset in range(0, entry.size, 16 << 20):
-                self._count("store_requests")
-                data = store.get_range(object_key, offset, min(16 << 20, entry.size - offset))
-                state.update(data)
-                file.write(data)
-            if expected is not None and state.digest() != expected:
-                raise CorruptObjectError(f"object {object_key!r} in {store.describe()} does not match its hash "
-                                         "(corrupted or tampered)")
-        return self.cache.fill_derived(key, kind if expected is not None else kind + "-unchecked", entry.size,
-                                       download)
-
     def open(self, reader, tree, node, spec: views.FileSpec):
-        """(handle, identity) of one of these files."""
-        from .reader import FileHandle, MemoryHandle
+        """(handle, identity) of one of these files: an object is read like ``external``'s (``Reader``: the whole
+        object verified into the cache, or blocks of a large one), checked against its MD5."""
+        from .reader import MemoryHandle, StoredObject
         record = spec.entry
         assert record is not None
         if record["kind"] == "attach":
             data = tree.inline_blob(node.table, node.values, spec.attribute)
             return MemoryHandle(data[record["skip"]:]), views.digest_of(data)
         entry: Entry = record["entry"]
+        store, key = self.locate(record["schema"], record["store"], entry)
+        oid = entry.object_id
+        if oid is None:  # a filepath DataJoint stored without a checksum: size-checked only, as DataJoint does
+            name = hashlib.md5(f"{record['store']}\0{record['schema']}\0{entry.filepath}\0{entry.size}".encode()
+                               ).hexdigest()
+
+            def download(file: BinaryIO) -> None:
+                for offset in range(0, entry.size, DOWNLOAD_STEP):
+                    self._count("store_requests")
+                    file.write(store.get_range(key, offset, min(DOWNLOAD_STEP, entry.size - offset)))
+            return reader.open_decoded(name, "unchecked", entry.size, download), name
+        stored = StoredObject(oid, entry.size, store, key)
         if record["kind"] == "blob@" and spec.data_offset is None:  # compressed: inflated once per host
             def render(file: BinaryIO) -> None:
-                with self.object_file(record["schema"], record["store"], entry) as stored:
-                    views.render(spec.kind, spec.header, stored.read(), spec.size, file)
-            return reader.open_decoded(spec.identity, spec.kind, spec.size, render), spec.identity
-        file = self.object_file(record["schema"], record["store"], entry)
-        return FileHandle(file, spec.header, spec.data_offset or 0, spec.size), spec.identity
+                views.render(spec.kind, spec.header, reader.whole(stored), spec.size, file)
+            return reader.open_decoded(oid.key, spec.kind, spec.size, render), oid.key
+        return reader.open_stored(stored, spec.header, spec.data_offset or 0, spec.size), oid.key
