@@ -31,9 +31,14 @@ def to_camel_case(name: str) -> str:
 
 class UserTable(Table):
     tier_prefix = ""
+    #: regular expression of this tier's table names (DataJoint's), for classes made from the database
+    tier_regexp = r"[a-z][a-z0-9]*(_[a-z][a-z0-9]*)*"
+    _spawned_name: str | None = None  # the table's name when the class was made from the database
 
     @classmethod
     def make_table_name(cls) -> str:
+        if cls.__dict__.get("_spawned_name"):
+            return cls._spawned_name
         return cls.tier_prefix + to_snake_case(cls.__name__)
 
 
@@ -51,8 +56,9 @@ class AutoPopulate(UserTable):
     """Tables filled by ``populate()``, which calls ``make(key)`` for every key of ``key_source`` not yet in."""
 
     @property
-    def key_source(self) -> list[dict]:
-        return autopopulate.key_source(self)
+    def key_source(self) -> Any:
+        """The keys ``make`` is called with (those not yet in the table): override it with any query."""
+        return autopopulate.default_key_source(self)
 
     def populate(self, restriction: Any = None, suppress_errors: bool = False,
                  max_calls: int | None = None) -> list:
@@ -75,12 +81,30 @@ class Part(UserTable):
 
     @classmethod
     def make_table_name(cls) -> str:
+        if cls.__dict__.get("_spawned_name"):
+            return cls._spawned_name
         if cls.master is None:
             raise DeclarationError(f"part table {cls.__name__} must be nested in its master's class")
         return cls.master.make_table_name() + "__" + to_snake_case(cls.__name__)
 
 
 TIER_PREFIXES = {"": "Manual", "#": "Lookup", "_": "Imported", "__": "Computed"}
+BASE_NAME = UserTable.tier_regexp
+#: DataJoint's table names: tier by prefix; ``<master>__<part>`` is a part table
+TIERS: list[tuple[str, type]] = [("#" + BASE_NAME, Lookup), ("__" + BASE_NAME, Computed), ("_" + BASE_NAME, Imported),
+                                 (BASE_NAME, Manual)]
+PART_NAME = rf"(?P<master>(?:#|__|_)?{BASE_NAME})__(?P<part>{BASE_NAME})"
+
+
+def tier_of(table_name: str) -> tuple[type, str | None, str | None]:
+    """(tier class, master table, part name) of a table name; (None, None, None) if not DataJoint's."""
+    for pattern, tier in TIERS:
+        if re.fullmatch(pattern, table_name):
+            return tier, None, None
+    part = re.fullmatch(PART_NAME, table_name)
+    if part:
+        return Part, part.group("master"), part.group("part")
+    return None, None, None
 
 
 def class_name(table_name: str) -> str:
