@@ -323,3 +323,208 @@ def test_populate_calls_make_for_missing_keys(schema):
     assert len(Score.calls) == 6
     with pytest.raises(RuntimeError, match="halfway"):
         Score.populate()
+
+
+# -- bugs of issue 9: each test failed before its fix -----------------------------------------------------
+
+
+def test_populate_uses_the_tables_own_key_source(schema):
+    @schema
+    class Subject(djfs.Manual):
+        definition = """
+        subject : int
+        ---
+        notes = "" : varchar(16)
+        """
+
+    @schema
+    class Rig(djfs.Lookup):
+        definition = """
+        rig : varchar(8)
+        ---
+        notes = "" : varchar(16)
+        """
+        contents = [("a", "first"), ("b", "second")]
+
+    @schema
+    class Both(djfs.Computed):
+        definition = """
+        -> Subject
+        -> Rig
+        """
+
+        def make(self, key):
+            self.insert1(key)
+
+    @schema
+    class Some(djfs.Computed):
+        definition = """
+        -> Subject
+        """
+
+        @property
+        def key_source(self):
+            return Subject & "subject < 3"
+
+        def make(self, key):
+            self.insert1(key)
+
+    Subject.insert([(1, "x"), (2, "y"), (3, "z")])
+    # parents sharing the secondary attribute's name 'notes' still combine: the key source joins primary keys
+    assert len(Both.key_source) == 6
+    Both.populate()
+    assert len(Both) == 6
+    Some.populate()
+    assert sorted(Some.fetch("subject")) == [1, 2]
+
+
+def test_failed_make_leaves_nothing_when_it_is_the_first_external_insert(schema, schema_name, connection, backend):
+    """A new process (a new Schema object on existing tables) whose first external insert happens inside
+    make(): no DDL runs in the transaction, so the master row goes away with the failure."""
+    backend(schema)
+
+    @schema
+    class Source(djfs.Manual):
+        definition = "source : int"
+
+    def classes(target):
+        class Result(djfs.Computed):
+            definition = """
+            -> Source
+            ---
+            value : external
+            """
+
+            def make(self, key):
+                self.insert1({**key, "value": np.arange(10)})
+                raise RuntimeError("make failed after its insert")
+
+        return target(Result, context={"Source": Source})
+
+    classes(schema)
+    Source.insert1((1,))
+    fresh = djfs.Schema(schema_name, connection=connection)  # as another process would open it
+    backend(fresh)
+    Result = classes(fresh)
+    with pytest.raises(RuntimeError, match="make failed"):
+        Result.populate()
+    assert len(Result) == 0
+
+
+def test_ddl_is_refused_inside_a_transaction(connection, schema_name, schema):
+    with pytest.raises(QueryError, match="DDL"):
+        with connection.transaction():
+            connection.query(f"CREATE TABLE `{schema_name}`.`t` (i int PRIMARY KEY)")
+    assert "t" not in schema.list_tables()
+
+
+def test_none_for_an_attribute_with_a_default_sends_default(lab):
+    Mouse = lab["Mouse"]
+    Mouse.insert1({"mouse_id": 1, "species": "mouse", "sex": None, "weight": None, "dob": None})
+    assert Mouse.fetch1("sex", "weight", "dob") == ("unknown", 20.5, None)
+    with pytest.raises(DataError, match="species"):
+        Mouse.insert1({"mouse_id": 2, "species": None})
+
+
+def test_describe_shows_foreign_keys(lab):
+    text = lab["Session"].describe()
+    assert "-> Mouse" in text and "mouse_id" not in text
+    assert "-> Species" in lab["Mouse"].describe()
+    assert "-> Analysis" in lab["Analysis"].Roi.describe()
+
+
+def test_deleted_rows_mark_their_external_entries_with_the_time(schema, connection, backend):
+    backend(schema)
+
+    @schema
+    class Movie(djfs.Manual):
+        definition = """
+        movie : int
+        ---
+        frames : external
+        """
+
+    Movie.insert1((1, np.arange(5)))
+    external = f"`{schema.database}`.`~external`"
+    connection.query(f"UPDATE {external} SET timestamp = '2001-01-01 00:00:00'")
+    (Movie & {"movie": 1}).delete()
+    status, stamp = connection.query(f"SELECT status, timestamp FROM {external}").fetchone()
+    assert status == "deleted" and stamp.year > 2001
+
+
+SAFEMODE_SCRIPT = """
+import sys, djfs
+lab = djfs.VirtualModule("lab", sys.argv[1])
+{action}
+print("left:", len(lab.Mouse), len(lab.Session))
+"""
+
+
+def _run_on_terminal(script: str, answer: str | None, env: dict) -> tuple[int, str]:
+    """Run ``script`` with a real terminal (a pty) as stdin and stdout; type ``answer`` at the question."""
+    import os
+    import subprocess
+    import sys
+    import time
+    primary, secondary = os.openpty()
+    process = subprocess.Popen([sys.executable, "-c", script[0], *script[1:]], stdin=secondary, stdout=secondary,
+                               stderr=secondary, env=env, close_fds=True)
+    os.close(secondary)
+    output, deadline, answered = b"", time.monotonic() + 60, False
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # EIO: the program ended and the terminal closed
+            break
+        if not chunk:
+            break
+        output += chunk
+        if answer is not None and not answered and b"[yes, No]:" in output:
+            os.write(primary, answer.encode() + b"\n")
+            answered = True
+    os.close(primary)
+    return process.wait(timeout=30), output.decode(errors="replace")
+
+
+@pytest.fixture
+def safemode_env(lab, mariadb):
+    import os
+    lab["Mouse"].insert([(1, "mouse", None, "F", 20.0), (2, "rat", None, "M", 21.0)])
+    lab["Session"].insert([{"mouse_id": 1, "session": s} for s in (1, 2, 3)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJ_")}
+    env.update(DJ_HOST=mariadb.host, DJ_PORT=str(mariadb.port), DJ_USER=mariadb.user or "",
+               DJ_PASS=mariadb.password or "", PYTHONPATH=os.pathsep.join(filter(None, [
+                   os.path.dirname(os.path.dirname(djfs.__file__)), os.environ.get("PYTHONPATH")])))
+    return env
+
+
+@pytest.mark.parametrize("answer, left", [("yes", "left: 1 0"), ("no", "left: 2 3")])
+def test_safemode_delete_asks_on_a_terminal(lab, safemode_env, answer, left):
+    script = SAFEMODE_SCRIPT.format(action='(lab.Mouse & {"mouse_id": 1}).delete()')
+    code, output = _run_on_terminal([script, lab["Mouse"].database], answer, safemode_env)
+    assert code == 0, output
+    assert "Deleting 1 rows from" in output and "Deleting 3 rows from" in output  # counts per table
+    assert left in output
+    assert len(lab["Mouse"]) == int(left.split()[1])
+
+
+def test_safemode_drop_asks_on_a_terminal(lab, safemode_env, schema):
+    script = SAFEMODE_SCRIPT.format(action="lab.Session.drop()")
+    code, output = _run_on_terminal([script, lab["Mouse"].database], "no", safemode_env)
+    assert code == 0, output
+    assert "session` (3 rows)" in output and "Drop cancelled" in output
+    assert "session" in schema.list_tables()
+
+
+def test_safemode_refuses_without_a_terminal(lab, safemode_env):
+    import subprocess
+    import sys
+    script = SAFEMODE_SCRIPT.format(action='(lab.Mouse & {"mouse_id": 1}).delete()')
+    result = subprocess.run([sys.executable, "-c", script, lab["Mouse"].database], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, env=safemode_env, timeout=60)
+    assert result.returncode != 0 and "stdin is not a terminal" in result.stderr
+    assert len(lab["Session"]) == 3
+    script = SAFEMODE_SCRIPT.format(action='(lab.Mouse & {"mouse_id": 1}).delete(safemode=False)')
+    result = subprocess.run([sys.executable, "-c", script, lab["Mouse"].database], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, env=safemode_env, timeout=60)
+    assert result.returncode == 0 and "left: 1 0" in result.stdout, result.stderr
