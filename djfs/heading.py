@@ -114,12 +114,14 @@ class Heading:
 
     # -- headings of derived queries (joins, projections, aggregations)
     def join(self, other: "Heading") -> "Heading":
-        """DataJoint's join heading: both primary keys (ours first), then the remaining attributes."""
-        names = (self.primary_key + [n for n in other.primary_key if n not in self]
-                 + [n for n in self.secondary_attributes if n not in other.primary_key]
-                 + [n for n in other.secondary_attributes if n not in self])
+        """DataJoint's join heading: both primary keys (ours first), then the remaining attributes; an
+        attribute secondary here and primary there joins the primary key."""
+        chosen = ([self[n] for n in self.primary_key]
+                  + [other[n] for n in other.primary_key if n not in self.primary_key]
+                  + [self[n] for n in self.secondary_attributes if n not in other.primary_key]
+                  + [other[n] for n in other.secondary_attributes if n not in self])
         key = set(self.primary_key) | set(other.primary_key)
-        return Heading({n: replace(self.attributes.get(n) or other[n], in_key=n in key) for n in names})
+        return Heading({a.name: replace(a, in_key=a.name in key) for a in chosen})
 
     def with_primary_key(self, key: list[str]) -> "Heading":
         """The same attributes with ``key`` as primary key (aggregations, ``U`` promotions), key first."""
