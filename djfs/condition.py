@@ -109,10 +109,16 @@ def _dict_condition(heading: Heading, condition: Mapping, where: str) -> Where:
     return Where(" AND ".join(parts) or "TRUE", tuple(args))
 
 
+def _is_query(thing: Any) -> bool:
+    return hasattr(thing, "heading") and hasattr(thing, "make_sql")
+
+
 def make_condition(query: "QueryExpression", condition: Any, check: bool = True) -> Where:
     """The ``Where`` for one restriction of ``query``; ``check=False`` skips the join-compatibility rule
-    (DataJoint's ``^`` operator)."""
-    from .expression import QueryExpression, U
+    (DataJoint's ``^`` operator).
+
+    Queries are known by their interface (``heading``, ``make_sql``), not their class, so this module does not
+    import ``expression`` (which imports it): the modules of the relational layer form no cycle."""
     heading = query.heading
     name = query.query_name
     if isinstance(condition, Not):
@@ -134,11 +140,11 @@ def make_condition(query: "QueryExpression", condition: Any, check: bool = True)
         if not parts:
             return Where("FALSE")
         return Where(" OR ".join(f"({p.sql})" for p in parts), sum((p.args for p in parts), ()))
-    if isinstance(condition, type) and issubclass(condition, QueryExpression):
+    if isinstance(condition, type) and _is_query(condition):
         condition = condition()
-    if isinstance(condition, U):
+    if getattr(condition, "universal_set", False):
         raise QueryError(f"{name}: restricting by djfs.U(...) is meaningless; use U(...) & query instead")
-    if isinstance(condition, QueryExpression):
+    if _is_query(condition):
         if check:
             assert_join_compatibility(query, condition)
         common = [n for n in condition.heading.names if n in heading]

@@ -245,6 +245,8 @@ class U:
     ``U('a').aggr(query, n='count(*)')`` groups ``query`` by ``a``; ``query * U('a')`` adds ``a`` to the
     primary key."""
 
+    universal_set = True  # how restrictions recognise it
+
     def __init__(self, *attributes: str) -> None:
         for name in attributes:
             if not isinstance(name, str) or not IDENTIFIER.match(name):

@@ -20,6 +20,7 @@ from .condition import Where, sql_value
 from .errors import DataError, DjfsError, DuplicateError, QueryError
 from .expression import QueryExpression
 from .heading import Heading
+from .naming import class_name
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -391,7 +392,6 @@ class Table(QueryExpression, metaclass=TableMeta):
 
     def _reference_line(self, fk: tuple[str, str, list[str], list[str]], nullable: bool) -> str:
         """``-> Parent``, ``-> [nullable] other_schema.Parent``, ``-> Parent.proj(new="old")``."""
-        from .user_tables import class_name
         database, table, columns, references = fk
         name = class_name(table) if database == self.database else f"{database}.{class_name(table)}"
         renames = ", ".join(f'{c}="{r}"' for c, r in zip(columns, references) if c != r)

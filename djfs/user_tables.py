@@ -11,23 +11,8 @@ from typing import Any
 
 from . import autopopulate
 from .errors import DeclarationError
+from .naming import class_name, to_camel_case, to_snake_case  # noqa: F401 - the tiers' names, re-exported
 from .table import Table
-
-CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
-
-
-def to_snake_case(name: str) -> str:
-    """``TwoPhotonScan`` → ``two_photon_scan``; refuses names that aren't CamelCase."""
-    if not CLASS_NAME.match(name):
-        raise DeclarationError(f"table class name {name!r} must be CamelCase (letters and digits, "
-                               "starting with a capital)")
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def to_camel_case(name: str) -> str:
-    """``two_photon_scan`` → ``TwoPhotonScan``."""
-    return "".join(part.capitalize() for part in name.split("_") if part)
-
 
 class UserTable(Table):
     tier_prefix = ""
@@ -105,9 +90,3 @@ def tier_of(table_name: str) -> tuple[type, str | None, str | None]:
     if part:
         return Part, part.group("master"), part.group("part")
     return None, None, None
-
-
-def class_name(table_name: str) -> str:
-    """The DataJoint class name of a MySQL table name: ``__scan__roi`` → ``Scan.Roi``."""
-    stripped = table_name.lstrip("#_")
-    return ".".join(to_camel_case(part) for part in stripped.split("__"))
