@@ -26,8 +26,9 @@ from .table import FreeTable  # noqa: E402
 from .user_tables import Computed, Imported, Lookup, Manual, Part  # noqa: E402
 
 DataJointError = DjfsError
+create_virtual_module = VirtualModule  # DataJoint's older name
 
-__all__ = ["config", "Config", "ConfigError", "conn", "Connection", "Schema", "VirtualModule", "Manual", "Lookup",
-           "Imported", "Computed", "Part", "FreeTable", "QueryExpression", "U", "Not", "blob", "errors",
-           "DjfsError", "DataJointError"]
+__all__ = ["config", "Config", "ConfigError", "conn", "Connection", "Schema", "VirtualModule", "create_virtual_module",
+           "Manual", "Lookup", "Imported", "Computed", "Part", "FreeTable", "QueryExpression", "U", "Not", "blob",
+           "errors", "DjfsError", "DataJointError"]
 __version__ = "0.1.0"

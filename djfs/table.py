@@ -199,6 +199,9 @@ class Table(QueryExpression, metaclass=TableMeta):
     def _row_list(rows: Any) -> list:
         if isinstance(rows, np.ndarray) and rows.dtype.names:
             return list(rows)
+        if type(rows).__name__ == "DataFrame" and hasattr(rows, "to_dict"):  # pandas, e.g. from fetch(format="frame")
+            named_index = any(name is not None for name in rows.index.names)
+            return (rows.reset_index() if named_index else rows).to_dict("records")
         if isinstance(rows, Mapping):
             raise DataError("insert takes a list of rows; use insert1 for a single dict")
         return list(rows)

@@ -164,6 +164,11 @@ def test_fetch_forms_of_derived_queries(lab):
         assert isinstance(query.fetch(), pandas.DataFrame)
     assert bool(query) and {"scan": 1} in query and len(list(query)) == 4
     assert "rig" in repr(query)
+    # a frame goes back in as rows, its index as the key (DataJoint's round trip)
+    subjects = lab["Subject"].fetch(format="frame")
+    lab["Subject"].delete()
+    lab["Subject"].insert(subjects)
+    assert len(lab["Subject"]) == 3 and (lab["Subject"] & {"subject": 2}).fetch1("species") == "rat"
 
 
 def test_blob_attributes_refused_in_restrictions(lab):
