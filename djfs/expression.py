@@ -266,6 +266,8 @@ class U:
             raise QueryError(f"U(): {query.query_name} has no attribute {missing[0]!r}")
 
     def __and__(self, query: Any) -> QueryExpression:
+        if not self._primary_key:
+            raise QueryError("U() & query needs attribute names: U('a', ...) & query")
         query = as_expression(query)
         self._check(query)
         heading = query.heading.with_primary_key(self._primary_key)

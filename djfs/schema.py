@@ -12,6 +12,7 @@ from .connection import Connection, conn
 from .declare import declare
 from .errors import DeclarationError, DjfsError
 from .external import ExternalTable
+from .table import check_safemode, confirm
 from .user_tables import Lookup, Part, UserTable, class_name, tier_of, to_camel_case
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,18 @@ class Schema:
         return {class_name(t): t for t in self.list_tables() if not t.startswith("~")}
 
     def drop(self, force: bool = False) -> None:
-        """Drop the whole database, its tables and its ``~external`` entries (objects stay for gc)."""
-        if not force:
-            raise DjfsError(f"drop of schema {self.database!r} needs force=True")
-        self.connection.query(f"DROP DATABASE IF EXISTS `{self.database}`")
+        """Drop the whole database, its tables and its ``~external`` entries (objects stay for gc).
 
+        As DataJoint: ``force=True`` drops without asking; otherwise, in safemode, the tables and their row
+        counts are shown and the drop happens only if the user types ``yes`` (refused without a terminal)."""
+        if not force and check_safemode(None, f"drop schema {self.database!r}", "force=True"):
+            for table in self.list_tables():
+                rows = self.connection.query(f"SELECT COUNT(*) FROM `{self.database}`.`{table}`").fetchone()[0]
+                print(f"`{self.database}`.`{table}` ({rows} rows)")
+            if not confirm(f"Drop schema {self.database!r} and all its tables?"):
+                print("Drop cancelled.")
+                return
+        self.connection.query(f"DROP DATABASE IF EXISTS `{self.database}`")
 
 def VirtualModule(module_name: str, schema_name: str, *, connection: Connection | None = None,
                   create_schema: bool = False) -> types.ModuleType:

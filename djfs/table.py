@@ -309,7 +309,7 @@ class Table(QueryExpression, metaclass=TableMeta):
 
         With ``safemode`` (the ``safemode`` setting unless given) the counts per table are shown and the
         deletion is committed only if the user types ``yes``; without a terminal to ask on, it is refused."""
-        safemode = _check_safemode(safemode, f"delete from {self.full_table_name}")
+        safemode = check_safemode(safemode, f"delete from {self.full_table_name}")
         counts: dict[str, int] = {}
         try:
             with self.connection.transaction():
@@ -321,7 +321,7 @@ class Table(QueryExpression, metaclass=TableMeta):
                             print(f"Deleting {deleted} rows from {table}")
                     if not count:
                         print("Nothing to delete.")
-                    elif not _confirm("Commit deletes?"):
+                    elif not confirm("Commit deletes?"):
                         raise _Cancelled
         except _Cancelled:
             print("Deletes cancelled.")
@@ -337,14 +337,14 @@ class Table(QueryExpression, metaclass=TableMeta):
         """Drop this table and the tables that depend on it, children first (asking first in safemode)."""
         if self._restrictions:
             raise DjfsError("drop() applies to a whole table, not to a restriction")
-        safemode = _check_safemode(safemode, f"drop {self.full_table_name}")
+        safemode = check_safemode(safemode, f"drop {self.full_table_name}")
         order = _dependents_first(self.connection, self.database, self.table_name)
         if safemode:
             for database, table in reversed(order):
                 full = f"`{database}`.`{table}`"
                 rows = self.connection.query(f"SELECT COUNT(*) FROM {full}").fetchone()[0]
                 print(f"{full} ({rows} rows)")
-            if not _confirm("Proceed?"):
+            if not confirm("Proceed?"):
                 print("Drop cancelled.")
                 return
         for database, table in order:
@@ -422,18 +422,18 @@ class _Cancelled(Exception):
     """The user answered no: roll the deletion back."""
 
 
-def _check_safemode(safemode: bool | None, what: str) -> bool:
+def check_safemode(safemode: bool | None, what: str, bypass: str = "safemode=False") -> bool:
     """The effective safemode; refuses when it is on and no terminal can answer the question."""
     if safemode is None:
         from . import config
         safemode = config["safemode"]
     if safemode and not (sys.stdin is not None and sys.stdin.isatty()):
         raise DjfsError(f"{what}: safemode is on and stdin is not a terminal, so nobody can confirm; pass "
-                        "safemode=False (or set djfs.config['safemode'] = False) to go ahead without asking")
+                        f"{bypass} (or set djfs.config['safemode'] = False) to go ahead without asking")
     return bool(safemode)
 
 
-def _confirm(question: str) -> bool:
+def confirm(question: str) -> bool:
     """DataJoint's question: only ``yes`` goes ahead; Enter, ``no`` or end of input answers no."""
     while True:
         try:

@@ -528,3 +528,16 @@ def test_safemode_refuses_without_a_terminal(lab, safemode_env):
     result = subprocess.run([sys.executable, "-c", script, lab["Mouse"].database], stdin=subprocess.DEVNULL,
                             capture_output=True, text=True, env=safemode_env, timeout=60)
     assert result.returncode == 0 and "left: 1 0" in result.stdout, result.stderr
+
+
+def test_safemode_schema_drop(lab, safemode_env, schema_name, connection):
+    import subprocess
+    import sys
+    script = SAFEMODE_SCRIPT.format(action="lab.schema.drop()")
+    result = subprocess.run([sys.executable, "-c", script, schema_name], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, env=safemode_env, timeout=60)
+    assert result.returncode != 0 and "pass force=True" in result.stderr
+    code, output = _run_on_terminal([script.replace("print(", "0 and print("), schema_name], "yes", safemode_env)
+    assert code == 0 and "session` (3 rows)" in output, output
+    assert connection.query("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+                            (schema_name,)).fetchone() is None
