@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
 
 from .errors import DjfsError
 
@@ -38,27 +41,45 @@ def default_key_source(table: "Table") -> "QueryExpression":
     return functools.reduce(lambda a, b: a * b, keys)
 
 
-def populate(table: "Table", restriction: Any = None, suppress_errors: bool = False,
-             max_calls: int | None = None) -> list[tuple[dict, Exception]]:
-    """Call ``make(key)`` for each missing key; returns the (key, error) pairs when errors are suppressed."""
+def populate(table: "Table", *restrictions: Any, keys: list[dict] | None = None, suppress_errors: bool = False,
+             return_exception_objects: bool = False, reserve_jobs: bool = False, order: str = "original",
+             limit: int | None = None, max_calls: int | None = None, display_progress: bool = False,
+             processes: int = 1, make_kwargs: dict | None = None) -> dict[str, Any]:
+    """DataJoint's ``populate``: ``make(key)`` for each key of ``(key_source & restrictions).proj() - table``
+    (or of ``keys``), each in its own transaction. Returns ``{"success_count", "error_list"}``; with
+    ``suppress_errors`` failures are collected as (key, message) — (key, exception) with
+    ``return_exception_objects`` — instead of raised."""
     if not hasattr(table, "make"):
         raise DjfsError(f"{type(table).__name__} needs a make(self, key) method to be populated")
-    todo = table.key_source
-    if restriction is not None:
-        todo = todo & restriction
-    keys = (todo.proj() - table).fetch("KEY", order_by="KEY")
-    errors = []
-    for count, key in enumerate(keys):
-        if max_calls is not None and count >= max_calls:
-            break
+    if table.connection.in_transaction:
+        raise DjfsError("populate cannot be called during a transaction")
+    if reserve_jobs or processes != 1:
+        raise DjfsError("populate: reserve_jobs and processes > 1 are not implemented in djfs (run one populate "
+                        "per process with different restrictions instead)")
+    if order not in ("original", "reverse", "random"):
+        raise DjfsError(f"populate: order must be 'original', 'reverse' or 'random', not {order!r}")
+    if keys is None:
+        todo = table.key_source
+        for restriction in restrictions:
+            todo = todo & restriction
+        keys = (todo.proj() - table).fetch("KEY", order_by="KEY", limit=limit)
+    keys = list(keys)
+    if order == "reverse":
+        keys.reverse()
+    elif order == "random":
+        random.shuffle(keys)
+    keys = keys[:max_calls]
+    errors, done = [], 0
+    for key in tqdm(keys, desc=type(table).__name__, disable=not display_progress):
         try:
             with table.connection.transaction():
                 if key in table:
                     continue  # made meanwhile by another process
-                table.make(dict(key))
+                table.make(dict(key), **(make_kwargs or {}))
+            done += 1
         except Exception as error:  # noqa: BLE001 - reported or re-raised below
             if not suppress_errors:
                 raise
             log.warning("make(%s) failed: %s", key, error)
-            errors.append((key, error))
-    return errors
+            errors.append((key, error if return_exception_objects else f"{type(error).__name__}: {error}"))
+    return {"success_count": done, "error_list": errors}

@@ -45,9 +45,9 @@ class AutoPopulate(UserTable):
         """The keys ``make`` is called with (those not yet in the table): override it with any query."""
         return autopopulate.default_key_source(self)
 
-    def populate(self, restriction: Any = None, suppress_errors: bool = False,
-                 max_calls: int | None = None) -> list:
-        return autopopulate.populate(self, restriction, suppress_errors, max_calls)
+    def populate(self, *restrictions: Any, **options: Any) -> dict:
+        """See ``djfs.autopopulate.populate`` (DataJoint's arguments and result)."""
+        return autopopulate.populate(self, *restrictions, **options)
 
 
 class Imported(AutoPopulate):

@@ -315,12 +315,16 @@ def test_populate_calls_make_for_missing_keys(schema):
 
     Subject.insert([(1,), (2,), (3,)])
     assert len(Score.key_source) == 6
-    errors = Score.populate(suppress_errors=True)
-    assert [(key["subject"], key["method"]) for key, _ in errors] == [(3, "slow")]
+    result = Score.populate(suppress_errors=True)
+    assert result["success_count"] == 5
+    assert [(key["subject"], key["method"], message) for key, message in result["error_list"]] == \
+        [(3, "slow", "RuntimeError: failed halfway")]
     assert len(Score) == 5 and (3, "slow") not in set(zip(*Score.fetch("subject", "method")))  # rolled back
     assert (Score.key_source - Score).fetch("KEY") == [{"subject": 3, "method": "slow"}]  # as DataJoint: all keys
-    Score.populate({"subject": 1})  # nothing left for subject 1
+    assert Score.populate({"subject": 1}, "method = 'fast'") == {"success_count": 0, "error_list": []}
     assert len(Score.calls) == 6
+    with pytest.raises(djfs.DjfsError, match="order"):
+        Score.populate(order="sideways")
     with pytest.raises(RuntimeError, match="halfway"):
         Score.populate()
 
@@ -372,7 +376,11 @@ def test_populate_uses_the_tables_own_key_source(schema):
     Subject.insert([(1, "x"), (2, "y"), (3, "z")])
     # parents sharing the secondary attribute's name 'notes' still combine: the key source joins primary keys
     assert len(Both.key_source) == 6
-    Both.populate()
+    assert Both.populate(order="reverse", max_calls=2)["success_count"] == 2
+    assert Both.fetch("KEY", order_by="KEY") == [{"subject": 3, "rig": "a"}, {"subject": 3, "rig": "b"}]
+    Both.populate(keys=[{"subject": 1, "rig": "b"}])
+    assert {"subject": 1, "rig": "b"} in Both and len(Both) == 3
+    Both.populate(display_progress=True)
     assert len(Both) == 6
     Some.populate()
     assert sorted(Some.fetch("subject")) == [1, 2]
