@@ -7,6 +7,9 @@ import re
 from .errors import DeclarationError
 
 CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+#: DataJoint's table names: an optional tier prefix, then snake_case; ``<master>__<part>`` for part tables
+BASE_NAME = r"[a-z][a-z0-9]*(_[a-z][a-z0-9]*)*"
+PART_NAME = rf"(?P<master>(?:#|__|_)?{BASE_NAME})__(?P<part>{BASE_NAME})"
 
 
 def to_snake_case(name: str) -> str:
@@ -26,3 +29,9 @@ def class_name(table_name: str) -> str:
     """The DataJoint class name of a MySQL table name: ``__scan__roi`` → ``Scan.Roi``."""
     stripped = table_name.lstrip("#_")
     return ".".join(to_camel_case(part) for part in stripped.split("__"))
+
+
+def master_of(table_name: str) -> str | None:
+    """The master's table name of a part table (``__scan__roi`` → ``__scan``), None for other tables."""
+    match = re.fullmatch(PART_NAME, table_name)
+    return match.group("master") if match else None

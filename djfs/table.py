@@ -20,7 +20,7 @@ from .condition import Where, sql_value
 from .errors import DataError, DjfsError, DuplicateError, QueryError
 from .expression import QueryExpression
 from .heading import Heading
-from .naming import class_name
+from .naming import class_name, master_of
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -304,17 +304,20 @@ class Table(QueryExpression, metaclass=TableMeta):
         with self.connection.transaction():
             return _delete_rows(self.connection, self.database, self.table_name, self.where, cascade=False)
 
-    def delete(self, safemode: bool | None = None) -> int:
+    def delete(self, safemode: bool | None = None, force_parts: bool = False) -> int:
         """Delete the restricted rows and, in the same transaction, every row that depends on them.
 
         With ``safemode`` (the ``safemode`` setting unless given) the counts per table are shown and the
-        deletion is committed only if the user types ``yes``; without a terminal to ask on, it is refused."""
+        deletion is committed only if the user types ``yes``; without a terminal to ask on, it is refused.
+        Rows of a part table go only with their master's, unless ``force_parts`` (DataJoint's rule)."""
         safemode = check_safemode(safemode, f"delete from {self.full_table_name}")
         counts: dict[str, int] = {}
         try:
             with self.connection.transaction():
                 count = _delete_rows(self.connection, self.database, self.table_name, self.where, cascade=True,
                                      counts=counts)
+                if not force_parts:
+                    _check_parts_with_masters(counts)
                 if safemode:
                     for table, deleted in counts.items():
                         if deleted:
@@ -416,6 +419,16 @@ class FreeTable(Table):
         if self._free_heading is None:
             self._free_heading = Heading.load(self.connection, self.database, self._table_name)
         return self._free_heading
+
+
+def _check_parts_with_masters(counts: dict[str, int]) -> None:
+    """Refuse (rolling back) a delete that removed rows of a part table but none of its master's."""
+    for full_name, deleted in counts.items():
+        database, table = (part.strip("`") for part in full_name.split("`.`"))
+        master = master_of(table)
+        if deleted and master and not counts.get(f"`{database}`.`{master}`"):
+            raise DjfsError(f"Attempt to delete part table {full_name} before deleting from its master "
+                            f"`{database}`.`{master}` first (delete from the master, or pass force_parts=True)")
 
 
 class _Cancelled(Exception):

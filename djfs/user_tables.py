@@ -11,13 +11,13 @@ from typing import Any
 
 from . import autopopulate
 from .errors import DeclarationError
-from .naming import class_name, to_camel_case, to_snake_case  # noqa: F401 - the tiers' names, re-exported
+from .naming import BASE_NAME, PART_NAME, class_name, to_camel_case, to_snake_case  # noqa: F401 - re-exported
 from .table import Table
 
 class UserTable(Table):
     tier_prefix = ""
     #: regular expression of this tier's table names (DataJoint's), for classes made from the database
-    tier_regexp = r"[a-z][a-z0-9]*(_[a-z][a-z0-9]*)*"
+    tier_regexp = BASE_NAME
     _spawned_name: str | None = None  # the table's name when the class was made from the database
 
     @classmethod
@@ -74,11 +74,9 @@ class Part(UserTable):
 
 
 TIER_PREFIXES = {"": "Manual", "#": "Lookup", "_": "Imported", "__": "Computed"}
-BASE_NAME = UserTable.tier_regexp
 #: DataJoint's table names: tier by prefix; ``<master>__<part>`` is a part table
 TIERS: list[tuple[str, type]] = [("#" + BASE_NAME, Lookup), ("__" + BASE_NAME, Computed), ("_" + BASE_NAME, Imported),
                                  (BASE_NAME, Manual)]
-PART_NAME = rf"(?P<master>(?:#|__|_)?{BASE_NAME})__(?P<part>{BASE_NAME})"
 
 
 def tier_of(table_name: str) -> tuple[type, str | None, str | None]:

@@ -549,3 +549,18 @@ def test_safemode_schema_drop(lab, safemode_env, schema_name, connection):
     assert code == 0 and "session` (3 rows)" in output, output
     assert connection.query("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
                             (schema_name,)).fetchone() is None
+
+
+def test_part_rows_go_only_with_their_master(lab):
+    lab["Mouse"].insert1({"mouse_id": 1, "species": "mouse"})
+    lab["Session"].insert1({"mouse_id": 1, "session": 1})
+    lab["Trace"].insert1({"mouse_id": 1, "session": 1, "trace": np.arange(3)})
+    lab["Analysis"].insert1({"mouse_id": 1, "session": 1, "score": 1.0})
+    Roi = lab["Analysis"].Roi
+    Roi.insert([{"mouse_id": 1, "session": 1, "roi": r, "uid": uuid.uuid4(), "flag": 0} for r in range(2)])
+    with pytest.raises(djfs.DjfsError, match="before deleting from its master"):
+        (Roi & {"roi": 0}).delete()
+    assert len(Roi) == 2  # rolled back
+    assert (Roi & {"roi": 0}).delete(force_parts=True) == 1
+    (lab["Analysis"] & {"session": 1}).delete()
+    assert len(Roi) == 0 and len(lab["Analysis"]) == 0
