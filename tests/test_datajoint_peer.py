@@ -24,7 +24,7 @@ def normalize(value):
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, (float, decimal.Decimal)):
-        return round(float(value), 6)
+        return None if np.isnan(float(value)) else round(float(value), 6)  # a frame shows NULL as NaN
     return value
 
 
@@ -262,3 +262,15 @@ def test_datajoint_reads_tables_djfs_declared(dj, schema, schema_name):
                   lambda m: m.Measure.Point * m.Animal.proj(neighbour="animal", neighbour_name="name")):
         assert result(build(vm)) == result(build(types.SimpleNamespace(Animal=Animal, Kind=Kind, Measure=Measure)))
     np.testing.assert_array_equal((vm.Measure & {"animal": 2, "kind": "a"}).fetch1("trace"), np.arange(2))
+
+
+@pytest.mark.parametrize("shape", ["aggr count", "join of three", "U aggr"])
+def test_same_frames_as_datajoint(pipeline, shape):
+    """``fetch(format="frame")``: the same index (the primary key) and the same values as DataJoint's."""
+    datajoint_side, djfs_side = pipeline
+    expected = SHAPES[shape](datajoint_side).fetch(format="frame")
+    got = SHAPES[shape](djfs_side).fetch(format="frame")
+    assert list(got.index.names) == list(expected.index.names) and list(got.columns) == list(expected.columns)
+    as_rows = lambda frame: sorted((tuple(map(normalize, index if isinstance(index, tuple) else (index,))),  # noqa
+                                    tuple(map(normalize, row))) for index, row in zip(frame.index, frame.values))
+    assert as_rows(got) == as_rows(expected) and len(got) > 0
