@@ -494,6 +494,13 @@ def _run_on_terminal(script: str, answer: str | None, env: dict) -> tuple[int, s
     return process.wait(timeout=30), output.decode(errors="replace")
 
 
+def _run_without_terminal(script: str, database: str, env: dict):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", script, database], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
 @pytest.fixture
 def safemode_env(lab, mariadb):
     import os
@@ -525,25 +532,18 @@ def test_safemode_drop_asks_on_a_terminal(lab, safemode_env, schema):
 
 
 def test_safemode_refuses_without_a_terminal(lab, safemode_env):
-    import subprocess
-    import sys
     script = SAFEMODE_SCRIPT.format(action='(lab.Mouse & {"mouse_id": 1}).delete()')
-    result = subprocess.run([sys.executable, "-c", script, lab["Mouse"].database], stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True, env=safemode_env, timeout=60)
+    result = _run_without_terminal(script, lab["Mouse"].database, safemode_env)
     assert result.returncode != 0 and "stdin is not a terminal" in result.stderr
     assert len(lab["Session"]) == 3
     script = SAFEMODE_SCRIPT.format(action='(lab.Mouse & {"mouse_id": 1}).delete(safemode=False)')
-    result = subprocess.run([sys.executable, "-c", script, lab["Mouse"].database], stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True, env=safemode_env, timeout=60)
+    result = _run_without_terminal(script, lab["Mouse"].database, safemode_env)
     assert result.returncode == 0 and "left: 1 0" in result.stdout, result.stderr
 
 
 def test_safemode_schema_drop(lab, safemode_env, schema_name, connection):
-    import subprocess
-    import sys
     script = SAFEMODE_SCRIPT.format(action="lab.schema.drop()")
-    result = subprocess.run([sys.executable, "-c", script, schema_name], stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True, env=safemode_env, timeout=60)
+    result = _run_without_terminal(script, schema_name, safemode_env)
     assert result.returncode != 0 and "pass force=True" in result.stderr
     code, output = _run_on_terminal([script.replace("print(", "0 and print("), schema_name], "yes", safemode_env)
     assert code == 0 and "session` (3 rows)" in output, output
