@@ -153,6 +153,7 @@ def _level(value: Any) -> str | None:
     logging.getLogger("djfs").setLevel(value)
     return value
 
+
 SECRET_KEYS = re.compile(r"(password|token|secret)", re.IGNORECASE)
 ENVIRONMENT = {"DJ_HOST": "database.host", "DJ_PORT": "database.port",
                "DJ_USER": "database.user", "DJ_PASS": "database.password"}
@@ -171,6 +172,15 @@ def _validator(key: str) -> tuple[Any, Callable[[Any], Any]]:
 
 def is_secret(key: str) -> bool:
     return bool(SECRET_KEYS.search(key))
+
+
+def _masked(key: str, value: Any) -> Any:
+    """``value`` with secrets masked, also inside nested settings (DataJoint's ``stores`` hold ``secret_key``)."""
+    if is_secret(key) and value is not None:
+        return MASK
+    if isinstance(value, dict):
+        return {k: _masked(str(k), v) for k, v in value.items()}
+    return value
 
 
 class Config(MutableMapping):
@@ -220,8 +230,7 @@ class Config(MutableMapping):
         return len(self._values)
 
     def masked(self) -> dict[str, Any]:
-        return {key: (MASK if is_secret(key) and value is not None else value)
-                for key, value in self._values.items()}
+        return {key: _masked(key, value) for key, value in self._values.items()}
 
     def __repr__(self) -> str:
         return f"Config({self.masked()!r})"
