@@ -9,6 +9,7 @@ every operator returns a new expression and runs nothing until rows are asked fo
     Scan.proj('depth', fov='field')     projection: primary key, the named attributes, renames, computations
     Session.aggr(Scan, n='count(*)')    one row per Session row, with aggregates of its matching Scan rows
     djfs.U('depth') & Scan              the distinct values of attributes, as a query of its own
+    Scan.proj() + Archive.proj()        union (same primary key)
 
 Derived expressions are subqueries (``SELECT ... FROM (<operand>) AS `$n` ...``), so a restriction applied to
 a projection or a join always refers to the names the user sees. Join and restriction refuse to match on an
@@ -171,6 +172,26 @@ class QueryExpression:
     def __matmul__(self, other: Any) -> "QueryExpression":
         """Join that may match on attributes secondary in both (DataJoint's permissive ``@``)."""
         return self.join(other, check=False)
+
+    def __add__(self, other: Any) -> "QueryExpression":
+        """Union, as DataJoint's: same primary key, no shared secondary attributes; a row of only one operand
+        has NULL for the other's secondary attributes."""
+        other = as_expression(other)
+        if set(self.primary_key) != set(other.primary_key):
+            raise QueryError("The operands of a union must share the same primary key.")
+        if set(self.heading.secondary_attributes) & set(other.heading.secondary_attributes):
+            raise QueryError("The operands of a union must not share any secondary attributes.")
+        heading = self.heading.join(other.heading)
+        if not heading.secondary_attributes:
+            columns = ", ".join(f"`{n}`" for n in heading.primary_key)
+            (first, first_args), (second, second_args) = self.make_sql(columns), other.make_sql(columns)
+        else:
+            columns = ", ".join(f"`{n}`" for n in heading.names)
+            first, first_args = self.join(other, left=True).make_sql(columns)
+            missing = (other - self).proj(..., **{n: "NULL" for n in self.heading.secondary_attributes})
+            second, second_args = missing.make_sql(columns)
+        return Derived(self.connection, heading, f"({first}) UNION ({second})", first_args + second_args,
+                       f"({self.query_name} + {other.query_name})", [self, other])
 
     # -- projection and aggregation
     def proj(self, *attributes: Any, **named: str) -> "QueryExpression":

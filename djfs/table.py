@@ -59,6 +59,9 @@ class TableMeta(type):
     def __matmul__(cls, other: Any) -> QueryExpression:
         return cls() @ other
 
+    def __add__(cls, other: Any) -> QueryExpression:
+        return cls() + other
+
     def __len__(cls) -> int:
         return len(cls())
 

@@ -161,6 +161,11 @@ SHAPES = {
     "proj of a join": lambda m: (m.Session * m.Scan).proj("depth", "session_date") & {"subject": 1},
     "lookup by projection": lambda m: m.Rig * m.Session.proj("rig"),
     "part restricted by master": lambda m: m.Scan.Roi & m.Scan.proj() & "roi > 0",
+    "union of keys": lambda m: (m.Subject & "species = 'mouse'").proj() + (m.Subject & "weight > 25").proj(),
+    "union with attributes": lambda m: (m.Subject.proj("species") & "subject < 3")
+    + (m.Subject.proj("weight") & "subject > 1"),
+    "restricted union": lambda m: ((m.Session & "rig = 'A'").proj() + (m.U("subject", "session") & m.Scan)
+                                   - {"session": 2}) & "subject < 3",
 }
 
 
@@ -195,10 +200,13 @@ def test_same_order_and_limits_as_datajoint(pipeline, name, fetch):
 
 def test_same_refusals_as_datajoint(pipeline, dj):
     datajoint_side, djfs_side = pipeline
-    for build in (lambda m: m.Subject * m.Session, lambda m: m.Subject & m.Session):
-        with pytest.raises(dj.DataJointError, match="dependent attribute `notes`"):
+    for build, message in ((lambda m: m.Subject * m.Session, "dependent attribute `notes`"),
+                           (lambda m: m.Subject & m.Session, "dependent attribute `notes`"),
+                           (lambda m: m.Subject + m.Session, "share the same primary key"),
+                           (lambda m: m.Subject + m.Subject.proj("species"), "must not share any secondary")):
+        with pytest.raises(dj.DataJointError, match=message):
             build(datajoint_side)
-        with pytest.raises(djfs.errors.QueryError, match="dependent attribute `notes`"):
+        with pytest.raises(djfs.errors.QueryError, match=message):
             build(djfs_side)
 
 
