@@ -375,7 +375,8 @@ def _projection(heading: Heading, attributes: tuple, named: dict[str, str]) -> t
         columns.append(f"`{old}` AS `{new}`")
     for new, text in computed.items():
         attributes_out[new] = Heading.computed(new, text)
-        columns.append(f"({text}) AS `{new}`")
+        # '%' is SQL's; DataJoint makes users write '%%' here, which is read the same way
+        columns.append(f"({re.sub('%%?', '%%', text)}) AS `{new}`")
     key = [n for n, a in attributes_out.items() if a.in_key]
     result = Heading(attributes_out).with_primary_key(key)
     return result, columns

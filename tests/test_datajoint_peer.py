@@ -143,6 +143,9 @@ SHAPES = {
     "computed attribute": lambda m: m.Scan.proj(d2="depth * 2"),
     "computed with NULLs and text": lambda m: m.Subject.proj(w="coalesce(weight, -1)",
                                                              label="concat(species, '-', subject)"),
+    # DataJoint needs '%%' in computed attributes (a single '%' fails there); djfs takes both
+    "computed with % and LIKE": lambda m: (m.Subject & "notes LIKE '%a%'").proj(odd="subject %% 2",
+                                                                               m="species LIKE 'm%%'"),
     "renames both ways": lambda m: m.Subject & m.Pairing.proj(x="subject", subject="partner"),
     "renamed foreign key": lambda m: m.Pairing * m.Subject.proj(partner="subject", partner_species="species"),
     "aggr count": lambda m: m.Session.aggr(m.Scan, n="count(*)"),

@@ -96,6 +96,8 @@ def test_proj_forms(lab):
     assert renamed.primary_key == ["animal"] and renamed.heading.names == ["animal", "kind"]
     assert rows(renamed.proj(), "animal") == [{"animal": 1}, {"animal": 2}, {"animal": 3}]
     assert [r["twice"] for r in rows(Scan.proj(twice="depth * 2"))] == [0.0, 200.0, 400.0, 100.0]
+    odd = [r["odd"] for r in rows(Scan.proj(odd="scan % 2", m="'m%' LIKE 'm%%'"))]  # '%' as SQL's, or DataJoint's '%%'
+    assert odd == [0, 1, 0, 0]
     kept = Subject.proj(same="(subject)")
     assert kept.primary_key == ["subject"] and [r["same"] for r in rows(kept)] == [1, 2, 3]
     # restrictions after a projection name the projected attributes
