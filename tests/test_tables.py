@@ -564,3 +564,18 @@ def test_part_rows_go_only_with_their_master(lab):
     assert (Roi & {"roi": 0}).delete(force_parts=True) == 1
     (lab["Analysis"] & {"session": 1}).delete()
     assert len(Roi) == 0 and len(lab["Analysis"]) == 0
+
+
+def test_spawn_missing_classes(lab, schema_name, connection):
+    context = {"Mouse": lab["Mouse"]}
+    djfs.Schema(schema_name, connection=connection, create_schema=False).spawn_missing_classes(context)
+    assert context["Mouse"] is lab["Mouse"]  # classes already there are left alone
+    assert issubclass(context["Species"], djfs.Lookup) and issubclass(context["Trace"], djfs.Imported)
+    assert issubclass(context["Analysis"], djfs.Computed) and issubclass(context["Session"], djfs.Manual)
+    assert context["Analysis"].Roi.master is context["Analysis"] and "Roi" not in context
+    assert sorted(context["Species"].fetch("species")) == ["mouse", "rat"]
+    context["Mouse"].insert1({"mouse_id": 1, "species": "rat"})
+    context["Session"].insert1({"mouse_id": 1, "session": 1})
+    assert len(lab["Session"] * context["Mouse"].proj()) == 1
+    with pytest.raises(djfs.DjfsError, match="does not exist"):
+        djfs.VirtualModule("nothing", "djfs_no_such_schema")
