@@ -39,6 +39,21 @@ class Where:
 
 
 @dataclass(frozen=True)
+class Top:
+    """DataJoint's ``Top``: restrict to the first ``limit`` rows in ``order_by`` order (after ``offset``):
+    ``Scan & djfs.Top(3, "depth DESC")``."""
+    limit: int | None = 1
+    order_by: str | list[str] = "KEY"
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)):
+            raise QueryError("Top limit must be an integer")
+        if not isinstance(self.offset, int) or isinstance(self.offset, bool):
+            raise QueryError("The offset argument must be an integer")
+
+
+@dataclass(frozen=True)
 class Not:
     """Negation of a condition: ``table - cond`` is ``table & Not(cond)``."""
     condition: Any
@@ -121,6 +136,8 @@ def make_condition(query: "QueryExpression", condition: Any, check: bool = True)
     import ``expression`` (which imports it): the modules of the relational layer form no cycle."""
     heading = query.heading
     name = query.query_name
+    if isinstance(condition, Top):
+        raise QueryError(f"{name}: Top(...) restricts a query on its own (query & Top(...)), not negated or in a list")
     if isinstance(condition, Not):
         inner = make_condition(query, condition.condition, check)
         return Where(f"NOT ({inner.sql})", inner.args)

@@ -23,9 +23,9 @@ import itertools
 import re
 from typing import TYPE_CHECKING, Any
 
-from .condition import Not, Where, assert_join_compatibility, make_condition
+from .condition import Not, Top, Where, assert_join_compatibility, make_condition
 from .errors import DjfsError, QueryError
-from .fetch import Fetch, Fetch1
+from .fetch import Fetch, Fetch1, limit_clause, order_clause
 from .heading import Heading
 
 if TYPE_CHECKING:
@@ -137,6 +137,11 @@ class QueryExpression:
         return other
 
     def restrict(self, condition: Any, check: bool = True) -> "QueryExpression":
+        if isinstance(condition, Top):
+            sql, args = self.make_sql()
+            limit = condition.limit if condition.limit is not None or not condition.offset else 2**63 - 1
+            sql += order_clause(self, condition.order_by) + limit_clause(limit, condition.offset or None)
+            return Derived(self.connection, self.heading, sql, args, f"({self.query_name} & {condition})", [self])
         result = self._copy()
         result._restrictions.append(make_condition(self, condition, check))
         return result

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 ORDER_ITEM = re.compile(r"^\s*(?P<name>[a-z][a-z0-9_]*|KEY)(?:\s+(?P<direction>asc|desc))?\s*$", re.I)
 
 
-def _order_clause(table: "Table", order_by: str | list[str] | tuple | None) -> str:
+def order_clause(table: "Table", order_by: str | list[str] | tuple | None) -> str:
     if order_by is None:
         return ""
     items = [order_by] if isinstance(order_by, str) else list(order_by)
@@ -39,7 +39,7 @@ def _order_clause(table: "Table", order_by: str | list[str] | tuple | None) -> s
     return " ORDER BY " + ", ".join(parts)
 
 
-def _limit_clause(limit: int | None, offset: int | None) -> str:
+def limit_clause(limit: int | None, offset: int | None) -> str:
     if limit is None and offset is None:
         return ""
     limit = int(limit) if limit is not None else 2**63 - 1
@@ -57,7 +57,7 @@ def query_rows(table: "Table", names: list[str], order_by=None, limit=None, offs
         if name not in heading:
             raise QueryError(f"{table.query_name} has no attribute {name!r}")
     sql, args = table.make_sql(", ".join(f"`{n}`" for n in names))
-    sql += _order_clause(table, order_by) + _limit_clause(limit, offset)
+    sql += order_clause(table, order_by) + limit_clause(limit, offset)
     raw = table.connection.query(sql, args, context=f"fetch from {table.query_name}").fetchall()
     rows = [dict(zip(names, values)) for values in raw]
     if not decode_values:

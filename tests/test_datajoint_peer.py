@@ -111,10 +111,10 @@ def pipeline(dj, schema_name, db_config):
                      if s[:2] != (3, 2)], allow_direct_insert=True)
     Pairing.insert([(1, 2, 0.5), (2, 3, None), (3, 1, 2.0), (4, 1, 1.0)])
     datajoint_side = types.SimpleNamespace(Subject=Subject, Rig=Rig, Session=Session, Scan=Scan, Pairing=Pairing,
-                                           U=dj.U, Not=dj.Not)
+                                           U=dj.U, Not=dj.Not, Top=dj.Top)
     lab = djfs.VirtualModule("lab", schema_name)
     djfs_side = types.SimpleNamespace(Subject=lab.Subject, Rig=lab.Rig, Session=lab.Session, Scan=lab.Scan,
-                                      Pairing=lab.Pairing, U=djfs.U, Not=djfs.Not)
+                                      Pairing=lab.Pairing, U=djfs.U, Not=djfs.Not, Top=djfs.Top)
     return datajoint_side, djfs_side
 
 
@@ -164,6 +164,8 @@ SHAPES = {
     "proj of a join": lambda m: (m.Session * m.Scan).proj("depth", "session_date") & {"subject": 1},
     "lookup by projection": lambda m: m.Rig * m.Session.proj("rig"),
     "part restricted by master": lambda m: m.Scan.Roi & m.Scan.proj() & "roi > 0",
+    "Top": lambda m: m.Scan & m.Top(3, "depth DESC"),
+    "Top with offset": lambda m: m.Scan.proj("depth") & m.Top(2, ["subject", "depth"], offset=1),
     "union of keys": lambda m: (m.Subject & "species = 'mouse'").proj() + (m.Subject & "weight > 25").proj(),
     "union with attributes": lambda m: (m.Subject.proj("species") & "subject < 3")
     + (m.Subject.proj("weight") & "subject > 1"),

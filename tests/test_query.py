@@ -135,6 +135,21 @@ def test_aggr_and_u(lab):
         djfs.U("color") & Subject
 
 
+def test_top(lab):
+    Session, Scan = lab["Session"], lab["Scan"]
+    deepest = Scan & djfs.Top(2, "depth DESC")
+    assert sorted(deepest.fetch("depth").tolist()) == [100.0, 200.0]
+    # the Top holds through later operators (DataJoint 0.14.10 loses it in a join)
+    second = (Scan.proj("depth") & djfs.Top(2, ["subject", "depth"], offset=1)) * Session.proj("rig")
+    assert rows(second) == [{"subject": 1, "session": 1, "scan": 1, "depth": 100.0, "rig": "A"},
+                            {"subject": 1, "session": 1, "scan": 2, "depth": 200.0, "rig": "A"}]
+    assert len(Scan & djfs.Top(None, "KEY", offset=3)) == 1
+    with pytest.raises(QueryError, match="Top"):
+        Scan - djfs.Top(1)
+    with pytest.raises(QueryError, match="integer"):
+        djfs.Top("3")
+
+
 def test_restriction_by_queries_lists_and_negation(lab):
     Subject, Session, Scan = lab["Subject"], lab["Session"], lab["Scan"]
     assert (Subject & Scan).fetch("subject").tolist() == [1, 2]
