@@ -724,12 +724,12 @@ def decode(table: "Table", rows: list[dict], names: list[str], squeeze: bool, do
     if not names:
         return
     heading = table.heading
-    stores: DataJointStores = table.external.datajoint
     jobs = []
     for name in names:
         attribute = heading[name]
         kind = KINDS[attribute.datajoint_kind]
-        tracking = stores[attribute.store] if kind.external else None
+        # the schema the attribute comes from (a query may join tables of several schemas)
+        tracking = table.external_of(attribute.database).datajoint[attribute.store] if kind.external else None
         present = [row for row in rows if row[name] is not None]
         entries = tracking.entries(bytes(row[name]) for row in present) if tracking and present else {}
         for row in present:
