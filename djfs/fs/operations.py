@@ -320,7 +320,7 @@ class Operations(mfusepy.Operations):
         store = ExternalTable(None, node.schema, self.config).store(entry["store"], entry["folder"])  # type: ignore[arg-type]
         obj = StoredObject(hash_, int(entry["size"]), bytes(entry["origin"]), store, hashing.object_path(hash_))
         if spec.data_offset is not None:
-            return self.reader.open_stored(obj, spec.header, spec.data_offset, spec.size), hash_
+            return self.reader.open_stored(obj, views.file_header(spec), spec.data_offset, spec.size), hash_
 
         def decode(file: BinaryIO) -> None:
             views.render(spec.kind, spec.header, self.reader.whole(obj), spec.size, file)
