@@ -47,6 +47,7 @@ from .settings import Config
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .stores.base import Staged
     from .gc import GCReport
     from .table import Table
 
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 UPLOAD_LOCK = "djfs:{}"          # named lock (MariaDB/MySQL GET_LOCK, <= 64 chars) an inserter holds per object
 PROGRESS_THRESHOLD = 64 << 20   # transfers larger than this show a progress bar on a terminal
 TRUSTED_SIZE = 64 << 20         # larger sizes from ~external are checked with the store before allocating
+STAGE_THRESHOLD = 64 << 20      # larger objects are written while hashed where the store can (file stores)
 EXTERNAL_TABLE = "~external"
 
 DEFINITION = f"""
@@ -151,6 +153,7 @@ class PendingObject:
     view: View
     uploaded: bool = False   # put by this insert
     locked: bool = False     # this session holds its upload lock (gc leaves the object alone)
+    staged: "Staged | None" = None  # written while hashed (file stores), renamed to its key by upload
 
 
 @dataclass
@@ -172,8 +175,12 @@ class Pending:
         self.external.commit(self.unique())
 
     def release(self) -> None:
-        """Give up the upload locks (after the insert's transaction ended, committed or not)."""
+        """Give up the upload locks (after the insert's transaction ended, committed or not), and remove what was
+        staged but not published (the insert failed before its upload)."""
         self.external.release(self.unique())
+        for obj in self.objects.values():
+            if obj.staged is not None:
+                obj.staged.discard()
 
 
 class ExternalTable:
@@ -267,9 +274,14 @@ class ExternalTable:
             except Exception as error:
                 raise type(error)(f"{table.full_table_name}.{name}: {error}") from None
             state = hashing.hasher()
-            for chunk in packed.chunks():
-                state.update(chunk)
-            return (index, name), PendingObject(hashing.finish(state, origin), store, packed, origin, view)
+            staged = None
+            if packed.size >= STAGE_THRESHOLD:  # write while hashing, where the store can name it afterwards
+                staged = self.store(store).stage(packed.chunks(), packed.size, state.update)
+            if staged is None:
+                for chunk in packed.chunks():
+                    state.update(chunk)
+            return (index, name), PendingObject(hashing.finish(state, origin), store, packed, origin, view,
+                                                staged=staged)
 
         for key, obj in self._parallel(prepare_one, jobs):
             pending.objects[key] = obj
@@ -303,11 +315,18 @@ class ExternalTable:
                 store = self.store(obj.store)
                 key = hashing.object_path(obj.hash)
                 entry = known.get(obj.hash)
+                staged, obj.staged = obj.staged, None
                 if entry is not None and entry["folder"] == self.folder \
                         and _stored_size(store, key) == obj.packed.size:
+                    if staged is not None:
+                        staged.discard()
                     bar.update(obj.packed.size)
                     return
-                store.put(key, _counting(obj.packed.chunks(), bar), size=obj.packed.size)
+                if staged is not None:
+                    staged.publish(key)
+                    bar.update(obj.packed.size)
+                else:
+                    store.put(key, _counting(obj.packed.chunks(), bar), size=obj.packed.size)
                 obj.uploaded = True
             self._parallel(upload_one, objects)
 

@@ -16,12 +16,14 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import CorruptObjectError, StoreError
-from .base import MAX_IO, Data, ObjectInfo, Store, as_chunks, check_size, pread_all, is_valid_key, validate_key, validate_prefix
+from .base import MAX_IO, Data, ObjectInfo, Staged, Store, as_chunks, check_size, pread_all, is_valid_key, validate_key, validate_prefix
 
 
 
@@ -57,14 +59,12 @@ class FileStore(Store):
     def put(self, key: str, data: Data, size: int | None = None) -> None:
         path = self._path(key)
         directory, name = os.path.split(path)
-        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
             try:
-                fd = os.open(temporary, flags, 0o666)
+                fd, temporary = _temporary(directory, name)
             except FileNotFoundError:
                 self._make_directory(directory)
-                fd = os.open(temporary, flags, 0o666)
+                fd, temporary = _temporary(directory, name)
         except OSError as error:
             if isinstance(error, StoreError):
                 raise
@@ -98,6 +98,40 @@ class FileStore(Store):
             _fsync_directory(directory)
         except OSError as error:
             raise self._fail("write", key, error) from error
+
+    def stage(self, data: Data, size: int | None, observe: Callable[[memoryview], object]) -> "StagedFile":
+        """Write ``data`` to a hidden file in the store's folder, fsynced, while ``observe`` sees each chunk.
+
+        Each chunk is written on a helper thread while ``observe`` (a hash) reads it here: both release the
+        GIL, so an insert costs about the slower of the two instead of their sum.  ``publish`` renames the file
+        to its key (same file system: atomic); a file never published is removed when discarded or dropped."""
+        try:
+            self._make_directory(self._root)
+            fd, path = _temporary(self._root, "staged")
+        except OSError as error:
+            if isinstance(error, StoreError):
+                raise
+            raise self._fail("write", "(staged object)", error) from error
+        staged = StagedFile(self, path)
+        try:
+            written = 0
+            with os.fdopen(fd, "wb", buffering=0) as file, ThreadPoolExecutor(1, "djfs-stage") as writer:
+                for chunk in as_chunks(data):
+                    writing = writer.submit(_write_all, file.fileno(), chunk)
+                    observe(chunk)
+                    written += writing.result()  # the producer may reuse the chunk once we ask for the next
+                check_size(written, size, "(staged object)", self)
+                os.fsync(file.fileno())
+        except OSError as error:
+            staged.discard()
+            if isinstance(error, StoreError):
+                raise
+            raise self._fail("write", "(staged object)", error) from error
+        except BaseException:
+            staged.discard()
+            raise
+        staged.size = written
+        return staged
 
     # -- reading --------------------------------------------------------------------------------------------
 
@@ -204,6 +238,44 @@ class FileStore(Store):
                 except FileNotFoundError:
                     continue  # removed while listing
                 yield ObjectInfo(key, info.st_size, info.st_mtime)
+
+
+class StagedFile(Staged):
+    """A fsynced hidden file in a file store's folder, waiting for its key."""
+
+    def __init__(self, store: FileStore, path: str) -> None:
+        self.store = store
+        self.path = path
+        self.size = 0
+        self._remove = weakref.finalize(self, _unlink_quietly, path)  # an unpublished file never lingers
+
+    def publish(self, key: str) -> None:
+        final = self.store._path(key)
+        directory = os.path.dirname(final)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            os.replace(self.path, final)
+            self._remove.detach()
+            _fsync_directory(directory)
+            _fsync_directory(os.path.dirname(self.path))
+        except OSError as error:
+            raise self.store._fail("write", key, error) from error
+
+    def discard(self) -> None:
+        self._remove()
+
+
+def _temporary(directory: str, name: str) -> tuple[int, str]:
+    """A new hidden file (names starting with '.' are never keys, so never listed); its descriptor and path."""
+    path = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), path
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _is_file(mode: int) -> bool:
