@@ -17,6 +17,15 @@ entry per object::
     view_header the .npy header (npy view), prepended to the data
     data_offset where the file's data starts inside the stored object, when it is a plain byte range
 
+``npy@`` / ``npy@<store>`` attributes use the same entries, lifecycle and hash rule; only the serialization
+differs: the object is a ``.npy`` file of the array in its own memory order (``djfs.npy``), shown by the mount
+byte for byte (view ``npy``, ``view_header`` = its header, ``data_offset`` = the header's length).  The bytes say
+which serialization an object is (``deserialize``).
+
+Writing: values over ``STAGE_THRESHOLD`` are written to a hidden file of a file store *while* they are hashed
+(``Store.stage``) and renamed to their hash at upload, so a large insert reads its data once; elsewhere (S3) they
+are hashed first and streamed to the store at upload.
+
 Lifecycle: objects are uploaded before the transaction that inserts their entries and rows, so a failure
 leaves an unreferenced object (swept by ``gc``), never a row pointing at nothing. While its objects are in
 flight (uploaded, entries not yet committed) an insert holds a named lock per object on its database session

@@ -63,11 +63,22 @@ class NpyPacked:
             for start in range(0, len(flat), limit):
                 yield flat[start:start + limit]
             return
-        # a strided view: C order, copied a bounded slab of the first axis at a time
-        step = max(1, limit // max(1, math.prod(array.shape[1:]) * array.itemsize))
-        for start in range(0, array.shape[0], step):
-            piece = np.ascontiguousarray(array[start:start + step])
-            yield memoryview(piece.reshape(-1).view(np.uint8))
+        yield from _c_order_pieces(array, limit)  # a strided view: C order, copied in bounded pieces
+
+
+def _c_order_pieces(array: np.ndarray, limit: int) -> Iterator[memoryview]:
+    """The C-order bytes of a non-contiguous array, in copies of at most ``limit`` bytes (one item at least)."""
+    if array.nbytes <= limit or array.ndim == 0:
+        yield memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        return
+    row = array[0].nbytes if array.ndim > 1 else array.itemsize
+    if row > limit and array.ndim > 1:
+        for index in range(array.shape[0]):
+            yield from _c_order_pieces(array[index], limit)
+        return
+    step = max(1, limit // row)
+    for start in range(0, array.shape[0], step):
+        yield memoryview(np.ascontiguousarray(array[start:start + step]).reshape(-1).view(np.uint8))
 
 
 def serialize(value: object, where: str = "npy@") -> NpyPacked:

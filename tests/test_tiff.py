@@ -30,6 +30,25 @@ def write_view(path: Path, array: np.ndarray) -> tiff.TiffLayout:
     return layout
 
 
+IMAGEJ_CHECK = Path(__file__).parent / "imagej" / "ImageJCheck.java"
+
+
+def imagej(path: Path, frame: int, virtual_only: bool = False) -> dict[str, str]:
+    """What ImageJ 1.x (Debian's ``imagej``) makes of a TIFF, headless: see tests/imagej/ImageJCheck.java."""
+    result = subprocess.run(["java", "-Djava.awt.headless=true", "-cp", "/usr/share/java/ij.jar", str(IMAGEJ_CHECK),
+                             str(path), str(frame), *(["virtual"] if virtual_only else [])],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        for part in line.split():
+            name, _, value = part.partition("=")
+            found.setdefault(name, value)
+            if name == "pixel":
+                found["virtual pixel" if "virtual=" in line else "pixel"] = value
+    return found
+
+
 def tiffinfo(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["tiffinfo", str(path)], capture_output=True, text=True, timeout=120)
 
@@ -62,6 +81,12 @@ def test_stack_read_by_tifffile_tiffinfo_and_pillow(tmp_path: Path, dtype: str) 
         np.testing.assert_array_equal(np.asarray(image), array[0])
         image.seek(101)
         np.testing.assert_array_equal(np.asarray(image), array[101])
+
+    # ImageJ decodes the first IFD only, takes the frame count from the description, opens a (virtual) stack
+    found = imagej(path, 101)
+    assert found["ifds"] == "1" and found["images"] == "120" and found["offset"] == str(layout.header_size)
+    assert found["slices"] == "120" and found["bits"] == str(array.dtype.itemsize * 8) and found["virtual"] == "true"
+    assert float(found["pixel"]) == float(found["virtual pixel"]) == float(array[101, 3, 5])
 
 
 @pytest.mark.parametrize("dtype", ["bool", "i1", "<i2", "<u4", "<i4", "<f8", ">u2", ">f4", ">i4", "<i8", "<u8",
