@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import subprocess
 from pathlib import Path
@@ -179,3 +180,49 @@ def test_long_movie_every_ifd_points_at_its_frame(tmp_path: Path) -> None:
         for index in (1, 2, 9_999, 19_999):
             assert pages[index].dataoffsets == (layout.header_size + index * layout.frame_bytes,)
             assert pages[index].databytecounts == (layout.frame_bytes,)
+
+
+def test_very_long_movie_has_the_first_ifd_only(tmp_path: Path) -> None:
+    """Past MAX_IFDS frames the header stays bounded: one IFD, the stack described for ImageJ and tifffile."""
+    frames = tiff.MAX_IFDS + 1
+    layout = tiff.layout(np.dtype("u1"), (frames, 4, 6))
+    assert layout is not None and layout.ifds == 1 and layout.header_size < 4096
+    assert tiff.layout(np.dtype("<i8"), (frames, 4, 6)) is None  # no description ImageJ reads: no view
+    array = (np.arange(frames * 24) % 251).astype(np.uint8).reshape(frames, 4, 6)
+    path = tmp_path / "long.tif"
+    path.write_bytes(layout.header() + array.tobytes())
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 1 and tif.is_imagej and tif.series[0].shape == (frames, 4, 6)
+        np.testing.assert_array_equal(tif.series[0].asarray()[99_990:100_001], array[99_990:100_001])
+    found = imagej(path, frames - 1, virtual_only=True)
+    assert found["ifds"] == "1" and found["slices"] == str(frames)
+    assert float(found["pixel"]) == float(array[-1, 3, 5])
+    assert tiffinfo(path).returncode == 0
+
+
+def npy_spec(header: bytes, size: int, **changes) -> "views.FileSpec":
+    from djfs.fs import views
+    entry = {"view_header": header, "view_size": size}
+    spec = views.FileSpec("movie.npy", "npy", size, 0.0, 7, "external", "movie", identity="h" * 43, entry=entry,
+                          header=header, data_offset=len(header))
+    return dataclasses.replace(spec, **changes)
+
+
+def test_tif_file_only_for_a_consistent_c_order_npy_view() -> None:
+    from djfs import blob
+    from djfs.fs import views
+    header = blob.npy_header(np.dtype("<u2"), (10, 4, 6), fortran_order=False)
+    size = len(header) + 10 * 4 * 6 * 2
+    tif = views.tiff_file(npy_spec(header, size))
+    assert tif is not None and tif.name == "movie.tif" and tif.kind == "tif" and tif.ino != 7
+    layout = tiff.layout(np.dtype("<u2"), (10, 4, 6))
+    assert tif.size == layout.size and views.file_header(tif) == layout.header()
+    assert tif.data_offset == len(header)  # the same stored frames
+    fortran = blob.npy_header(np.dtype("<u2"), (10, 4, 6), fortran_order=True)
+    assert views.tiff_file(npy_spec(fortran, size)) is None
+    assert views.tiff_file(npy_spec(header, size + 2)) is None          # the header does not describe the file
+    huge = blob.npy_header(np.dtype("u1"), (2**40, 2**20, 1), fortran_order=False)
+    assert views.tiff_file(npy_spec(huge, size)) is None                # a forged shape: no view, nothing allocated
+    assert views.tiff_file(npy_spec(b"junk", size)) is None
+    assert views.tiff_file(npy_spec(header, size, data_offset=None)) is None  # compressed: no plain range
+    assert views.tiff_file(npy_spec(header, size, source="inline")) is None

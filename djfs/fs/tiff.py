@@ -14,6 +14,9 @@ like every ``.npy``); each IFD has a single strip pointing at its frame::
   are contiguous), so they open a stack -- or a virtual stack -- without reading every IFD or frame.  Readers
   that walk the IFDs (libtiff, tifffile, Pillow) find them all in the header, which is small (about 150 bytes
   per frame) and never touches the stored object.
+* Up to ``MAX_IFDS`` frames every frame has its IFD (~150 bytes each, 15 MB at most).  Longer movies get the
+  first IFD only, as ImageJ itself writes stacks over 4 GiB: ImageJ, Fiji and tifffile read the stack from the
+  description; a reader that walks IFDs sees one frame.  (Types ImageJ can't read get no view that long.)
 * Sample types: every real numeric type and bool (as 8-bit 0/1 values).  ImageJ's description is written for the
   types ImageJ reads (8/16/32-bit integers, float32, float64, bool); 64-bit integers, float16 and complex
   numbers still get a standard multi-page TIFF (libtiff and tifffile read them; ImageJ can't).  Anything else
@@ -33,6 +36,7 @@ _ITEMSIZES = {"b": (1,), "u": (1, 2, 4, 8), "i": (1, 2, 4, 8), "f": (2, 4, 8), "
 #: (kind, itemsize) of the sample types ImageJ opens (it reads only the first IFD of an ImageJ stack)
 _IMAGEJ_TYPES = {("b", 1), ("u", 1), ("i", 1), ("u", 2), ("i", 2), ("u", 4), ("i", 4), ("f", 4), ("f", 8)}
 ALIGN = 64  # the data starts at a multiple of this (as in a .npy), so readers can memory-map it aligned
+MAX_IFDS = 100_000  # more frames than this: the first IFD only (bounds the header, made at every open)
 
 # TIFF field types
 _SHORT, _LONG, _ASCII, _LONG8 = 3, 4, 2, 16
@@ -73,6 +77,11 @@ class TiffLayout:
     def imagej(self) -> bool:
         return (self.dtype.kind, self.dtype.itemsize) in _IMAGEJ_TYPES
 
+    @property
+    def ifds(self) -> int:
+        """How many IFDs the header holds: one per frame, or the first only for very long movies."""
+        return self.frames if self.frames <= MAX_IFDS else 1
+
     def description(self) -> bytes:
         """ImageJ's hyperstack description (NUL-terminated), or b"" for types ImageJ can't read."""
         if not self.imagej:
@@ -106,8 +115,8 @@ class TiffLayout:
             return _pack_ifd(order, self.big, entries, next_ifd)
 
         rest_at = ifd0_at + ifd0_size
-        out[ifd0_at:rest_at] = ifd(first_strip, rest_at if self.frames > 1 else 0, bool(description))
-        if self.frames > 1:
+        out[ifd0_at:rest_at] = ifd(first_strip, rest_at if self.ifds > 1 else 0, bool(description))
+        if self.ifds > 1:
             # IFDs 1..T-1 differ only in their strip offset and next-IFD offset: stamp them into a template
             template = np.frombuffer(ifd(0, 0, False), np.uint8)
             table = np.tile(template, (self.frames - 1, 1))
@@ -158,9 +167,11 @@ def layout(dtype: np.dtype, shape: tuple[int, ...]) -> TiffLayout | None:
         return None
     for big in (False, True):
         probe = TiffLayout(dtype, frames, height, width, big, 0)
+        if probe.ifds < frames and not probe.imagej:
+            return None  # one IFD and no description: nothing would show the other frames
         description = len(probe.description())
         entry, count_size, offset_size = _sizes(big)
-        ifds = frames * (count_size + _TAGS_PER_IFD * entry + offset_size) + (entry if description else 0)
+        ifds = probe.ifds * (count_size + _TAGS_PER_IFD * entry + offset_size) + (entry if description else 0)
         header_size = -(-(_file_header_size(big) + _even(description) + ifds) // ALIGN) * ALIGN
         result = TiffLayout(dtype, frames, height, width, big, header_size)
         if big or result.size < 1 << 32:

@@ -86,8 +86,9 @@ def _tiff_layout(spec: FileSpec) -> tiff.TiffLayout | None:
         header = npy.read_header(spec.header)
     except CorruptObjectError:
         return None
-    if header.fortran_order or header.size != len(spec.header):
-        return None
+    data = math.prod(header.shape) * header.dtype.itemsize
+    if header.fortran_order or header.size != len(spec.header) or data != spec.size - len(spec.header):
+        return None  # another layout, or a header that does not describe the file: no TIFF view
     return tiff.layout(header.dtype, header.shape)
 
 
@@ -108,7 +109,9 @@ def file_header(spec: FileSpec) -> bytes:
     if spec.kind != "tif":
         return spec.header
     assert spec.entry is not None
-    layout = _tiff_layout(dataclasses.replace(spec, kind="npy", header=bytes(spec.entry["view_header"] or b"")))
+    npy_file = dataclasses.replace(spec, kind="npy", header=bytes(spec.entry["view_header"] or b""),
+                                   size=int(spec.entry["view_size"]))
+    layout = _tiff_layout(npy_file)
     if layout is None or layout.size != spec.size:
         raise CorruptObjectError(f"{spec.name}: the stored value no longer has a TIFF view")
     return layout.header()
