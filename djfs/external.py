@@ -56,8 +56,8 @@ from .settings import Config
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .stores.base import Staged
     from .gc import GCReport
+    from .stores.base import Staged
     from .table import Table
 
 log = logging.getLogger(__name__)
