@@ -55,6 +55,7 @@ TYPE_PATTERNS: list[tuple[re.Pattern, str | None]] = [(re.compile(p, re.I), sql)
     (r"^uuid$", "binary(16)"),
     (r"^json$", "longtext"),
     (rf"^external(-{STORE_NAME})?$", HASH_SQL_TYPE),
+    (rf"^npy@({STORE_NAME})?$", HASH_SQL_TYPE),   # external object stored as .npy (djfs.npy)
 ]]
 SPECIAL_TYPES = ("uuid", "json", "bool", "boolean")
 SQL_KEYWORD_DEFAULTS = {"null", "current_timestamp", "current_timestamp()"}
@@ -73,7 +74,7 @@ class ParsedAttribute:
     @property
     def special(self) -> str | None:
         lowered = self.type.lower()
-        if lowered.startswith("external"):
+        if lowered.startswith(("external", "npy@")):
             return lowered
         if lowered in SPECIAL_TYPES:
             return "bool" if lowered == "boolean" else lowered
@@ -81,7 +82,7 @@ class ParsedAttribute:
 
     @property
     def is_object(self) -> bool:
-        return self.type.lower().endswith("blob") or self.type.lower().startswith("external")
+        return self.type.lower().endswith("blob") or external_store(self.type.lower()) is not None
 
     def sql(self) -> str:
         comment = f":{self.special}:{self.comment}" if self.special else self.comment
@@ -102,6 +103,15 @@ class Declaration:
     @property
     def primary_key(self) -> list[str]:
         return [a.name for a in self.attributes if a.in_key]
+
+
+def external_store(special: str) -> str | None:
+    """The store ('' for the default) of an ``external[-store]`` or ``npy@[store]`` type, else None."""
+    if special.startswith("external"):
+        return special[len("external-"):] if "-" in special else ""
+    if special.startswith("npy@"):
+        return special[len("npy@"):]
+    return None
 
 
 def _error(table: str, line: str, why: str) -> DeclarationError:
@@ -248,8 +258,9 @@ def declare(database: str, table: str, definition: str, context: Mapping[str, An
                        "ON UPDATE CASCADE ON DELETE RESTRICT")
     stores = set()
     for attribute in attributes:
-        if attribute.special and attribute.special.startswith("external"):
-            stores.add(attribute.special[len("external-"):] if "-" in attribute.special else "")
+        store = external_store(attribute.special or "")
+        if store is not None:
+            stores.add(store)
             clauses.append(f"FOREIGN KEY (`{attribute.name}`) REFERENCES `{database}`.`{EXTERNAL_TABLE}` (`hash`) "
                            "ON UPDATE RESTRICT ON DELETE RESTRICT")
     for unique, names, line in indexes:

@@ -321,7 +321,7 @@ class Operations(mfusepy.Operations):
         obj = StoredObject(hashing.object_id(hash_, bytes(entry["origin"])), int(entry["size"]), store,
                            hashing.object_path(hash_))
         if spec.data_offset is not None:
-            return self.reader.open_stored(obj, spec.header, spec.data_offset, spec.size), hash_
+            return self.reader.open_stored(obj, views.file_header(spec), spec.data_offset, spec.size), hash_
 
         def decode(file: BinaryIO) -> None:
             views.render(spec.kind, spec.header, self.reader.whole(obj), spec.size, file)

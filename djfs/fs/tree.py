@@ -481,6 +481,9 @@ class Tree:
             else:
                 spec = self._inline_file(table, names, where, name, int(record[first]), record[first + 1])
             files[spec.name] = spec
+            extra = views.tiff_file(spec)  # an npy@ movie in C order: also <attr>.tif
+            if extra is not None:
+                files[extra.name] = extra
         content = views.row_json(heading, plain)
         files[views.ROW_FILE] = views.FileSpec(views.ROW_FILE, "json", len(content), self.started,
                                                views.inode_of(where, views.ROW_FILE), "json",
