@@ -384,7 +384,7 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     from .. import config
 
     mfusepy = load_mfusepy(options.libfuse)  # before operations imports it: see djfs.fs.libfuse
-    from .operations import Operations
+    from .operations import FileSystem, Operations
 
     _apply_config(config, options)
     _tune_malloc(options.block_size)
@@ -403,7 +403,7 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     if debug:
         fuse_options["debug"] = True
     log.info("mounting %s with %s (cache %s)", mountpoint, describe(mfusepy), config["cache-location"])
-    mfusepy.FUSE(operations, mountpoint, raw_fi=True, **fuse_options)
+    FileSystem(operations, mountpoint, raw_fi=True, **fuse_options)
     return 0
 
 
