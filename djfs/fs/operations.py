@@ -108,18 +108,23 @@ FUSE_FILL_DIR_PLUS = 1 << 1  # libfuse 3: this entry's attributes are complete
 class FileSystem(mfusepy.FUSE):
     """mfusepy's FUSE with readdirplus: mfusepy (3.1) hands libfuse only an entry's type and inode; when the
     kernel asks for attributes, this hands over all of them, so listing a directory also answers the stats of
-    its entries (``ls -l``, ``ls -lR``, ``find -size``) without one getattr round trip per entry."""
+    its entries (``ls -l``, ``ls -lR``, ``find -size``) without one getattr round trip per entry.
+
+    Entries go with offsets (their index + 1): libfuse before 3.17 drops the attributes of entries given
+    without one.  The kernel then asks for the listing a buffer at a time; ``Operations.directory`` keeps it
+    per open directory, so it is built once per ``opendir``."""
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
-        if not flags & FUSE_READDIR_PLUS:
-            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
         decoded = None if path is None else path.decode(self.encoding, self.errors)
+        entries = self.operations.directory(decoded, fip.contents.fh, fresh=offset == 0)
+        plus = bool(flags & FUSE_READDIR_PLUS)
         entry = mfusepy.c_stat()
-        for name, attributes, _ in self.operations.readdir(decoded, fip.contents.fh):
+        for index in range(offset, len(entries)):
+            name, attributes, _ = entries[index]
             ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
             mfusepy.set_st_attrs(entry, attributes, use_ns=self.use_ns)
-            plus = 0 if name in (".", "..") else FUSE_FILL_DIR_PLUS
-            if filler(buf, name.encode(self.encoding, self.errors), entry, 0, plus) != 0:
+            complete = FUSE_FILL_DIR_PLUS if plus and name not in (".", "..") else 0
+            if filler(buf, name.encode(self.encoding, self.errors), entry, index + 1, complete) != 0:
                 break
         return 0
 
@@ -140,6 +145,7 @@ class Operations(mfusepy.Operations):
         self._handles: dict[int, Handle] = {}
         self._numbers = itertools.count(1)
         self._identities: LRUCache = LRUCache(maxsize=100_000)  # path -> content identity at its last open
+        self._directories: dict[int, list] = {}  # open directory -> its entries (FileSystem.readdir_fuse_3)
         self._lock = threading.Lock()
 
     # -- life cycle ------------------------------------------------------------------------------------------
@@ -243,6 +249,7 @@ class Operations(mfusepy.Operations):
 
     @_fuse_errors
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        self.stats.add("getattrs")
         return self._attributes(self.tree.lookup(path))
 
     @_fuse_errors
@@ -256,7 +263,22 @@ class Operations(mfusepy.Operations):
     def opendir(self, path: str) -> int:
         if not self.tree.lookup(path).is_dir:
             raise mfusepy.FuseOSError(errno.ENOTDIR)
+        return next(self._numbers)  # names the listing ``directory`` keeps until ``releasedir``
+
+    def releasedir(self, path: str, fh: int) -> int:
+        with self._lock:
+            self._directories.pop(fh, None)
         return 0
+
+    def directory(self, path: str, fh: int, fresh: bool) -> list:
+        """``readdir``'s entries, built once per open directory (again when read from its start)."""
+        with self._lock:
+            entries = None if fresh else self._directories.get(fh)
+        if entries is None:
+            entries = self.readdir(path, fh)
+            with self._lock:
+                self._directories[fh] = entries
+        return entries
 
     @_fuse_errors
     def readdir(self, path: str, fh: int) -> list:
@@ -267,6 +289,7 @@ class Operations(mfusepy.Operations):
         mtime = self.tree.started
         entries: list = [(".", {"st_mode": stat.S_IFDIR, "st_ino": self._directory_inode(path)}, 0),
                          ("..", {"st_mode": stat.S_IFDIR, "st_ino": self._directory_inode(os.path.dirname(path))}, 0)]
+        self.stats.add("readdirs")
         for name, spec in self.tree.list(path):
             attributes = self._directory_attributes(f"{base}/{name}", mtime) if spec is None \
                 else self._file_attributes(spec)

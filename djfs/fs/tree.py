@@ -13,9 +13,9 @@
   names can only ever give ENOENT.
 
 Caching: a listing and the rows it brought are kept, and reused for as long as their table is unchanged.  Whether
-it is is asked with one cheap query per table (``probe``: row count and CRC32 aggregates of every column that is
-not a blob, plus the table's ``UPDATE_TIME``), at most once per ``listing_timeout`` seconds (longer for a table
-whose probe is slow: the probes cost the server at most 1/``PROBE_SHARE`` of one connection's time).  Rows
+it is is asked with one aggregate query per table (``probe_sql``: row count and CRC32 aggregates of what the mount
+shows of the rows), at most once per ``listing_timeout`` seconds, longer for a table whose probe is slow (probing
+takes at most 1/``PROBE_SHARE`` of one connection's time).  Rows
 inserted, deleted or changed elsewhere show up or vanish within ``listing_timeout`` (plus the kernel's own
 timeouts); nothing unchanged is read twice.  Resolving a path may use the lists of schemas and tables up to
 ``catalog_timeout`` old, listing them refreshes them.  Each result is also kept in a bounded "last known" cache
@@ -337,7 +337,7 @@ class Tree:
     def _probe(self, table: Table) -> tuple[Hashable, float]:
         """(token, seconds it may be reused) from one aggregate query over the table (see ``probe_sql``)."""
         start = time.monotonic()
-        rows = self.db.rows(probe_sql(table), (table.schema, table.name))
+        rows = self.db.rows(probe_sql(table))
         took = time.monotonic() - start
         return tuple(rows[0]) if rows else (), max(self.listing_timeout, PROBE_SHARE * took)
 
@@ -625,17 +625,21 @@ _BLOB_TYPES = ("tinyblob", "blob", "mediumblob", "longblob")
 
 
 def probe_sql(table: Table) -> str:
-    """The change probe of a table: ``COUNT(*)``, ``BIT_XOR`` and ``SUM`` of a CRC32 of each row's columns that
-    are not blobs (keys, plain attributes, external hashes: what listings, ``row.json`` and external files show),
-    and ``information_schema.TABLES.UPDATE_TIME``, which InnoDB stamps on the tables a transaction changed (with
-    the transaction's start second) and which thus catches changes of blobs kept in the table.
+    """The change probe of a table: ``COUNT(*)``, ``BIT_XOR`` and ``SUM`` of a CRC32 of what the mount shows of
+    each row: its keys, plain attributes and external hashes, and of each blob kept in the table its length
+    and first bytes (a blob's view: kind, size, header).  Bytes of such a blob beyond those are read afresh at
+    every open, so they need no check.
 
-    One scan of the clustered index without reading off-page blobs: 4 ms for 10,000 rows, 40 ms for 100,000
-    (``scripts/bench_listing.py``).  Takes two bound parameters, the schema and the table name."""
-    fields = [f"t.`{attribute.name}`" for attribute in table.heading
-              if attribute.base_sql_type not in _BLOB_TYPES and not attribute.is_blob]
-    nulls = f"CONCAT({', '.join(f'ISNULL({field})' for field in fields)})" if fields else "''"
-    text = f"CONCAT_WS(0x1f, {', '.join(fields + [nulls])})"
-    return (f"SELECT COUNT(*), BIT_XOR(CRC32({text})), SUM(CRC32({text})), "
-            f"(SELECT UPDATE_TIME FROM information_schema.TABLES WHERE table_schema = %s AND table_name = %s) "
-            f"FROM {table.sql_name} AS t")
+    One consistent read of the table (committed rows only, like the listing that follows it): 4 ms for 10,000
+    rows of plain columns, 40 ms for 100,000 (``scripts/bench_listing.py``); blobs kept in the table are read
+    whole by ``LENGTH()``, as the listing reads them anyway."""
+    fields: list[str] = []
+    for attribute in table.heading:
+        field = f"t.`{attribute.name}`"
+        if attribute.is_blob or attribute.base_sql_type in _BLOB_TYPES:
+            fields += [f"LENGTH({field})", f"SUBSTRING({field}, 1, {views.PREFIX_BYTES})"]
+        else:
+            fields.append(field)
+    nulls = f"CONCAT({', '.join(f'ISNULL({field})' for field in fields)})"  # CONCAT_WS skips NULLs
+    text = f"CRC32(CONCAT_WS(0x1f, {', '.join(fields)}, {nulls}))"
+    return f"SELECT COUNT(*), BIT_XOR({text}), SUM({text}) FROM {table.sql_name} AS t"
