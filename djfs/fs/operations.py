@@ -112,11 +112,23 @@ class FileSystem(mfusepy.FUSE):
 
     Entries go with offsets (their index + 1): libfuse before 3.17 drops the attributes of entries given
     without one.  The kernel then asks for the listing a buffer at a time; ``Operations.directory`` keeps it
-    per open directory, so it is built once per ``opendir``."""
+    meanwhile, so it is built once per listing."""
+
+    _pinned: set[int] = set()  # libfuse threads whose Python thread state is kept
+
+    def _wrapper(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Every call, on libfuse's own threads: keep each such thread's Python thread state from one call to
+        the next (one ``PyGILState_Ensure`` never released) instead of Python creating and destroying one per
+        call (ctypes callbacks on foreign threads): a fifth of the daemon's CPU time in ``ls -lR``."""
+        thread = threading.get_ident()
+        if thread not in self._pinned:
+            ctypes.pythonapi.PyGILState_Ensure()
+            self._pinned.add(thread)
+        return super()._wrapper(func, *args, **kwargs)
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
         decoded = None if path is None else path.decode(self.encoding, self.errors)
-        entries = self.operations.directory(decoded, fip.contents.fh, fresh=offset == 0)
+        entries = self.operations.directory(decoded, fresh=offset == 0)
         plus = bool(flags & FUSE_READDIR_PLUS)
         entry = mfusepy.c_stat()
         for index in range(offset, len(entries)):
@@ -145,7 +157,7 @@ class Operations(mfusepy.Operations):
         self._handles: dict[int, Handle] = {}
         self._numbers = itertools.count(1)
         self._identities: LRUCache = LRUCache(maxsize=100_000)  # path -> content identity at its last open
-        self._directories: dict[int, list] = {}  # open directory -> its entries (FileSystem.readdir_fuse_3)
+        self._directories: LRUCache = LRUCache(maxsize=64)  # path -> its entries, for FileSystem.readdir_fuse_3
         self._lock = threading.Lock()
 
     # -- life cycle ------------------------------------------------------------------------------------------
@@ -259,25 +271,19 @@ class Operations(mfusepy.Operations):
         self.tree.lookup(path)
         return 0
 
-    @_fuse_errors
-    def opendir(self, path: str) -> int:
-        if not self.tree.lookup(path).is_dir:
-            raise mfusepy.FuseOSError(errno.ENOTDIR)
-        return next(self._numbers)  # names the listing ``directory`` keeps until ``releasedir``
+    # No opendir or releasedir: each would cost a Python call per directory (``ls -lR`` opens every row's), and
+    # the kernel already refuses to list a file (ENOTDIR); a path that is gone fails in readdir (ENOENT).
+    opendir = releasedir = None  # type: ignore[assignment]
 
-    def releasedir(self, path: str, fh: int) -> int:
+    def directory(self, path: str, fresh: bool) -> list:
+        """``readdir``'s entries, kept while the kernel reads them a buffer at a time (built again when read from
+        the start)."""
         with self._lock:
-            self._directories.pop(fh, None)
-        return 0
-
-    def directory(self, path: str, fh: int, fresh: bool) -> list:
-        """``readdir``'s entries, built once per open directory (again when read from its start)."""
-        with self._lock:
-            entries = None if fresh else self._directories.get(fh)
+            entries = None if fresh else self._directories.get(path)
         if entries is None:
-            entries = self.readdir(path, fh)
+            entries = self.readdir(path, 0)
             with self._lock:
-                self._directories[fh] = entries
+                self._directories[path] = entries
         return entries
 
     @_fuse_errors
@@ -309,6 +315,10 @@ class Operations(mfusepy.Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if path == "/" and name == STATS_XATTR:
             return json.dumps(self.stats_snapshot(), sort_keys=True).encode()
+        if name.startswith(("security.", "system.")):
+            # "not supported" rather than "not set": ls -l then stops asking, for this mount, for the SELinux label
+            # and the ACL of every entry (two round trips per entry otherwise)
+            raise mfusepy.FuseOSError(errno.EOPNOTSUPP)
         raise mfusepy.FuseOSError(ENODATA)
 
     def listxattr(self, path: str) -> list[str]:
