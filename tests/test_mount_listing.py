@@ -175,3 +175,38 @@ def test_changes_made_elsewhere_show_up_and_unchanged_tables_are_not_listed_agai
                     ("s05", 99, 4))
     assert wait_for(lambda: sorted(os.listdir(subject)) == [s for s in sessions if s != "session=4"], timeout=5)
     assert wait_for(lambda: not (subject / "session=4").exists(), timeout=5)
+
+
+def test_the_change_probe_sees_every_change_the_mount_shows_and_nothing_else(db_config, connection, schema_name):
+    """Against the real server: inserts, deletes, updates of each kind of column change the token; reads and
+    changes of bytes the mount reads afresh at open (a blob's tail) don't."""
+    from djfs.fs.tree import Database, Table, Tree
+    from djfs.heading import Heading
+    connection.query(f"CREATE DATABASE `{schema_name}`")
+    connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, a varchar(8), b varchar(8), "
+                     f"doc longtext, data longblob, PRIMARY KEY (k))")
+    connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (1, NULL, 'x', '{{}}', %s), (2, 'p', 'q', NULL, NULL)",
+                     (b"head" + b"\0" * 4000 + b"tail",))
+    database = Database(djfs.config)
+    try:
+        tree = Tree(database)
+        table = Table(schema_name, "t", Heading.load(connection, schema_name, "t"))
+        token = tree.probe(table)[0]
+        assert tree.probe(table)[0] == token  # unchanged: the same token
+
+        def changed(sql: str, args=()) -> bool:
+            nonlocal token
+            connection.query(sql.format(t=f"`{schema_name}`.`t`"), args)
+            before, token = token, tree.probe(table)[0]
+            return token != before
+        assert changed("INSERT INTO {t} (k) VALUES (3)")
+        assert changed("DELETE FROM {t} WHERE k = 3")
+        assert changed("UPDATE {t} SET a = 'x', b = NULL WHERE k = 1")  # the same text, another column
+        assert changed("UPDATE {t} SET doc = '[1]' WHERE k = 1")
+        assert changed("UPDATE {t} SET data = %s WHERE k = 1", (b"HEAD" + b"\0" * 4000 + b"tail",))  # a header
+        assert changed("UPDATE {t} SET data = %s WHERE k = 1", (b"HEAD" + b"\0" * 4001 + b"tail",))  # a size
+        assert changed("UPDATE {t} SET k = 5 WHERE k = 2")
+        assert not changed("UPDATE {t} SET data = %s WHERE k = 1", (b"HEAD" + b"\0" * 4001 + b"TAIL",))
+        assert not changed("SELECT * FROM {t}")
+    finally:
+        database.close()

@@ -127,14 +127,15 @@ class FileSystem(mfusepy.FUSE):
         return super()._wrapper(func, *args, **kwargs)
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
-        decoded = None if path is None else path.decode(self.encoding, self.errors)
-        entries = self.operations.directory(decoded, fresh=offset == 0)
+        decoded = "/" if path is None else path.decode(self.encoding, self.errors)
+        operations = self.operations
+        entries = operations.directory(decoded, offset)
         plus = bool(flags & FUSE_READDIR_PLUS)
         entry = mfusepy.c_stat()
         for index in range(offset, len(entries)):
-            name, attributes, _ = entries[index]
+            name, spec = entries[index]
             ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
-            mfusepy.set_st_attrs(entry, attributes, use_ns=self.use_ns)
+            mfusepy.set_st_attrs(entry, operations.entry_attributes(decoded, name, spec), use_ns=self.use_ns)
             complete = FUSE_FILL_DIR_PLUS if plus and name not in (".", "..") else 0
             if filler(buf, name.encode(self.encoding, self.errors), entry, index + 1, complete) != 0:
                 break
@@ -275,32 +276,36 @@ class Operations(mfusepy.Operations):
     # the kernel already refuses to list a file (ENOTDIR); a path that is gone fails in readdir (ENOENT).
     opendir = releasedir = None  # type: ignore[assignment]
 
-    def directory(self, path: str, fresh: bool) -> list:
-        """``readdir``'s entries, kept while the kernel reads them a buffer at a time (built again when read from
-        the start)."""
+    @_fuse_errors
+    def directory(self, path: str, offset: int = 0) -> list[tuple[str, views.FileSpec | None]]:
+        """A directory's entries (name, file spec or None for a directory), dots first.  Listed afresh when
+        read from the start, else kept while the kernel reads them a buffer at a time, and let go at the end."""
         with self._lock:
-            entries = None if fresh else self._directories.get(path)
+            entries = None if offset == 0 else self._directories.get(path)
         if entries is None:
-            entries = self.readdir(path, 0)
-            with self._lock:
+            self.stats.add("readdirs")
+            entries = [(".", None), ("..", None), *self.tree.list(path)]
+        with self._lock:
+            if offset < len(entries):
                 self._directories[path] = entries
+            else:
+                self._directories.pop(path, None)
         return entries
 
-    @_fuse_errors
+    def entry_attributes(self, path: str, name: str, spec: views.FileSpec | None) -> dict[str, Any]:
+        """The attributes of one entry of directory ``path`` (complete: readdirplus hands them to the kernel)."""
+        if spec is not None:
+            return self._file_attributes(spec)
+        if name == ".":
+            return self._directory_attributes(path, self.tree.started)
+        if name == "..":
+            return self._directory_attributes(os.path.dirname(path), self.tree.started)
+        return self._directory_attributes(f"{path.rstrip('/')}/{name}", self.tree.started)
+
     def readdir(self, path: str, fh: int) -> list:
-        """Every entry with its full attributes: with libfuse 3, ``FileSystem`` hands them to the kernel
-        (readdirplus), so ``ls -l`` costs no getattr per entry; elsewhere only the type and inode are used (with
-        use_ino, an entry's inode must be given: an entry with inode 0 is skipped)."""
-        base = path.rstrip("/")
-        mtime = self.tree.started
-        entries: list = [(".", {"st_mode": stat.S_IFDIR, "st_ino": self._directory_inode(path)}, 0),
-                         ("..", {"st_mode": stat.S_IFDIR, "st_ino": self._directory_inode(os.path.dirname(path))}, 0)]
-        self.stats.add("readdirs")
-        for name, spec in self.tree.list(path):
-            attributes = self._directory_attributes(f"{base}/{name}", mtime) if spec is None \
-                else self._file_attributes(spec)
-            entries.append((name, attributes, 0))
-        return entries
+        """Every entry with its attributes, for mfusepy (libfuse 2 or plain readdir), which uses only the type
+        and inode (with use_ino, an entry's inode must be given: an entry with inode 0 is skipped)."""
+        return [(name, self.entry_attributes(path, name, spec), 0) for name, spec in self.directory(path)]
 
     @staticmethod
     def _directory_inode(path: str) -> int:

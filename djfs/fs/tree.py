@@ -332,9 +332,9 @@ class Tree:
         """A token that changes whenever rows of ``table`` are inserted, deleted or changed (see ``probe``);
         asked of the server at most once per ``listing_timeout``; with ``stale_ok``, the last known one while
         the database is unreachable."""
-        return self._versions.get((table.schema, table.name), lambda: self._probe(table), stale_ok)[0]
+        return self._versions.get((table.schema, table.name), lambda: self.probe(table), stale_ok)[0]
 
-    def _probe(self, table: Table) -> tuple[Hashable, float]:
+    def probe(self, table: Table) -> tuple[Hashable, float]:
         """(token, seconds it may be reused) from one aggregate query over the table (see ``probe_sql``)."""
         start = time.monotonic()
         rows = self.db.rows(probe_sql(table))
@@ -410,9 +410,10 @@ class Tree:
         return self._versioned(self._exists, ("exists", table.schema, table.name, tuple(names)), table, load,
                                stale_ok=True)
 
-    def _parent_listing(self, table: Table, values: tuple) -> dict[str, tuple | None] | None:
-        """The listing under a key prefix if it is at hand: current, or listed before and small enough to list
-        again (``ls -l`` stats every entry: one listing's pages instead of a query per entry); else None."""
+    def _parent_listing(self, table: Table, values: tuple, relist: bool = True) -> dict[str, tuple | None] | None:
+        """The listing under a key prefix if it is at hand: current, or (``relist``) listed before and small
+        enough to list again (``ls -l`` stats every entry: one listing's pages instead of a query per entry);
+        else None."""
         key = ("keys", table.schema, table.name, values)
         known = self._listings.stale(key)
         if known is None:
@@ -422,7 +423,7 @@ class Tree:
         except Unavailable:
             return known  # the database is down: what we knew last
         listing = self._listings.fresh(key, version)
-        if listing is not None or len(known) > self.relist_max:
+        if listing is not None or not relist or len(known) > self.relist_max:
             return listing
         try:
             return self._list_keys(table, values, stale_ok=False)
@@ -510,7 +511,8 @@ class Tree:
         """The files of one row: from its listing's page when the parent was listed, else from one query."""
         def load() -> Row:
             columns, joins, layout = self._row_select(table)
-            listing = self._parent_listing(table, values[:-1])
+            # a row directory stat-ed before (lookup) has had its parent listed again if it changed
+            listing = self._parent_listing(table, values[:-1], relist=False)
             if listing is not None:
                 if names[-1] not in listing:
                     raise NotFound("/".join(names))
