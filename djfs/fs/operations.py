@@ -135,8 +135,11 @@ class FileSystem(mfusepy.FUSE):
         for index in range(offset, len(entries)):
             name, spec = entries[index]
             ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
-            mfusepy.set_st_attrs(entry, operations.entry_attributes(decoded, name, spec), use_ns=self.use_ns)
             complete = FUSE_FILL_DIR_PLUS if plus and name not in (".", "..") else 0
+            if complete:
+                mfusepy.set_st_attrs(entry, operations.entry_attributes(decoded, name, spec), use_ns=self.use_ns)
+            else:  # the kernel keeps only the type and the inode
+                entry.st_mode, entry.st_ino = operations.entry_type(decoded, name, spec)
             if filler(buf, name.encode(self.encoding, self.errors), entry, index + 1, complete) != 0:
                 break
         return 0
@@ -296,16 +299,21 @@ class Operations(mfusepy.Operations):
         """The attributes of one entry of directory ``path`` (complete: readdirplus hands them to the kernel)."""
         if spec is not None:
             return self._file_attributes(spec)
-        if name == ".":
-            return self._directory_attributes(path, self.tree.started)
-        if name == "..":
-            return self._directory_attributes(os.path.dirname(path), self.tree.started)
         return self._directory_attributes(f"{path.rstrip('/')}/{name}", self.tree.started)
 
+    def entry_type(self, path: str, name: str, spec: views.FileSpec | None) -> tuple[int, int]:
+        """(type, inode) of one entry of directory ``path``: all a plain readdir tells the kernel (with use_ino,
+        an entry's inode must be given: an entry with inode 0 is skipped)."""
+        if spec is not None:
+            return stat.S_IFREG, spec.ino
+        if name in (".", ".."):
+            return stat.S_IFDIR, self._directory_inode(path if name == "." else os.path.dirname(path))
+        return stat.S_IFDIR, self._directory_inode(f"{path.rstrip('/')}/{name}")
+
     def readdir(self, path: str, fh: int) -> list:
-        """Every entry with its attributes, for mfusepy (libfuse 2 or plain readdir), which uses only the type
-        and inode (with use_ino, an entry's inode must be given: an entry with inode 0 is skipped)."""
-        return [(name, self.entry_attributes(path, name, spec), 0) for name, spec in self.directory(path)]
+        """Every entry with its type and inode, for mfusepy (libfuse 2)."""
+        return [(name, dict(zip(("st_mode", "st_ino"), self.entry_type(path, name, spec))), 0)
+                for name, spec in self.directory(path)]
 
     @staticmethod
     def _directory_inode(path: str) -> int:
