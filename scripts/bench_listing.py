@@ -151,7 +151,7 @@ class Bench:
         """The pages and probes the mount runs for the two tables, sent with pymysql on one connection."""
         import pymysql
 
-        from djfs.fs.tree import Table, Tree, probe_sql
+        from djfs.fs.tree import Table, probe_sql
         from djfs.heading import Heading
         connection = pymysql.connect(host=self.db.host, port=self.db.port, user=self.db.user,
                                      password=self.db.password or "", autocommit=True)
@@ -159,7 +159,7 @@ class Bench:
         try:
             for label, name, key in (("trials", "trial", "trial"), ("items", "#item", "item")):
                 table = Table(SCHEMA, name, Heading.load(self.connection, SCHEMA, name))
-                columns, joins, layout = Tree._row_select(table)
+                columns, joins, layout = table.row_select
                 page = (f"SELECT {', '.join(columns)} FROM {table.sql_name} AS t {' '.join(joins)} "
                         f"{{where}} ORDER BY t.`{key}` LIMIT 10001")
                 start = time.perf_counter()

@@ -148,7 +148,7 @@ def test_changes_made_elsewhere_show_up_and_unchanged_tables_are_not_listed_agai
     before = mount.stats()
     assert sorted(os.listdir(subject)) == sessions
     after = mount.stats()
-    assert after["sql_queries"] - before["sql_queries"] == 1  # only the probe: the listing was reused
+    assert after["sql_queries"] - before["sql_queries"] <= 1  # the probe at most: the listing was reused
 
     other = lab.connection  # another connection than the daemon's
     with djfs.config.override(**lab.settings):

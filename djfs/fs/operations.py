@@ -8,6 +8,9 @@
   hash for external values and from the path for everything else.
 * ``read_buf`` hands libfuse the cache file's descriptor and position for data that lies in a cache file, so the
   bytes go from the page cache to the kernel without passing through Python; everything else is copied once.
+* ``readdir`` (``FileSystem``, libfuse 3) hands the kernel every entry's attributes (readdirplus), so a listing
+  also answers its entries' stats; there is no opendir/releasedir, and ``security.*``/``system.*`` xattrs answer
+  EOPNOTSUPP: ``ls -lR`` costs about one call per directory, not several per entry.
 * Every write-like operation answers EROFS; store and database trouble answer EIO; unknown paths ENOENT.
 """
 

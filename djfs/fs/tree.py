@@ -32,6 +32,7 @@ threads keep their sessions, bound the connections a mount opens, and let every 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -248,6 +249,29 @@ class Table:
     def primary_key(self) -> list[str]:
         return self.heading.primary_key
 
+    @functools.cached_property
+    def row_select(self) -> tuple[list[str], list[str], list[tuple[str, str, int]]]:
+        """(columns, joins, layout) of the query bringing what a row's files need; layout: (attribute, how,
+        index of its first column) with how = plain | blob | external."""
+        columns: list[str] = []
+        joins: list[str] = []
+        layout: list[tuple[str, str, int]] = []
+        for index, attribute in enumerate(self.heading):
+            name = attribute.name
+            layout.append((name, "external" if attribute.is_external else "blob" if attribute.is_blob
+                           else "plain", len(columns)))
+            if attribute.is_external:
+                alias = f"e{index}"
+                columns += [f"t.`{name}`"] + [f"{alias}.`{c}`" for c in _ENTRY_COLUMNS] + \
+                    [f"UNIX_TIMESTAMP({alias}.`timestamp`)"]
+                joins.append(f"LEFT JOIN `{self.schema}`.`{EXTERNAL_TABLE}` AS {alias} "
+                             f"ON {alias}.`hash` = t.`{name}`")
+            elif attribute.is_blob:
+                columns += [f"LENGTH(t.`{name}`)", f"SUBSTRING(t.`{name}`, 1, {views.PREFIX_BYTES})"]
+            else:
+                columns.append(f"t.`{name}`")
+        return columns, joins, layout
+
 
 @dataclass
 class Node:
@@ -341,8 +365,10 @@ class Tree:
         took = time.monotonic() - start
         return tuple(rows[0]) if rows else (), max(self.listing_timeout, PROBE_SHARE * took)
 
-    def _versioned(self, memo: Memo, key: Hashable, table: Table, load: Callable[[], Any], stale_ok: bool) -> Any:
-        """``memo``'s value for ``key`` at the table's current version, loaded if the table changed since."""
+    def _versioned(self, memo: Memo, key: Hashable, table: Table, load: Callable[[Hashable], Any],
+                   stale_ok: bool) -> Any:
+        """``memo``'s value for ``key`` at the table's current version, ``load(version)`` if the table changed
+        since."""
         try:
             version = self.version(table, stale_ok)
         except Unavailable:
@@ -350,7 +376,7 @@ class Tree:
             if known is None:
                 raise
             return known
-        return memo.get(key, load, stale_ok, version=version)
+        return memo.get(key, lambda: load(version), stale_ok, version=version)
 
     # -- resolving paths -------------------------------------------------------------------------------------
 
@@ -401,7 +427,7 @@ class Tree:
         if listing is not None:
             return names[-1] in listing
 
-        def load() -> bool:
+        def load(_: Hashable) -> bool:
             key = table.primary_key[:len(values)]
             where = " AND ".join(f"t.`{name}` = %s" for name in key)
             rows = self.db.rows(f"SELECT {', '.join(f't.`{name}`' for name in key)} FROM {table.sql_name} AS t "
@@ -410,10 +436,9 @@ class Tree:
         return self._versioned(self._exists, ("exists", table.schema, table.name, tuple(names)), table, load,
                                stale_ok=True)
 
-    def _parent_listing(self, table: Table, values: tuple, relist: bool = True) -> dict[str, tuple | None] | None:
-        """The listing under a key prefix if it is at hand: current, or (``relist``) listed before and small
-        enough to list again (``ls -l`` stats every entry: one listing's pages instead of a query per entry);
-        else None."""
+    def _parent_listing(self, table: Table, values: tuple) -> dict[str, tuple | None] | None:
+        """The listing under a key prefix if it is at hand: current, or listed before and small enough to list
+        again (``ls -l`` stats every entry: one listing's pages instead of a query per entry); else None."""
         key = ("keys", table.schema, table.name, values)
         known = self._listings.stale(key)
         if known is None:
@@ -423,7 +448,7 @@ class Tree:
         except Unavailable:
             return known  # the database is down: what we knew last
         listing = self._listings.fresh(key, version)
-        if listing is not None or not relist or len(known) > self.relist_max:
+        if listing is not None or len(known) > self.relist_max:
             return listing
         try:
             return self._list_keys(table, values, stale_ok=False)
@@ -464,15 +489,15 @@ class Tree:
 
     def _list_keys(self, table: Table, values: tuple, stale_ok: bool) -> dict[str, tuple | None]:
         """The directory names of the next key level under a prefix, paging by key; at the rows' level each
-        name maps to its row's columns (``_row_select``), else to None."""
-        def load() -> dict[str, tuple | None]:
+        name maps to its row's columns (``Table.row_select``), else to None."""
+        def load(_: Hashable) -> dict[str, tuple | None]:
             key = table.primary_key
             level = len(values)
             column = key[level]
             attribute = table.heading[column]
             rows_level = level + 1 == len(key)
             if rows_level:
-                columns, joins, layout = self._row_select(table)
+                columns, joins, layout = table.row_select
                 position = next(first for name, _, first in layout if name == column)
             else:
                 columns, joins, position = [f"t.`{column}`"], [], 0
@@ -509,10 +534,10 @@ class Tree:
 
     def row(self, table: Table, names: list[str], values: tuple, stale_ok: bool) -> Row:
         """The files of one row: from its listing's page when the parent was listed, else from one query."""
-        def load() -> Row:
-            columns, joins, layout = self._row_select(table)
+        def load(version: Hashable) -> Row:
+            columns, joins, layout = table.row_select
             # a row directory stat-ed before (lookup) has had its parent listed again if it changed
-            listing = self._parent_listing(table, values[:-1], relist=False)
+            listing = self._listings.fresh(("keys", table.schema, table.name, values[:-1]), version)
             if listing is not None:
                 if names[-1] not in listing:
                     raise NotFound("/".join(names))
@@ -530,29 +555,6 @@ class Tree:
                 raise NotFound("/".join(names))
             return self._make_row(table, names, layout, record)
         return self._versioned(self._rows, ("row", table.schema, table.name, tuple(names)), table, load, stale_ok)
-
-    @staticmethod
-    def _row_select(table: Table) -> tuple[list[str], list[str], list[tuple[str, str, int]]]:
-        """(columns, joins, layout) of the query bringing what a row's files need; layout: (attribute, how,
-        index of its first column) with how = plain | blob | external."""
-        columns: list[str] = []
-        joins: list[str] = []
-        layout: list[tuple[str, str, int]] = []
-        for index, attribute in enumerate(table.heading):
-            name = attribute.name
-            layout.append((name, "external" if attribute.is_external else "blob" if attribute.is_blob
-                           else "plain", len(columns)))
-            if attribute.is_external:
-                alias = f"e{index}"
-                columns += [f"t.`{name}`"] + [f"{alias}.`{c}`" for c in _ENTRY_COLUMNS] + \
-                    [f"UNIX_TIMESTAMP({alias}.`timestamp`)"]
-                joins.append(f"LEFT JOIN `{table.schema}`.`{EXTERNAL_TABLE}` AS {alias} "
-                             f"ON {alias}.`hash` = t.`{name}`")
-            elif attribute.is_blob:
-                columns += [f"LENGTH(t.`{name}`)", f"SUBSTRING(t.`{name}`, 1, {views.PREFIX_BYTES})"]
-            else:
-                columns.append(f"t.`{name}`")
-        return columns, joins, layout
 
     def _make_row(self, table: Table, names: list[str], layout: list[tuple[str, str, int]], record: tuple) -> Row:
         heading = table.heading
