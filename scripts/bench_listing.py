@@ -10,8 +10,9 @@ resident memory:
 2. ``ls`` of the 100,000-row table (fresh mount);  goal: a few seconds;
 3. the daemon's RSS growth over all of it;  goal: well under 100 MiB;
 
-against the same SQL the mount runs (its pages and its change probe), sent directly with pymysql, and ``ls -lR`` /
-``ls`` of an equivalent real directory tree on local disk.
+against the same SQL the mount runs (its pages and its change probe), sent directly with pymysql, ``ls -lR`` /
+``ls`` of an equivalent real directory tree on local disk, and ``ls -lR`` of the same tree served from memory by a
+Python FUSE file system with djfs's own readdirplus (the ceiling of FUSE through mfusepy on this machine).
 
 Usage: python scripts/bench_listing.py [--repeat 3] [-o mount_option ...]
 """
@@ -35,6 +36,53 @@ MiB = 1 << 20
 ROWS = 10_000
 ITEMS = 100_000
 SCHEMA = "bench_listing"
+
+
+def memory_main(mountpoint: str) -> None:
+    """The ceiling of any Python FUSE file system here: the same tree (10,000 directories of two files) served
+    from a dict by djfs's own ``FileSystem`` (readdirplus, no opendir, no xattrs), no SQL, no cache."""
+    import errno
+    import stat as stat_module
+
+    from djfs.fs.libfuse import load_mfusepy
+    mfusepy = load_mfusepy()
+    from djfs.fs.operations import FileSystem
+
+    directory = {"st_mode": stat_module.S_IFDIR | 0o555, "st_nlink": 2}
+    tree: dict[str, list[tuple[str, dict]]] = {"/": [("Trial", directory)], "/Trial": []}
+    for i in range(ROWS):
+        tree["/Trial"].append((f"trial={i}", directory))
+        tree[f"/Trial/trial={i}"] = [(name, {"st_mode": stat_module.S_IFREG | 0o444, "st_nlink": 1, "st_size": size})
+                                     for name, size in (("frames.npy", 192), ("row.json", 20))]
+    attributes = {f"{base}/{name}".replace("//", "/"): value for base, entries in tree.items()
+                  for name, value in entries}
+    attributes["/"] = directory
+
+    class Memory(mfusepy.Operations):
+        use_ns = True
+        opendir = releasedir = None
+
+        def readdir(self, path: str, fh: int) -> list:  # libfuse 2 only (FileSystem answers libfuse 3)
+            return [".", "..", *(name for name, _ in tree[path])]
+
+        def getattr(self, path: str, fh=None) -> dict:
+            if path not in attributes:
+                raise mfusepy.FuseOSError(errno.ENOENT)
+            return attributes[path]
+
+        def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+            raise mfusepy.FuseOSError(errno.EOPNOTSUPP)
+
+        def directory(self, path: str, offset: int = 0) -> list:
+            return [(".", None), ("..", None), *tree[path]]
+
+        def entry_attributes(self, path: str, name: str, value) -> dict:
+            return value
+
+        def entry_type(self, path: str, name: str, value) -> tuple[int, int]:
+            return (value or directory)["st_mode"], 0
+
+    FileSystem(Memory(), mountpoint, foreground=True, ro=True, fsname="memory")
 
 
 def timed(command: list[str]) -> float:
@@ -181,6 +229,19 @@ class Bench:
             connection.close()
         return result
 
+    def in_memory(self) -> dict[str, float]:
+        """``ls -lR`` through a Python FUSE file system serving the same tree from memory (``memory_main``)."""
+        from bench_mount import unmount, wait_mounted
+        mountpoint = tempfile.mkdtemp(prefix="memory-", dir=self.root)
+        process = subprocess.Popen([sys.executable, __file__, "--memory", mountpoint])
+        wait_mounted(mountpoint, process)
+        try:
+            cold = timed(["ls", "-lR", os.path.join(mountpoint, "Trial")])
+            warm = timed(["ls", "-lR", os.path.join(mountpoint, "Trial")])
+            return {"cold": cold, "warm": warm}
+        finally:
+            unmount(mountpoint, process)
+
     def local_tree(self) -> Path:
         """The same layout on local disk: 10,000 directories of two files of the mount's sizes, and 100,000
         empty directories."""
@@ -219,18 +280,23 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions per measurement (median)")
     parser.add_argument("-o", dest="options", action="append", default=[], help="extra djfs mount options")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--memory", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory:
+        memory_main(args.memory)
+        return 0
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     root = Path(tempfile.mkdtemp(prefix="djfs-bench-listing-"))
     bench = Bench(root, args.options)
     try:
         bench.setup()
-        mounts, sqls, locals_ = [], [], []
+        mounts, sqls, locals_, memories = [], [], [], []
         for _ in range(args.repeat):
             mounts.append(bench.through_mount())
             sqls.append(bench.sql_directly())
             locals_.append(bench.local())
-        mount, sql, local = medians(mounts), medians(sqls), medians(locals_)
+            memories.append(bench.in_memory())
+        mount, sql, local, memory = medians(mounts), medians(sqls), medians(locals_), medians(memories)
     finally:
         bench.close()
         if not args.keep:
@@ -243,10 +309,10 @@ def main() -> int:
           + ("" if local["dropped"] else " (page cache not dropped: not root)"))
     line(f"ls -lR {ROWS} rows, cold", mount["cold"], "<= 3 s", mount["cold"] <= 3,
          f"{mount['cold_queries']:.0f} SQL queries; the same SQL directly {sql['trials']:.2f} s; "
-         f"local disk {local['cold']:.2f} s")
+         f"local disk {local['cold']:.2f} s; Python FUSE from memory {memory['cold']:.2f} s")
     line(f"ls -lR {ROWS} rows, warm", mount["warm"], "<= 1 s", mount["warm"] <= 1,
          f"{mount['warm_queries']:.0f} SQL queries (probe {sql['trials_probe'] * 1000:.1f} ms); "
-         f"local disk {local['warm']:.2f} s")
+         f"local disk {local['warm']:.2f} s; Python FUSE from memory {memory['warm']:.2f} s")
     line(f"ls {ITEMS} rows", mount["flat"], "<= 5 s", mount["flat"] <= 5,
          f"{mount['flat_queries']:.0f} SQL queries; the same SQL directly {sql['items']:.2f} s "
          f"(probe {sql['items_probe'] * 1000:.1f} ms); local disk {local['flat']:.2f} s")

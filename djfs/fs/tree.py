@@ -316,6 +316,8 @@ class Tree:
         self._listings = Memo(None, maxsize=listed_entries, stale_size=listed_entries, size=lambda e: len(e) + 1)
         self._exists = Memo(None, maxsize=200_000)
         self._rows = Memo(None, maxsize=50_000)
+        self._nodes: LRUCache = LRUCache(maxsize=100_000)  # path -> (table version, Node)
+        self._lock = threading.Lock()
 
     # -- catalog ---------------------------------------------------------------------------------------------
 
@@ -404,6 +406,23 @@ class Tree:
             raise NotFound(path)
         if len(parts) == 2:
             return Node("table", path, schema, table, mtime=self.started)
+        # below a table: what was resolved is reused while the table is unchanged (``ls -lR`` asks each path
+        # two or three times)
+        try:
+            version = self.version(table, stale_ok=True)
+        except Unavailable:
+            return self._node_below(table, path, parts)
+        with self._lock:
+            known = self._nodes.get(path)
+        if known is not None and known[0] == version and known[1].table is table:
+            return known[1]
+        node = self._node_below(table, path, parts)
+        with self._lock:
+            self._nodes[path] = (version, node)
+        return node
+
+    def _node_below(self, table: Table, path: str, parts: list[str]) -> Node:
+        schema, key = table.schema, table.primary_key
         depth = min(len(parts) - 2, len(key))
         try:
             values = tuple(paths.split_component(parts[2 + i], table.heading[key[i]]) for i in range(depth))
