@@ -156,3 +156,16 @@ def test_memo_weighs_values_and_expires_by_value():
     assert timed.get("short", lambda: ("s", 0.0), stale_ok=False) == ("s", 0.0)
     assert timed.get("long", lambda: ("l", 60.0), stale_ok=False) == ("l", 60.0)
     assert timed.fresh("short") is None and timed.fresh("long") == ("l", 60.0)
+
+
+@pytest.mark.parametrize("values", [{}, {"a": 1}, {"s": "ü \"q\" \\ \n", "n": None, "f": 2.5, "b": True},
+                                    {"doc": '{"x": [1, {"y": 2}]}', "k": 3}, {"doc": "[]"}])
+def test_row_json_is_the_indented_json_of_the_row(values):
+    import json
+
+    from djfs.heading import Heading
+    kinds = {"doc": ("longtext", "json"), "b": ("tinyint", "bool"), "f": ("double", None)}
+    heading = Heading({name: attribute(name, *kinds.get(name, ("varchar(64)", None))) for name in values})
+    document = views.row_json(heading, values)
+    expected = {name: json.loads(value) if name == "doc" else value for name, value in values.items()}
+    assert document == (json.dumps(expected, indent=2, ensure_ascii=False) + "\n").encode()
