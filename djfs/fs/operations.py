@@ -164,7 +164,8 @@ class Operations(mfusepy.Operations):
         self._handles: dict[int, Handle] = {}
         self._numbers = itertools.count(1)
         self._identities: LRUCache = LRUCache(maxsize=100_000)  # path -> content identity at its last open
-        self._directories: LRUCache = LRUCache(maxsize=64)  # path -> its entries, for FileSystem.readdir_fuse_3
+        # path -> its entries while FileSystem.readdir_fuse_3 hands them out (bounded in entries: a reader may stop)
+        self._directories: LRUCache = LRUCache(maxsize=2_000_000, getsizeof=len)
         self._lock = threading.Lock()
 
     # -- life cycle ------------------------------------------------------------------------------------------
@@ -283,17 +284,21 @@ class Operations(mfusepy.Operations):
     opendir = releasedir = None  # type: ignore[assignment]
 
     @_fuse_errors
-    def directory(self, path: str, offset: int = 0) -> list[tuple[str, views.FileSpec | None]]:
+    def directory(self, path: str, offset: int = 0, keep: bool = True) -> list[tuple[str, views.FileSpec | None]]:
         """A directory's entries (name, file spec or None for a directory), dots first.  Listed afresh when
-        read from the start, else kept while the kernel reads them a buffer at a time, and let go at the end."""
+        read from the start, else (``keep``) kept while the kernel reads them a buffer at a time, and let go at
+        the end."""
         with self._lock:
             entries = None if offset == 0 else self._directories.get(path)
         if entries is None:
             self.stats.add("readdirs")
             entries = [(".", None), ("..", None), *self.tree.list(path)]
         with self._lock:
-            if offset < len(entries):
-                self._directories[path] = entries
+            if keep and offset < len(entries):
+                try:
+                    self._directories[path] = entries
+                except ValueError:  # more entries than the bound: listed again for each buffer
+                    pass
             else:
                 self._directories.pop(path, None)
         return entries
@@ -316,7 +321,7 @@ class Operations(mfusepy.Operations):
     def readdir(self, path: str, fh: int) -> list:
         """Every entry with its type and inode, for mfusepy (libfuse 2)."""
         return [(name, dict(zip(("st_mode", "st_ino"), self.entry_type(path, name, spec))), 0)
-                for name, spec in self.directory(path)]
+                for name, spec in self.directory(path, 0, False)]
 
     @staticmethod
     def _directory_inode(path: str) -> int:
