@@ -134,6 +134,7 @@ class PendingObject:
     packed: "blob.Packed"
     origin: bytes
     view: View
+    sums: list[int] | None = None   # block checksums (XXH3) of the packed bytes: checks later range reads
     uploaded: bool = False   # put by this insert
     locked: bool = False     # this session holds its upload lock (gc leaves the object alone)
 
@@ -209,15 +210,9 @@ class ExternalTable:
 
     def store(self, name: str = "", folder: str | None = None):
         """The store object of the default ('') or a named store, for this schema's folder."""
-        from .stores import open_store
-        spec = self.config.store_spec(name)
-        if not spec["location"]:
-            key = "external-location" + (f"-{name}" if name else "")
-            raise StoreError(f"configuration key {key!r} is not set: it is needed to store or read external "
-                             f"objects of schema {self.database!r}")
-        return open_store(spec["location"], folder or self.folder, spec["account"], spec["token"],
-                          timeout=self.config["store-timeout"], retries=self.config["store-retries"],
-                          max_concurrency=self.config["transfer-threads"])
+        from .stores import configured_store, store_settings
+        store_settings(self.config, name, self.database)  # a missing setting is named before a missing folder
+        return configured_store(self.config, name, folder or self.folder, self.database)
 
     def cache(self):
         from .cache import open_cache
@@ -251,11 +246,12 @@ class ExternalTable:
                 packed = blob.serialize(value)
             except Exception as error:
                 raise type(error)(f"{table.full_table_name}.{name}: {error}") from None
-            state = hashing.hasher()
+            state, sums = hashing.hasher(), hashing.BlockSums()
             for chunk in packed.chunks():
                 state.update(chunk)
+                sums.update(chunk)
             return (index, name), PendingObject(hashing.finish(state, origin), store, packed, origin,
-                                                view_of(value, packed))
+                                                view_of(value, packed), sums=sums.finish())
 
         for key, obj in self._parallel(prepare_one, jobs):
             pending.objects[key] = obj
@@ -296,6 +292,21 @@ class ExternalTable:
                 store.put(key, _counting(obj.packed.chunks(), bar), size=obj.packed.size)
                 obj.uploaded = True
             self._parallel(upload_one, objects)
+        self._record_sums(objects)
+
+    def _record_sums(self, objects: list[PendingObject]) -> None:
+        """Keep the block checksums of what this host wrote: the mount checks byte-range reads with them."""
+        cache = self.cache()
+        if cache is None:
+            return
+        from .cache import CacheError
+        from .cache.objects import RECORD_SUMS_OVER
+        for obj in objects:
+            if obj.sums is not None and obj.packed.size > RECORD_SUMS_OVER:
+                try:
+                    cache.put_sums(hashing.object_id(obj.hash, obj.origin), obj.packed.size, obj.sums)
+                except CacheError as error:
+                    log.warning("block sums of %s not recorded: %s", obj.hash, error)
 
     def commit(self, objects: list[PendingObject]) -> None:
         """Insert or revive the entries; runs inside the insert's transaction."""
@@ -405,74 +416,40 @@ class ExternalTable:
             def load(hash_: str) -> tuple[str, Any]:
                 data = self.read_object(entries[hash_], bar)
                 return hash_, blob.unpack(data, squeeze=squeeze)
-            # Reads from a file system are served from the page cache or the disk's own queue: threads
-            # only add overhead there (measured: 6x slower for 20 x 8 MiB); remote reads overlap latencies.
-            remote = any(not self._is_file_store(entries[h]["store"]) for h in hashes)
+            # Remote reads overlap their latencies in threads; file reads only gain from threads when they are
+            # hashed (hashing releases the GIL), else threads only add overhead (measured: 6x slower, 20 x 8 MiB).
+            remote = self._verify() or any(not self._is_file_store(entries[h]["store"]) for h in hashes)
             return dict(self._parallel(load, hashes, parallel=remote))
 
     def get(self, hash_: str, squeeze: bool = False) -> Any:
         return self.get_many([hash_], squeeze)[hash_]
 
     def read_object(self, entry: dict, bar=None) -> bytearray:
-        """The verified bytes of one object: from the cache, filling it on a miss, or from the store."""
+        """The bytes of one object, checked against its hash (``verify-reads = size``: its size only), through
+        the cache when one is configured."""
+        from .cache.through import read_object
         hash_ = hashing.validate(entry["hash"])
         size, origin = int(entry["size"]), bytes(entry["origin"])
         store = self.store(entry["store"], entry["folder"])
         key = hashing.object_path(hash_)
-        cache = self.cache()
-        buffer = self._read_cached(cache, store, key, hash_, size, origin) if cache is not None else None
-        if buffer is None:
-            if size > TRUSTED_SIZE:
-                # a size read from the database is not worth a huge allocation on its own: ask the store
-                stored = store.size(key)
-                if stored != size:
-                    raise CorruptObjectError(f"object {hash_} in {store.describe()} has {stored} bytes, its "
-                                             f"entry in {self.full_table_name} says {size}")
-            buffer = bytearray(size)
-            if size:
-                store.get_into(key, memoryview(buffer))
-            if self._verify_direct_reads(store) and hashing.object_hash(buffer, origin) != hash_:
-                raise CorruptObjectError(f"object {hash_} in {store.describe()} does not match its hash "
-                                         "(corrupted or truncated)")
+        if size > TRUSTED_SIZE:
+            # a size read from the database is not worth a huge allocation on its own: ask the store
+            stored = store.size(key)
+            if stored != size:
+                raise CorruptObjectError(f"object {hash_} in {store.describe()} has {stored} bytes, its "
+                                         f"entry in {self.full_table_name} says {size}")
+        buffer = read_object(store, key, hashing.object_id(hash_, origin), size, self.cache(), self._verify())
         if bar is not None:
             bar.update(size)
         return buffer
-
-    def _read_cached(self, cache, store, key: str, hash_: str, size: int, origin: bytes) -> bytearray | None:
-        """The object through the cache, filling it on a miss; None when the cache can't serve it.
-
-        A cached file of the wrong size (or, with ``verify-reads = always``, the wrong hash) — a disk error,
-        a tampered file — is reported, dropped from the cache and fetched again."""
-        verify = origin if self.config["verify-reads"] == "always" else None
-        for attempt in (1, 2):
-            path = cache.path(hash_)
-            if path is None:
-                try:
-                    path = cache.fill(hash_, size, origin, lambda file: _download(store, key, size, file))
-                except CorruptObjectError:
-                    raise
-                except OSError as error:  # cache disk full or unwritable: serve from the store
-                    log.warning("cache fill of %s failed (%s); reading the store directly", hash_, error)
-                    return None
-            try:
-                return _read_file(path, hash_, size, verify)
-            except CorruptObjectError as error:
-                if attempt == 2:
-                    raise
-                log.warning("%s: removing it from the cache and fetching it again", error)
-                cache.discard(hash_)
-        return None
 
     def _is_file_store(self, name: str) -> bool:
         location = self.config.store_spec(name)["location"] or ""
         return location.startswith("file://")
 
-    def _verify_direct_reads(self, store) -> bool:
-        """Reads that don't go through the cache are hash-checked when they crossed a network (S3), or
-        always with ``verify-reads = always``. A file-store read is size-checked by the store: hashing it
-        would cap fetches at SHA-256 speed, several times below a file read (see README, Benchmarks)."""
-        from .stores import FileStore
-        return self.config["verify-reads"] == "always" or not isinstance(store, FileStore)
+    def _verify(self) -> bool:
+        """Whether reads are checked against the content hash (the default) or only for size."""
+        return self.config["verify-reads"] != "size"
 
     # -- garbage collection
     def referencing_columns(self) -> list[tuple[str, str, str]]:
@@ -523,34 +500,3 @@ def _counting(chunks: Iterable, bar) -> Iterable:
     for chunk in chunks:
         yield chunk
         bar.update(len(chunk))
-
-
-def _download(store, key: str, size: int, file) -> None:
-    """Stream an object into a file in bounded pieces (the cache hashes what is written)."""
-    step = 16 << 20
-    for offset in range(0, size, step):
-        file.write(store.get_range(key, offset, min(step, size - offset)))
-
-
-def _read_file(path, hash_: str, size: int, origin: bytes | None = None) -> bytearray | None:
-    """A whole cached file into one buffer, size-checked before anything is allocated (and hash-checked when
-    ``origin`` is given); None if it vanished (evicted) meanwhile."""
-    try:
-        with open(path, "rb", buffering=0) as file:
-            found = os.fstat(file.fileno()).st_size
-            if found != size:
-                raise CorruptObjectError(f"cached object {hash_} ({os.fspath(path)}) has {found} bytes, "
-                                         f"{size} expected")
-            buffer = bytearray(size)
-            view = memoryview(buffer)
-            done = 0
-            while done < size:
-                count = file.readinto(view[done:])
-                if not count:
-                    raise CorruptObjectError(f"cached object {hash_} ({os.fspath(path)}) shrank while read")
-                done += count
-    except FileNotFoundError:
-        return None
-    if origin is not None and hashing.object_hash(buffer, origin) != hash_:
-        raise CorruptObjectError(f"cached object {hash_} ({os.fspath(path)}) does not match its hash")
-    return buffer

@@ -102,9 +102,11 @@ def _location(value: Any) -> str | None:
 
 
 def _verify_policy(value: Any) -> str:
-    if value not in ("always", "remote"):
-        raise ValueError("must be 'always' (hash-check every read) or 'remote' (hash-check reads over the "
-                         "network and cache fills; size-check file-store reads)")
+    if value in ("always", "remote"):  # the names of earlier versions: both hash-checked something
+        return "hash"
+    if value not in ("hash", "size"):
+        raise ValueError("must be 'hash' (check every read from a store against the content hash, and every "
+                         "cache read against its block checksums) or 'size' (check sizes only)")
     return value
 
 
@@ -123,7 +125,7 @@ SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "store-retries": (3, _count(0)),
     "transfer-threads": (8, _count(1)),
     "safemode": (False, _bool),
-    "verify-reads": ("remote", _verify_policy),
+    "verify-reads": ("hash", _verify_policy),
 }
 
 SECRET_KEYS = re.compile(r"(password|token|secret)", re.IGNORECASE)

@@ -3,12 +3,15 @@
 
 1. 20 x 8 MiB float32 arrays through the file store: insert vs raw write+fsync of the same bytes,
    fetch vs raw read of the same files (goals: >= 0.4x and >= 0.6x).
-2. 500 x 64 KiB arrays on S3 (a local moto server): one insert/fetch call with parallel transfers vs a
-   one-at-a-time loop over the same store (goal: >= 4x), directly and through a relay that adds a remote
-   S3's round trip (10 ms) to every request; bare boto3 (8 threads vs serial) gives the ceiling of each.
+2. 500 x 64 KiB arrays on S3 (a local s3rver server): one insert/fetch call with parallel transfers vs a
+   one-at-a-time loop over the same store (goal: >= 4x), directly and through a relay that plays a remote S3
+   (10 ms per request, ~90 MiB/s per connection); bare boto3 (8 threads vs serial) gives the ceiling of each.
+3. Remote S3 (the same relay): ``fetch1`` of a 1 GiB external value vs boto3's ``download_fileobj`` with 8
+   threads (s3transfer, the ceiling for one object; goal >= 0.8x) and vs one GET.
 
-Starts its own MariaDB and moto server; medians of several repetitions (the machines are shared and noisy).
-Usage: python scripts/bench_external.py [--repeat N]
+Starts its own MariaDB and S3 server (``--s3 moto`` for moto); medians of several repetitions (the machines are
+shared and noisy).
+Usage: python scripts/bench_external.py [--repeat N] [--fetch-size 1GiB]
 """
 
 from __future__ import annotations
@@ -17,36 +20,27 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+from benchlib import (REMOTE_DELAY, MiB, RemoteS3, Results, drop_page_cache, median, s3transfer_download, single_get,
+                      start_s3, stop_s3, write_fsync)
+from benchlib import timed as timed_result
 
 import djfs
 from djfs.stores import clear_store_cache
 from djfs.testing.mariadb import MariaDBServer
-from djfs.testing.relay import Relay
-from djfs.testing.s3 import MotoServer
-
-MiB = 1 << 20
 
 
 def timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
+    return timed_result(function)[0]
 
 
 def raw_write(directory: Path, arrays: list[np.ndarray]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for i, array in enumerate(arrays):
-        fd = os.open(directory / f"{i}.raw", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, memoryview(array).cast("B"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_fsync(directory / f"{i}.raw", array)
 
 
 def raw_read(directory: Path, count: int) -> list[bytearray]:
@@ -100,7 +94,7 @@ def bench_file_store(root: Path, connection, repeat: int) -> dict[str, float]:
     return result
 
 
-def bench_s3_parallel(server: MotoServer, connection, repeat: int, port: int | None = None) -> dict[str, float]:
+def bench_s3_parallel(server, connection, repeat: int, port: int | None = None) -> dict[str, float]:
     """``port``: talk to the server through that port (a latency relay) instead of directly."""
     arrays = [np.random.default_rng(i).random(8192) for i in range(500)]  # 64 KiB each
     port = port or server.port
@@ -149,26 +143,81 @@ def bench_s3_parallel(server: MotoServer, connection, repeat: int, port: int | N
             "fetch speed-up": statistics.median(loop_out) / statistics.median(par_out)}
 
 
+def bench_remote_fetch(server, connection, repeat: int, size: int, results: Results, delay: float) -> None:
+    """``fetch1`` of one large value from a remote S3 (the relay) vs s3transfer and one GET of its object."""
+    name = f"bench_big_{uuid.uuid4().hex[:6]}"
+    server.create_bucket(name.replace("_", "-"))
+    djfs.config["external-location"] = server.location("bench")
+    djfs.config["external-account"], djfs.config["external-token"] = server.credentials
+    clear_store_cache()
+    schema, Movie = declare(name, connection)
+    value = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+    print(f"storing a {size / MiB:.0f} MiB value ...", flush=True)
+    Movie.insert1({"movie_id": 1, "frames": value})
+    object_hash = connection.query(f"SELECT hash FROM `{name}`.`~external`").fetchone()[0]
+    key = f"bench/{object_hash[:2]}/{object_hash[2:4]}/{object_hash}"
+    bucket = name.replace("_", "-")
+    remote = RemoteS3(server, delay=delay)
+    client = remote.client()
+    fetches, s3t, gets = [], [], []
+    try:
+        djfs.config["external-location"] = remote.location("bench")
+        clear_store_cache()
+        for _ in range(max(1, repeat)):
+            drop_page_cache()
+            seconds, fetched = timed_result(lambda: Movie.fetch1("frames"))
+            assert fetched.nbytes == value.nbytes
+            del fetched
+            fetches.append(seconds)
+            s3t.append(s3transfer_download(client, bucket, key)[0])
+            gets.append(single_get(client, bucket, key)[0])
+    finally:
+        remote.close()
+        schema.drop(force=True)
+    fetch, ceiling, one = median(fetches), median(s3t), median(gets)
+    mib = size / MiB
+    results.at_least(f"remote fetch1 of {mib:.0f} MiB: djfs vs s3transfer 8 threads", ceiling / fetch, 0.8,
+                     f"fetch1 {mib / fetch:.0f} MiB/s, s3transfer {mib / ceiling:.0f} MiB/s ({remote.describe()})")
+    results.at_least(f"remote fetch1 of {mib:.0f} MiB: djfs vs one GET", one / fetch, None,
+                     f"one GET {mib / one:.0f} MiB/s")
+
+
 def main() -> None:
+    from djfs.settings import parse_size
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--latency", type=float, default=0.01, help="seconds per request added by the relay")
+    parser.add_argument("--latency", type=float, default=REMOTE_DELAY, help="seconds per request added by the relay")
+    parser.add_argument("--s3", default="s3rver", choices=["s3rver", "moto"], help="the S3 server (default s3rver)")
+    parser.add_argument("--fetch-size", default="1GiB", help="size of the remote fetch1 value (0: skip it)")
     args = parser.parse_args()
     djfs.config["progress"] = False
     with tempfile.TemporaryDirectory(prefix="djfs-bench-", dir=os.environ.get("BENCH_DIR")) as tmp, \
-            MariaDBServer(Path(tmp) / "db") as db, MotoServer() as s3:
-        connection = djfs.Connection(db.host, db.port, db.user, db.password)
-        print(f"# external storage benchmark, medians of {args.repeat} runs")
-        print("## file store, 20 x 8 MiB float32 arrays")
-        for key, value in bench_file_store(Path(tmp), connection, args.repeat).items():
-            print(f"{key:>28}: {value:10.2f}")
-        print("## S3 (moto server), 500 x 64 KiB arrays: one call vs one-at-a-time loop")
-        for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2)).items():
-            print(f"{key:>28}: {value:10.2f}")
-        print(f"## the same through a relay adding {args.latency * 1000:.0f} ms per request (a remote S3's round trip)")
-        with Relay(s3.port, delay=args.latency) as relay:
-            for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2), relay.port).items():
+            MariaDBServer(Path(tmp) / "db") as db:
+        s3 = start_s3(args.s3)
+        try:
+            connection = djfs.Connection(db.host, db.port, db.user, db.password)
+            print(f"# external storage benchmark, medians of {args.repeat} runs")
+            print("## file store, 20 x 8 MiB float32 arrays")
+            for key, value in bench_file_store(Path(tmp), connection, args.repeat).items():
                 print(f"{key:>28}: {value:10.2f}")
+            print(f"## S3 ({args.s3}), 500 x 64 KiB arrays: one call vs one-at-a-time loop")
+            for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2)).items():
+                print(f"{key:>28}: {value:10.2f}")
+            remote = RemoteS3(s3, delay=args.latency)
+            print(f"## the same through a relay playing a remote S3: {remote.describe()}")
+            try:
+                for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2),
+                                                    remote.relay.port).items():
+                    print(f"{key:>28}: {value:10.2f}")
+            finally:
+                remote.close()
+            size = parse_size(args.fetch_size)
+            if size:
+                results = Results()
+                bench_remote_fetch(s3, connection, max(1, args.repeat // 2), size, results, args.latency)
+                results.print(f"## remote S3, one large value, medians of {max(1, args.repeat // 2)}")
+        finally:
+            stop_s3(s3)
 
 
 if __name__ == "__main__":

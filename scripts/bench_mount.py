@@ -1,37 +1,49 @@
 #!/usr/bin/env python3
 """Speed of the djfs mount against the physical limits measured in the same run (not a test).
 
-Starts its own MariaDB (djfs.testing.mariadb) and moto S3 server (djfs.testing.s3), stores one large array
-(1 GiB by default) as an ``external`` value, and prints, each the median of a few repetitions:
+Starts its own MariaDB and S3 server (s3rver, whose ranged GETs cost only their bytes; ``--s3 moto`` for moto),
+stores one large array (1 GiB by default) as an ``external`` value, and prints, each the median of ``--repeat``
+runs, with its goal:
 
+local (S3 on loopback):
 1. sequential read of the cached object through the mount  vs  a bare passthrough mfusepy file system over the
    same cache file (goal >= 0.9x);
 2. a second read through the mount (kernel page cache kept)  vs  a plain read of the cache file (goal >= 0.4x);
 3. a cold read through the mount from S3  vs  a plain boto3 download of the same object (goal >= 0.8x);
 4. bytes fetched from S3 when numpy reads 1% of the .npy through the mount (goal <= 2% of the object + 16 MiB).
 
-Run as root (or with FUSE available):  python scripts/bench_mount.py [--size 1GiB] [--repeat 3]
+remote (the same server through ``djfs.testing.relay``: 10 ms per request, ~90 MiB/s per connection; issue 13):
+5. cold sequential read through the mount  vs  boto3's ``download_fileobj`` with 8 threads (s3transfer, the
+   ceiling for one object; goal >= 0.8x) and vs one GET (goal >= 3x);
+6. 100 random 100 KiB preads (8 threads)  vs  100 ranged GETs of the same bytes 8 at a time (goal: <= 1.5x the
+   time), and the bytes the daemon fetched for them (its ``user.djfs.stats``; goal <= 4x the bytes asked);
+7. the library's ``fetch1`` of the value, cache empty  vs  s3transfer (goal >= 0.8x);
+8. a re-read after a remount with the page cache dropped  vs  the cold read (goal <= 0.3x, 0 GETs);
+9. the daemon's CPU per GiB of the cold read  vs  s3transfer's in-process CPU (goal: at most twice);
+10. the daemon's RSS growth under 8 concurrent cold streams  vs  its memory bound (block_memory + heap slack).
+
+Run as root (or with FUSE available):
+    python scripts/bench_mount.py [--size 1GiB] [--repeat 3] [--sections local,remote] [-o mount_option=value]
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import json
+import importlib
 import os
+import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-CHUNK = 8 << 20  # bytes per read() call of the readers: large, as a streaming reader would use
-MiB = 1 << 20
+from benchlib import (GiB, Lab, MiB, RemoteS3, Results, cpu_seconds, drop_page_cache, median, memory, mount_stats,
+                      ranged_gets, read_file, s3transfer_download, single_get, timed, unmount, wait_mounted)
 
 
 # -- a minimal passthrough file system: the yardstick for the mount's own overhead -----------------------------
@@ -74,23 +86,6 @@ def passthrough_main(source: str, mountpoint: str) -> None:
 
 # -- helpers ---------------------------------------------------------------------------------------------------
 
-_BUFFER = memoryview(bytearray(b"\1" * CHUNK))  # one buffer, touched once: no contender pays for fresh pages
-
-
-def read_file(path: str | Path) -> tuple[float, int]:
-    """Seconds and bytes of one sequential read of a whole file."""
-    view = _BUFFER
-    total = 0
-    start = time.perf_counter()
-    with open(path, "rb", buffering=0) as file:
-        while True:
-            count = file.readinto(view)
-            if not count:
-                break
-            total += count
-    return time.perf_counter() - start, total
-
-
 def large_folio_share(path: str | Path, limit: int = 256 * MiB) -> float | None:
     """The share of a file's page-cache pages (its first ``limit`` bytes) that belong to large folios.
 
@@ -131,72 +126,21 @@ def large_folio_share(path: str | Path, limit: int = 256 * MiB) -> float | None:
         return None
 
 
-def drop_page_cache() -> None:
-    """Forget clean pages (needs root); without it the 'cold' mount reads may be warmer than they should."""
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("1")
-    except OSError:
-        pass
-
-
-def wait_mounted(mountpoint: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
-    from djfs.fs import is_mounted
-    deadline = time.monotonic() + timeout
-    while not (is_mounted(mountpoint) and os.path.ismount(mountpoint)):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{mountpoint} did not mount (exit status {process.poll()})")
-        time.sleep(0.05)
-
-
-def unmount(mountpoint: str, process: subprocess.Popen) -> None:
-    """Unmount, lazily if something still holds a file open, and never leave a daemon or a dead mount behind."""
-    from djfs.fs import is_mounted
-    if subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True).returncode != 0:
-        subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    if is_mounted(mountpoint):
-        subprocess.run(["umount", "-l", mountpoint], capture_output=True)
-
+# -- the benchmark ---------------------------------------------------------------------------------------------
 
 class Bench:
-    def __init__(self, root: Path, size: int, repeat: int, options: list[str]) -> None:
-        self.root = root
-        self.size = size
-        self.repeat = repeat
-        self.options = options
-        self.env: dict[str, str] = {}
+    """One large ``external`` movie in a private lab; each method is one measurement (seconds, counters)."""
 
-    # -- setup
+    def __init__(self, lab: Lab, size: int, options: list[str]) -> None:
+        self.lab = lab
+        self.size = size
+        self.options = ["schemas=bench", *options]
+
     def setup(self) -> None:
         import djfs
-        from djfs.testing.mariadb import MariaDBServer
-        from djfs.testing.s3 import MotoServer
-
-        print(f"starting MariaDB and the moto S3 server in {self.root} ...", flush=True)
-        self.db = MariaDBServer(self.root / "mariadb").start()
-        self.s3 = MotoServer().start()
-        self.bucket = self.s3.create_bucket(f"bench-{uuid.uuid4().hex[:12]}")
-        account, token = self.s3.credentials
-        self.cache = self.root / "cache"
-        settings = {"database.host": self.db.host, "database.port": self.db.port, "database.user": self.db.user,
-                    "database.password": self.db.password, "external-location": self.s3.location("bench"),
-                    "external-account": account, "external-token": token, "cache-location": str(self.cache),
-                    "cache-size": "4GiB", "progress": False}
-        for key, value in settings.items():
-            djfs.config[key] = value
-        config_file = self.root / "config.json"
-        config_file.write_text(json.dumps({key: value for key, value in settings.items()
-                                           if not key.startswith("database.")}))
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith(("DJ_", "AWS_"))}
-        self.env.update(DJ_HOST=self.db.host, DJ_PORT=str(self.db.port), DJ_USER=self.db.user,
-                        DJ_PASS=self.db.password or "", DJ_CONFIG=str(config_file))
-        connection = djfs.conn(reset=True)
-        schema = djfs.Schema("bench", connection=connection)
+        lab = self.lab
+        self.bucket = lab.s3.create_bucket(f"bench-{uuid.uuid4().hex[:12]}")
+        schema = djfs.Schema("bench", connection=lab.connection)
         schema.set_external_storage(self.bucket)
 
         @schema
@@ -214,12 +158,12 @@ class Bench:
         Movie.insert1({"movie": 1, "frames": value})
         self.value = value
         self.Movie = Movie
-        entry = connection.query("SELECT hash, size FROM `bench`.`~external`").fetchone()
+        entry = lab.connection.query("SELECT hash, size FROM `bench`.`~external`").fetchone()
         self.hash, self.object_size = entry[0], int(entry[1])
         self.key = f"bench/{self.hash[:2]}/{self.hash[2:4]}/{self.hash}"
 
     def cached_file(self) -> Path:
-        return self.cache / "objects" / self.hash[:2] / self.hash
+        return self.lab.cache / "objects" / self.hash[:2] / self.hash
 
     def fill_cache(self) -> None:
         """The library's fetch fills the cache the mount shares (a whole, verified object)."""
@@ -227,20 +171,12 @@ class Bench:
             self.Movie.fetch1("frames")
         assert self.cached_file().exists()
 
-    def clear_cache(self) -> None:
-        shutil.rmtree(self.cache, ignore_errors=True)
-
     # -- mounts
-    def mount_djfs(self, extra: list[str] = ()) -> tuple[str, subprocess.Popen]:
-        mountpoint = tempfile.mkdtemp(prefix="djfs-mnt-", dir=self.root)
-        options = ",".join(["schemas=bench", *self.options, *extra])
-        process = subprocess.Popen([sys.executable, "-m", "djfs.cli", "mount", "-f", mountpoint, "-o", options,
-                                    "--log-file", str(self.root / "daemon.log")], env=self.env)
-        wait_mounted(mountpoint, process)
-        return mountpoint, process
+    def mount(self, location: str | None = None) -> tuple[str, subprocess.Popen]:
+        return self.lab.mount(self.options, location)
 
     def mount_passthrough(self) -> tuple[str, subprocess.Popen]:
-        mountpoint = tempfile.mkdtemp(prefix="pass-mnt-", dir=self.root)
+        mountpoint = tempfile.mkdtemp(prefix="pass-mnt-", dir=self.lab.root)
         process = subprocess.Popen([sys.executable, __file__, "--passthrough", str(self.cached_file()), mountpoint])
         wait_mounted(mountpoint, process)
         return mountpoint, process
@@ -248,18 +184,19 @@ class Bench:
     def movie_path(self, mountpoint: str) -> str:
         return os.path.join(mountpoint, "bench", "Movie", "movie=1", "frames.npy")
 
-    def stats(self, mountpoint: str) -> dict:
-        return json.loads(os.getxattr(mountpoint, "user.djfs.stats"))
+    def read_whole(self, mountpoint: str) -> float:
+        seconds, count = read_file(self.movie_path(mountpoint))
+        assert count == os.stat(self.movie_path(mountpoint)).st_size
+        return seconds
 
-    # -- measurements (each returns seconds)
+    # -- local measurements (the S3 server on loopback)
     def through_djfs_cached(self) -> tuple[float, float]:
         """First and second read of the cached object through a fresh mount."""
-        mountpoint, process = self.mount_djfs()
+        mountpoint, process = self.mount()
         try:
-            first, count = read_file(self.movie_path(mountpoint))
-            assert count == os.stat(self.movie_path(mountpoint)).st_size
-            second, _ = read_file(self.movie_path(mountpoint))
-            stats = self.stats(mountpoint)
+            first = self.read_whole(mountpoint)
+            second = self.read_whole(mountpoint)
+            stats = mount_stats(mountpoint)
             assert stats.get("opens_keep_cache", 0) >= 1, stats
             self.folios = (large_folio_share(self.movie_path(mountpoint)), large_folio_share(self.cached_file()))
             return first, second
@@ -277,29 +214,33 @@ class Bench:
     def raw_cache_file(self) -> float:
         return read_file(self.cached_file())[0]
 
-    def cold_djfs(self) -> tuple[float, dict]:
-        self.clear_cache()
-        mountpoint, process = self.mount_djfs()
+    def cold(self, location: str | None = None) -> dict:
+        """A cold read of the whole object through a fresh mount with an empty cache, then a re-read after a
+        remount with the page cache dropped: seconds, the daemon's counters and CPU seconds of the cold read."""
+        self.lab.clear_cache()
+        mountpoint, process = self.mount(location)
         try:
-            seconds, count = read_file(self.movie_path(mountpoint))
-            assert count == os.stat(self.movie_path(mountpoint)).st_size
-            return seconds, self.stats(mountpoint)
+            drop_page_cache()
+            cpu = cpu_seconds(process.pid)
+            seconds = self.read_whole(mountpoint)
+            result = {"seconds": seconds, "cpu": cpu_seconds(process.pid) - cpu, "stats": mount_stats(mountpoint)}
         finally:
             unmount(mountpoint, process)
+        mountpoint, process = self.mount(location)
+        try:
+            drop_page_cache()
+            result["again"] = self.read_whole(mountpoint)
+            result["again_stats"] = mount_stats(mountpoint)
+        finally:
+            unmount(mountpoint, process)
+        return result
 
     def raw_boto3(self) -> float:
-        client = self.s3.client()
-        start = time.perf_counter()
-        body = client.get_object(Bucket=self.bucket, Key=self.key)["Body"]
-        total = 0
-        while chunk := body.read(CHUNK):
-            total += len(chunk)
-        assert total == self.object_size
-        return time.perf_counter() - start
+        return single_get(self.lab.s3.client(), self.bucket, self.key)[0]
 
     def one_percent(self) -> dict:
-        self.clear_cache()
-        mountpoint, process = self.mount_djfs()
+        self.lab.clear_cache()
+        mountpoint, process = self.mount()
         try:
             array = np.load(self.movie_path(mountpoint), mmap_mode="r")
             count = max(1, self.frames // 100)
@@ -308,26 +249,174 @@ class Bench:
             expected = int(self.value[:, :, middle:middle + count].sum(dtype=np.uint64))
             assert total == expected
             del array  # the memory map holds the file open: release it before unmounting
-            stats = self.stats(mountpoint)
+            stats = mount_stats(mountpoint)
             stats["read_fraction"] = count / self.frames
             return stats
         finally:
             unmount(mountpoint, process)
 
-    def close(self) -> None:
-        for stop in (getattr(self, "s3", None), getattr(self, "db", None)):
-            if stop is not None:
-                stop.stop()
+    # -- remote measurements (through the relay)
+    def random_preads(self, location: str, pieces: list[tuple[int, int]], threads: int = 8) -> dict:
+        """``pieces`` (offset, size) of the .npy read cold with os.pread, ``threads`` at a time."""
+        self.lab.clear_cache()
+        mountpoint, process = self.mount(location)
+        try:
+            drop_page_cache()
+
+            def preads() -> list[int]:  # the open counts: a small object may be fetched whole when opened
+                fd = os.open(self.movie_path(mountpoint), os.O_RDONLY)
+                try:
+                    with ThreadPoolExecutor(threads) as pool:
+                        return list(pool.map(lambda piece: len(os.pread(fd, piece[1], piece[0])), pieces))
+                finally:
+                    os.close(fd)
+            seconds, sizes = timed(preads)
+            assert sizes == [size for _, size in pieces]
+            return {"seconds": seconds, "stats": mount_stats(mountpoint)}
+        finally:
+            unmount(mountpoint, process)
+
+    def streams(self, location: str, count: int = 8) -> dict:
+        """``count`` threads each read their own slice of the .npy cold and at once: the daemon's memory."""
+        self.lab.clear_cache()
+        mountpoint, process = self.mount(location)
+        try:
+            drop_page_cache()
+            idle = memory(process.pid)["VmRSS"]
+            path = self.movie_path(mountpoint)
+            size = os.stat(path).st_size
+            bounds = [(size * i // count, size * (i + 1) // count) for i in range(count)]
+            with ThreadPoolExecutor(count) as pool:
+                seconds, counts = timed(lambda: list(pool.map(lambda b: read_file(path, *b)[1], bounds)))
+            assert sum(counts) == size
+            return {"seconds": seconds, "idle": idle, "peak": memory(process.pid)["VmHWM"]}
+        finally:
+            unmount(mountpoint, process)
+
+    def library_fetch(self, location: str) -> float:
+        """``fetch1`` of the whole value with an empty cache, the store at ``location``."""
+        self.lab.clear_cache()
+        self.lab.use(location)
+        try:
+            drop_page_cache()
+            seconds, value = timed(lambda: self.Movie.fetch1("frames"))
+            assert value.shape == self.value.shape
+            return seconds
+        finally:
+            self.lab.use(self.lab.s3.location("bench"))
 
 
-def median(function, repeat: int) -> float:
-    return statistics.median(function() for _ in range(repeat))
+# -- the sections of the report --------------------------------------------------------------------------------
+
+def local_section(bench: Bench, repeat: int, results: Results) -> None:
+    """The mount against the physical limits on this machine, S3 on loopback."""
+    gib = bench.object_size / GiB
+    bench.fill_cache()
+    bench.raw_cache_file()  # the cache file is in the page cache for every contender from here on
+    firsts, seconds, passes, raws = [], [], [], []
+    for _ in range(repeat):
+        first, second = bench.through_djfs_cached()
+        firsts.append(first)
+        seconds.append(second)
+        passes.append(bench.through_passthrough())
+        raws.append(bench.raw_cache_file())
+    first, second = median(firsts), median(seconds)
+    passthrough, raw = median(passes), median(raws)
+    results.at_least("cached read: djfs vs passthrough", passthrough / first, 0.9,
+                     f"djfs {gib / first:.2f} GiB/s, passthrough {gib / passthrough:.2f} GiB/s")
+    mounted_folios, local_folios = (f"{share:.0%}" if share is not None else "n/a" for share in bench.folios)
+    results.at_least("second read (page cache kept) vs raw cache file", raw / second, 0.4,
+                     f"djfs {gib / second:.2f} GiB/s, raw {gib / raw:.2f} GiB/s; page cache in large folios: "
+                     f"mount {mounted_folios}, cache file {local_folios}")
+
+    colds, boto = [], []
+    for _ in range(repeat):
+        colds.append(bench.cold())
+        boto.append(bench.raw_boto3())
+    cold, raw_s3 = median(c["seconds"] for c in colds), median(boto)
+    results.at_least("cold read from S3: djfs vs boto3 get_object", raw_s3 / cold, 0.8,
+                     f"djfs {gib / cold:.2f} GiB/s ({colds[-1]['stats'].get('store_requests')} requests), boto3 "
+                     f"get_object {gib / raw_s3:.2f} GiB/s")
+
+    partial = bench.one_percent()
+    fetched = partial.get("store_bytes", 0)
+    limit = 0.02 * bench.object_size + 16 * MiB
+    share = partial["read_fraction"]
+    results.at_most("MiB fetched reading 1% of the .npy", fetched / MiB, limit / MiB,
+                    f"{share * 100:.1f}% ({share * bench.object_size / MiB:.1f} MiB) read; "
+                    f"{partial.get('store_requests')} requests", unit="")
+
+
+def remote_section(bench: Bench, repeat: int, results: Results) -> None:
+    """The same object from a remote S3 (the relay): djfs vs s3transfer's 8 threads vs one GET (issue 13)."""
+    remote = RemoteS3(bench.lab.s3)
+    print(f"remote S3: {remote.describe()}", flush=True)
+    location = remote.location("bench")
+    gib = bench.object_size / GiB
+    client = remote.client()
+    asked = 100 * 1024
+    rng = random.Random(13)
+    samples = []
+    try:
+        for _ in range(repeat):
+            run: dict = {}
+            run["s3transfer"], run["s3transfer_cpu"] = s3transfer_download(client, bench.bucket, bench.key)
+            run["get"], run["get_cpu"] = single_get(client, bench.bucket, bench.key)
+            run["cold"] = bench.cold(location)
+            run["fetch"] = bench.library_fetch(location)
+            file_size = bench.object_size  # the .npy's header is small: offsets within the data are alike
+            offsets = [rng.randrange(0, file_size - asked) for _ in range(100)]
+            run["preads"] = bench.random_preads(location, [(offset, asked) for offset in offsets])
+            run["ranged"] = ranged_gets(client, bench.bucket, bench.key, [(offset, asked) for offset in offsets])
+            run["streams"] = bench.streams(location)
+            samples.append(run)
+    finally:
+        remote.close()
+
+    def m(get) -> float:
+        return median(get(run) for run in samples)
+    s3t, get, cold = m(lambda r: r["s3transfer"]), m(lambda r: r["get"]), m(lambda r: r["cold"]["seconds"])
+    requests = samples[-1]["cold"]["stats"].get("store_requests")
+    results.at_least("remote cold sequential read: djfs vs s3transfer 8 threads", s3t / cold, 0.8,
+                     f"djfs {gib / cold * 1024:.0f} MiB/s ({requests} GETs), s3transfer {gib / s3t * 1024:.0f} MiB/s")
+    results.at_least("remote cold sequential read: djfs vs one GET", get / cold, 3,
+                     f"one GET {gib / get * 1024:.0f} MiB/s")
+    preads, ranged = m(lambda r: r["preads"]["seconds"]), m(lambda r: r["ranged"])
+    fetched = m(lambda r: r["preads"]["stats"].get("store_bytes", 0))
+    results.at_least("remote 100 random 100 KiB preads vs ranged GETs (8 at a time)", ranged / preads, 1 / 1.5,
+                     f"djfs {preads:.2f} s, direct {ranged:.2f} s")
+    results.at_most("remote bytes fetched by those preads / bytes asked", fetched / (100 * asked), 4,
+                    f"{fetched / MiB:.1f} MiB fetched for {100 * asked / MiB:.1f} MiB, "
+                    f"{m(lambda r: r['preads']['stats'].get('store_requests', 0)):.0f} GETs", unit="x")
+    fetch = m(lambda r: r["fetch"])
+    results.at_least("remote library fetch1: djfs vs s3transfer 8 threads", s3t / fetch, 0.8,
+                     f"fetch1 {gib / fetch * 1024:.0f} MiB/s")
+    again = m(lambda r: r["cold"]["again"])
+    results.at_most("remote re-read after remount (page cache dropped) / cold", again / cold, 0.3,
+                    f"re-read {again:.2f} s, cold {cold:.2f} s", unit="x")
+    gets = int(m(lambda r: r["cold"]["again_stats"].get("store_requests", 0)))
+    results.at_most("remote re-read after remount: GETs", gets, 0,
+                    f"{m(lambda r: r['cold']['again_stats'].get('store_bytes', 0)) / MiB:.0f} MiB fetched", unit="")
+    cpu, s3t_cpu = m(lambda r: r["cold"]["cpu"]) / gib, m(lambda r: r["s3transfer_cpu"]) / gib
+    results.at_least("remote cold read CPU per GiB: s3transfer / djfs daemon", s3t_cpu / cpu, 0.5,
+                     f"daemon {cpu:.2f} s/GiB, s3transfer {s3t_cpu:.2f} s/GiB, one GET "
+                     f"{m(lambda r: r['get_cpu']) / gib:.2f} s/GiB (in-process)")
+    mount_module = importlib.import_module("djfs.fs.mount")
+    budget = mount_module.MountOptions.parse(bench.options).block_memory + getattr(mount_module, "HEAP_KEEP", 0)
+    growth = m(lambda r: r["streams"]["peak"] - r["streams"]["idle"])
+    results.at_most("remote daemon RSS growth (MiB), 8 concurrent cold streams", growth / MiB, budget / MiB,
+                    f"peak {m(lambda r: r['streams']['peak']) / MiB:.0f} MiB, idle "
+                    f"{m(lambda r: r['streams']['idle']) / MiB:.0f} MiB, "
+                    f"{gib / m(lambda r: r['streams']['seconds']) * 1024:.0f} MiB/s in all", unit="")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1GiB", help="object size (default 1GiB)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions per measurement (median)")
+    parser.add_argument("--sections", default="local,remote",
+                        help="which to run: local (S3 on loopback), remote (through the relay); default both")
+    parser.add_argument("--s3", default="s3rver", choices=["s3rver", "moto"], help="the S3 server (default s3rver)")
     parser.add_argument("-o", dest="options", action="append", default=[], help="extra djfs mount options")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     parser.add_argument("--passthrough", nargs=2, help=argparse.SUPPRESS)
@@ -336,67 +425,26 @@ def main() -> int:
         passthrough_main(*args.passthrough)
         return 0
     from djfs.settings import parse_size
+    sections = {name.strip() for name in args.sections.split(",") if name.strip()}
+    if not sections <= {"local", "remote"}:
+        parser.error(f"unknown sections: {', '.join(sorted(sections - {'local', 'remote'}))}")
 
     root = Path(tempfile.mkdtemp(prefix="djfs-bench-"))
-    bench = Bench(root, parse_size(args.size), args.repeat, args.options)
-    results = []
+    results = Results()
+    lab = Lab(root, s3=args.s3)
     try:
+        lab.start()
+        bench = Bench(lab, parse_size(args.size), args.options)
         bench.setup()
-        gib = bench.object_size / (1 << 30)
-        repeat = args.repeat
-
-        bench.fill_cache()
-        bench.raw_cache_file()  # the cache file is in the page cache for every contender from here on
-        firsts, seconds, passes, raws = [], [], [], []
-        for _ in range(repeat):
-            first, second = bench.through_djfs_cached()
-            firsts.append(first)
-            seconds.append(second)
-            passes.append(bench.through_passthrough())
-            raws.append(bench.raw_cache_file())
-        first, second = statistics.median(firsts), statistics.median(seconds)
-        passthrough, raw = statistics.median(passes), statistics.median(raws)
-        results.append(("cached read: djfs vs passthrough", passthrough / first, 0.9,
-                        f"djfs {gib / first:.2f} GiB/s, passthrough {gib / passthrough:.2f} GiB/s"))
-        mounted_folios, local_folios = (f"{share:.0%}" if share is not None else "n/a" for share in bench.folios)
-        results.append(("second read (page cache kept) vs raw cache file", raw / second, 0.4,
-                        f"djfs {gib / second:.2f} GiB/s, raw {gib / raw:.2f} GiB/s; page cache in large folios: "
-                        f"mount {mounted_folios}, cache file {local_folios}"))
-
-        colds, boto, cold_stats = [], [], {}
-        for _ in range(repeat):
-            drop_page_cache()
-            # moto keeps a large object in a temporary file: after the page cache was dropped, whoever reads
-            # first also pays for moto's disk reads.  Warm it, untimed, so both contenders meet the same server.
-            bench.raw_boto3()
-            seconds_cold, cold_stats = bench.cold_djfs()
-            colds.append(seconds_cold)
-            boto.append(bench.raw_boto3())
-        cold, raw_s3 = statistics.median(colds), statistics.median(boto)
-        results.append(("cold read from S3: djfs vs boto3 get_object", raw_s3 / cold, 0.8,
-                        f"djfs {gib / cold:.2f} GiB/s ({cold_stats.get('store_requests')} requests), boto3 "
-                        f"get_object {gib / raw_s3:.2f} GiB/s"))
-
-        partial = bench.one_percent()
-        fetched = partial.get("store_bytes", 0)
-        limit = 0.02 * bench.object_size + 16 * MiB
-        results.append(("bytes fetched reading 1% of the .npy", fetched / limit, None,
-                        f"{fetched / MiB:.1f} MiB fetched for {partial['read_fraction'] * 100:.1f}% "
-                        f"({partial['read_fraction'] * bench.object_size / MiB:.1f} MiB) read; limit "
-                        f"{limit / MiB:.1f} MiB; {partial.get('store_requests')} requests"))
+        if "local" in sections:
+            local_section(bench, args.repeat, results)
+        if "remote" in sections:
+            remote_section(bench, args.repeat, results)
     finally:
-        bench.close()
+        lab.close()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print()
-    print(f"object: {bench.object_size / MiB:.0f} MiB, medians of {args.repeat}")
-    for name, ratio, goal, detail in results:
-        if goal is None:
-            verdict = "ok" if ratio <= 1 else "OVER"
-            print(f"  {name:<50} {ratio:5.2f} of the limit   [{verdict}]  {detail}")
-        else:
-            verdict = "ok" if ratio >= goal else "BELOW GOAL"
-            print(f"  {name:<50} {ratio:5.2f}x (goal >= {goal}x) [{verdict}]  {detail}")
+    results.print(f"object: {bench.object_size / MiB:.0f} MiB, {args.s3}, medians of {args.repeat}")
     return 0
 
 

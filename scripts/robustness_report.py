@@ -39,6 +39,15 @@ SELECTION = [
     "tests/test_mount.py::test_database_down_keeps_cached_files_readable",
     "tests/test_mount_cli.py::test_background_mount_keeps_credentials_out_of_sight",
     "tests/test_mount_cli.py::test_umount_clears_a_dead_daemons_mount",
+    "tests/test_verify.py",
+    "tests/test_cache.py::test_damaged_object_is_dropped_and_read_as_a_miss",
+    "tests/test_cache.py::test_damaged_blocks_and_opened_files_are_dropped",
+    "tests/test_cache.py::test_a_buffer_changed_before_its_background_write_is_not_cached",
+    "tests/test_cache.py::test_kill_9_during_fills_then_every_cache_read_is_correct",
+    "tests/test_reader.py::test_a_failed_part_is_retried",
+    "tests/test_reader.py::test_a_corrupt_object_read_in_full_fails_and_leaves_nothing_cached",
+    "tests/test_reader.py::test_blocks_are_checked_against_the_sums_of_a_verified_read",
+    "tests/test_external.py::test_file_reads_are_hash_checked_by_default_and_size_checked_on_request",
 ]
 
 #: category -> patterns of "module::test name" (a test may count in several rows)
@@ -53,6 +62,10 @@ CATEGORIES = {
     "no one got in": [
         r"test_security::test_(credentials|user_with_select)", r"test_mount_faults::test_(permissions|credentials|select_only)",
         r"test_mount_cli::test_background_mount_keeps_credentials"],
+    "corruption caught": [
+        r"test_verify::", r"test_cache::test_(damaged|a_buffer_changed)", r"test_reader::test_(a_corrupt|blocks_are_checked)",
+        r"test_external::test_file_reads_are_hash_checked", r"test_security::test_(truncated|corrupted)"],
+    "crashes survived": [r"test_cache::test_kill_9", r"test_mount_faults::test_kill_9", r"test_reader::test_a_failed_part"],
     "load held": [r"test_load::"],
     "nothing lost": [
         r"test_faults::", r"test_security::test_(truncated|corrupted)",
@@ -161,6 +174,14 @@ def figures(category: str, cases: list[Case], everything: list[Case]) -> str:
         return (f"{total(cases, 'access_refusals'):.0f} accesses refused (other uids, modes, ungranted schemas); "
                 f"secrets searched in {total(cases, 'secret_places_checked'):.0f} places of the mount "
                 "(log, files, xattrs, cmdline, ps) and in the library's logs, errors and reprs: never found")
+    if category == "corruption caught":
+        return ("objects damaged in the store (file and S3, djfs and DataJoint-style MD5 objects, small and large "
+                "through the mount): an error naming the store, EIO and a log line through the mount, nothing "
+                "cached; cache files with a flipped bit, a zeroed block, a damaged table, torn or empty: dropped "
+                "and fetched again")
+    if category == "crashes survived":
+        return ("processes `kill -9`ed at random moments of their cache fills (then damaged files on top): every "
+                "cache read is the object or a miss; a part's connection dropped mid-body: retried")
     if category == "load held":
         if not any("load_reads" in case.properties for case in cases):
             return "no figures (the load test did not run to the end)"

@@ -1,5 +1,8 @@
-"""pytest plugin: a real S3 endpoint (moto server subprocess) and a ``store`` fixture over every backend.
+"""pytest plugin: a real S3 endpoint (a local S3 server subprocess) and a ``store`` fixture over every backend.
 
+The functional tests run against moto's server, the closest to S3 in its answers; ``s3rver`` gives a test the
+benchmarks' endpoint, whose ranged GETs cost only their bytes (``djfs.testing.s3rver`` says where it departs
+from S3).
 Loaded from ``tests/conftest.py`` with ``pytest_plugins = ["fixtures_s3"]``.
 """
 
@@ -11,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from djfs.stores import FileStore, Store
-from djfs.testing.s3 import MotoServer
+from djfs.testing.s3 import MotoServer, S3Server
+from djfs.testing.s3rver import S3rver
 
 #: small enough that multipart uploads and parallel ranged reads are exercised by small test objects
 TEST_PART_SIZE = 5 * 1024 * 1024
@@ -25,8 +29,15 @@ def s3_server() -> Iterator[MotoServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def s3rver() -> Iterator[S3rver]:
+    """s3rver (objects in files, ranged GETs that read only their bytes), shared by the session."""
+    with S3rver() as server:
+        yield server
+
+
 @pytest.fixture
-def s3_bucket(s3_server: MotoServer) -> str:
+def s3_bucket(s3_server: S3Server) -> str:
     """A fresh, empty, existing bucket of ``s3_server``."""
     return s3_server.create_bucket(f"djfs-test-{uuid.uuid4().hex[:16]}")
 
@@ -39,7 +50,7 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Store:
     """
     if request.param == "file":
         return FileStore(tmp_path / "store")
-    server: MotoServer = request.getfixturevalue("s3_server")
+    server: S3Server = request.getfixturevalue("s3_server")
     bucket: str = request.getfixturevalue("s3_bucket")
     return server.store(bucket, "some/prefix", multipart_threshold=TEST_MULTIPART_THRESHOLD,
                         part_size=TEST_PART_SIZE, max_concurrency=4)

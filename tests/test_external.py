@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import threading
 import time
+import uuid
 
 import numpy as np
 import pytest
 
 import djfs
 from djfs import blob, hashing
+from djfs.cache import open_cache
 from djfs.errors import CorruptObjectError, DeclarationError, MissingObjectError, QueryError, StoreError
 from djfs.external import origin_of
 
@@ -241,15 +244,25 @@ def test_gc_keeps_entries_it_could_not_remove(schema, file_clip):
 
 
 def test_cache_off_cold_warm_identical(movies, schema, tmp_path):
+    """The same values without a cache, from a fresh cache (cold) and from the cache alone (warm): the store is
+    emptied before the warm read, so only the cache can serve it."""
     values = [np.random.default_rng(i).integers(0, 1000, size=(50, 7)) for i in range(4)]
     movies.insert([{"movie_id": i, "aligned": v} for i, v in enumerate(values)])
     no_cache = movies.fetch("aligned", order_by="movie_id")
-    djfs.config["cache-location"] = str(tmp_path / "cache")
+    djfs.config["cache-location"] = str(tmp_path / "fresh-cache")
     try:
-        cold = movies.fetch("aligned", order_by="movie_id")
         cache = schema.external.cache()
-        assert cache.usage() > 0
+        assert cache.usage() == 0
+        cold = movies.fetch("aligned", order_by="movie_id")
+        cache.flush()  # filled in the background, after the values were returned
+        assert cache.stats()["objects"] == 4
+        store = schema.external.store()
+        for info in list(store.list()):
+            store.remove(info.key)
+        assert objects_in(schema) == set()
+        hits = cache.stats()["hits"]
         warm = movies.fetch("aligned", order_by="movie_id")
+        assert cache.stats()["hits"] - hits == 4
         for a, b, c, v in zip(no_cache, cold, warm, values):
             np.testing.assert_array_equal(a, v)
             np.testing.assert_array_equal(b, v)
@@ -287,22 +300,27 @@ def test_corrupted_or_truncated_object_is_an_error(movies, schema, tmp_path, ver
         (movies & {"movie_id": 1}).fetch1("aligned")
 
 
-def test_file_reads_are_size_checked_by_default_and_cache_fills_always_verified(file_clip, tmp_path):
+def test_file_reads_are_hash_checked_by_default_and_size_checked_on_request(file_clip, tmp_path):
+    """Ten bytes overwritten at the end of an object on a file store: by default an error naming the store path,
+    with or without a cache, and nothing cached; ``verify-reads = size`` returns the damaged value."""
     Clip, root = file_clip
     value = np.random.default_rng(3).random(500)
     Clip.insert1({"k": 1, "m": value})
     path = root / "lab" / hashing.object_path(hash_of_column(Clip, "m"))
     data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
+    data[-10:] = bytes(10)
     path.write_bytes(bytes(data))
-    assert Clip.fetch1("m")[-1] != value[-1]   # default policy: a file read is trusted like any file
-    djfs.config["cache-location"] = str(tmp_path / "cache")
-    with pytest.raises(CorruptObjectError):
-        Clip.fetch1("m")                         # but never cached without verification
-    djfs.config["cache-location"] = None
-    djfs.config["verify-reads"] = "always"
-    with pytest.raises(CorruptObjectError):
+    with pytest.raises(CorruptObjectError, match=str(root / "lab")):
         Clip.fetch1("m")
+    djfs.config["cache-location"] = str(tmp_path / "cache")
+    with pytest.raises(CorruptObjectError, match=str(root / "lab")):
+        Clip.fetch1("m")
+    cache = open_cache(tmp_path / "cache", djfs.config["cache-size"])
+    cache.flush()
+    assert cache.stats()["objects"] == 0     # never cached
+    djfs.config["cache-location"] = None
+    djfs.config["verify-reads"] = "size"
+    assert Clip.fetch1("m")[-1] != value[-1]   # the opt-out: sizes only
 
 
 def hash_of_column(table, column):
@@ -316,9 +334,38 @@ def test_malformed_hash_in_database_refused(movies, schema):
             schema.external.get(bad)
 
 
-def test_parallel_many_small(movies, schema):
-    values = [np.random.default_rng(i).random(1000) for i in range(60)]
-    movies.insert([{"movie_id": i, "aligned": v} for i, v in enumerate(values)])
-    fetched = movies.fetch("aligned", order_by="movie_id")
-    for got, want in zip(fetched, values):
-        np.testing.assert_array_equal(got, want)
+def test_parallel_many_small(schema, s3_server, db_config):
+    """Many small values of one fetch are read from S3 in parallel: with the network held, several requests
+    are in flight at once (counted as open connections through a relay), which a serial fetch never has."""
+    import psutil
+    from djfs.testing.relay import Relay
+    with djfs.config.override(**{"external-location": s3_server.location("lab"),
+                                 "external-account": s3_server.credentials[0],
+                                 "external-token": s3_server.credentials[1]}):
+        schema.set_external_storage(s3_server.create_bucket(f"djfs-{uuid.uuid4().hex[:16]}"))
+
+        @schema
+        class Many(djfs.Manual):
+            definition = "k : int\n---\nm : external"
+        values = [np.random.default_rng(i).random(1000) for i in range(60)]
+        Many.insert([{"k": i, "m": v} for i, v in enumerate(values)])
+        with Relay(int(s3_server.endpoint.rsplit(":", 1)[1])) as relay:
+            djfs.config["external-location"] = f"s3+http://127.0.0.1:{relay.port}/lab"
+            relay.hold()
+            fetched: list = []
+            fetching = threading.Thread(target=lambda: fetched.append(Many.fetch("m", order_by="k")))
+            fetching.start()
+
+            def in_flight() -> int:
+                return sum(1 for c in psutil.Process().net_connections("tcp")
+                           if c.raddr and c.raddr.port == relay.port and c.status == psutil.CONN_ESTABLISHED)
+            deadline = time.monotonic() + 30
+            most = 0
+            while most < 4 and time.monotonic() < deadline:
+                most = max(most, in_flight())
+                time.sleep(0.01)
+            relay.release()
+            fetching.join(60)
+        assert most >= 4, f"at most {most} requests in flight: the fetch is serial"
+        for got, want in zip(fetched[0], values):
+            np.testing.assert_array_equal(got, want)

@@ -320,14 +320,14 @@ def test_sustained_load_loses_nothing(loaded, record_property):
     record_property("load_store_mib", store_bytes // MiB)
     record_property("load_kinds", json.dumps(load.by_kind, sort_keys=True))
     record_property("load_daemon_counters", json.dumps({key: after.get(key, 0) - before.get(key, 0) for key in (
-        "opens", "opens_cached", "opens_blocks", "whole_downloads", "streams", "blocks_fetched",
-        "blocks_fetched_again", "store_requests", "blocks_not_cached")}, sort_keys=True))
+        "opens", "opens_cached", "opens_blocks", "whole_downloads", "parts", "blocks_fetched",
+        "blocks_fetched_again", "store_requests", "part_retries", "objects_verified")}, sort_keys=True))
 
     assert not load.errors, load.errors[:5]
     assert load.operations >= 5 * READERS and load.verified >= total // 2, (load.operations, load.verified)
     assert {kind.split()[0] for kind in load.by_kind} == set(EXTENSIONS), load.by_kind
     assert after.get("opens_blocks", 0) > before.get("opens_blocks", 0)      # block reads were exercised ...
-    assert after.get("streams", 0) > before.get("streams", 0)                # ... and read-ahead streams
+    assert after.get("parts", 0) > before.get("parts", 0)                    # ... and read-ahead parts
     # the cache holds its bound: at rest exactly, under load up to the objects being added at that moment
     assert kept <= CACHE_LIMIT, f"{kept / MiB:.0f} MiB cached at rest, limit {CACHE_LIMIT / MiB:.0f} MiB"
     assert peak_cache <= CACHE_LIMIT + 2 * WHOLE_MAX, f"peak {peak_cache / MiB:.0f} MiB"

@@ -24,6 +24,7 @@ import pytest
 
 import djfs
 from djfs import blob
+from djfs.cache.checked import file_size
 from djfs.fs import paths
 from djfs.stores import clear_store_cache
 from fixtures_fuse import errno_of, s3_config, wait_for
@@ -296,14 +297,33 @@ def test_concurrent_cold_readers_fetch_each_block_once(mnt, lab):
 
 
 def test_sequential_read_streams_and_partial_read_is_bounded(mnt, lab):
-    value = fetch_row(lab, "m1", 1)["big"]
-    path = row_dir(mnt, lab, "m1", 1) / "big.npy"
-    # a fresh mount-wide view of this object: its blocks may be cached from the slicing test, so compare counts
+    """Objects of their own (nothing of them in memory or in the cache): a whole read is a few parallel ranged
+    GETs of several blocks each, every block fetched once; a reader of a few blocks costs about what it read."""
+    rng = np.random.default_rng(21)
+    values = {name: rng.integers(0, 256, (24 * BLOCK + 5,), np.uint8) for name in ("stream", "partial")}
+    with djfs.config.override(**lab.settings):
+        lab.Scan.insert([dict(subject=name, scan=1, notes="", big=value) for name, value in values.items()])
+    stream, partial = (row_dir(mnt, lab, name, 1) / "big.npy" for name in values)
+    assert wait_for(lambda: stream.exists() and partial.exists())
+    object_size = len(blob.pack(values["stream"]))
+    blocks = -(-object_size // BLOCK)
+
     before = mnt.stats()
-    data = path.read_bytes()
-    np.testing.assert_array_equal(np.load(io.BytesIO(data)), value)
+    np.testing.assert_array_equal(np.load(io.BytesIO(stream.read_bytes())), values["stream"])
     after = mnt.stats()
-    assert after.get("blocks_fetched_again", 0) == before.get("blocks_fetched_again", 0)
+    counted = {name: after.get(name, 0) - before.get(name, 0)
+               for name in ("blocks_fetched", "blocks_fetched_again", "store_requests", "store_bytes", "parts")}
+    assert counted["blocks_fetched"] == blocks and counted["blocks_fetched_again"] == 0, counted
+    assert counted["store_bytes"] == object_size, counted
+    assert counted["parts"] >= 2 and counted["store_requests"] <= blocks // 2, counted  # parts, not blocks
+
+    before = mnt.stats()
+    with open(partial, "rb", buffering=0) as file:
+        head = file.read(3 * BLOCK)
+    after = mnt.stats()
+    assert len(head) == 3 * BLOCK
+    fetched = after.get("store_bytes", 0) - before.get("store_bytes", 0)
+    assert 3 * BLOCK <= fetched <= 8 * BLOCK, fetched  # read 3 blocks (+ the kernel's read-ahead), not 25
 
 
 def test_page_cache_kept_until_content_changes(mnt, lab):
@@ -345,8 +365,9 @@ def test_compressed_values_are_decoded_once_into_the_cache(mnt, lab, module_moun
     np.testing.assert_array_equal(np.load(io.BytesIO(contents[1])), zeros)
     np.testing.assert_array_equal(np.load(directory / "small.npy", mmap_mode="r"), small)
 
-    def decoded_files(content: bytes) -> list[Path]:
-        return [path for path in cache.glob("derived/*/*") if path.read_bytes() == content]
+    def decoded_files(content: bytes) -> list[Path]:  # a cache file is the content, then its block checksums
+        return [path for path in cache.glob("derived/*/*")
+                if path.read_bytes()[:len(content)] == content and path.stat().st_size == file_size(len(content))]
     (external,) = decoded_files(contents[0])  # keyed by the object's hash
     (inline,) = decoded_files(contents[1])    # keyed by the digest of the blob kept in MySQL
     assert len(external.name.partition(".")[0]) == 43 and len(inline.name.partition(".")[0]) == 64
@@ -358,11 +379,17 @@ def test_compressed_values_are_decoded_once_into_the_cache(mnt, lab, module_moun
     assert (moved / "small.npy").read_bytes() == contents[0]
     assert (moved / "zeros.npy").read_bytes() == contents[1]
     assert again.stats().get("decodes", 0) == 0  # another daemon, the same host's cache: nothing decoded again
-    external.write_bytes(contents[0][:-1])  # damaged: cut short
-    with open(moved / "small.npy", "rb") as file:  # every open checks the file's size
+    damaged = bytearray(external.read_bytes())
+    damaged[len(damaged) // 3] ^= 1  # a flipped bit: the file's block checksums don't match any more
+    external.write_bytes(bytes(damaged))
+    again.stop()
+    again = module_mounts.mount(s3_config(s3_server) | {"cache-location": str(cache)},
+                                TIMEOUTS + [f"schemas={lab.name}"])
+    moved = again.path(*directory.relative_to(mnt.mountpoint).parts)
+    with open(moved / "small.npy", "rb") as file:  # a file is checked once per daemon before it is served
         assert file.read() == contents[0]
     assert again.stats()["decodes"] == 1
-    assert external.read_bytes() == contents[0]
+    assert external.read_bytes()[:len(contents[0])] == contents[0]
     again.stop()
 
 

@@ -51,6 +51,7 @@ from djfs.fs.mount import is_mounted, mount_entry
 from djfs.stores import clear_store_cache
 from djfs.testing.mariadb import MariaDBServer
 from djfs.testing.s3 import MotoServer
+from cachefiles import cached_data
 from fixtures_fuse import Mount, Mounts, errno_of, s3_config, wait_for
 from test_faults import SlowLink
 
@@ -120,7 +121,7 @@ def verify_cache(location: Path, origins: dict[str, bytes], stored: dict[str, by
     for directory, _, names in os.walk(location / "objects"):
         for name in names:
             assert name in origins, f"cached object {name} is not an object of this schema"
-            data = (Path(directory) / name).read_bytes()
+            data = cached_data(Path(directory) / name)
             assert hashing.object_hash(data, origins[name]) == name, f"cached object {name} is partial or wrong"
             objects += 1
     for directory, _, names in os.walk(location / "blocks"):
@@ -128,7 +129,7 @@ def verify_cache(location: Path, origins: dict[str, bytes], stored: dict[str, by
             hash_ = Path(directory).name
             assert hash_ in stored, f"cached block {hash_}/{name} of an unknown object"
             block_size, index = (int(part) for part in name.split("-"))
-            data = (Path(directory) / name).read_bytes()
+            data = cached_data(Path(directory) / name)
             expected = stored[hash_][index * block_size:(index + 1) * block_size]
             assert data == expected, f"cached block {hash_}/{name} is partial or wrong ({len(data)} bytes)"
             blocks += 1

@@ -264,10 +264,8 @@ def test_hostile_folder_store_and_size_in_external_table(schema, backend, mariad
 
 
 def test_truncated_or_extended_store_object_is_detected(schema, backend, tmp_path):
-    """Stored objects cut short or grown, read with the default verification policy. Cut short: a
-    CorruptObjectError naming the object, directly and through the cache, and nothing cached. Grown: the
-    direct read's size check refuses it; a cache fill reads only the object's recorded bytes, which verify
-    against the hash, so it serves the right value."""
+    """Stored objects cut short or grown, read with the default verification policy: a CorruptObjectError
+    naming the object, directly and through the cache, and nothing cached."""
     backend(schema)
     movies = declare_movies(schema)
     values = {1: np.arange(5000.0), 2: np.arange(4000.0)}
@@ -282,19 +280,18 @@ def test_truncated_or_extended_store_object_is_detected(schema, backend, tmp_pat
             (movies & {"movie_id": k}).fetch1("frames")
     cache = tmp_path / "cache"
     djfs.config["cache-location"] = str(cache)
-    with pytest.raises(CorruptObjectError, match=hashes[1][:20]):
-        (movies & {"movie_id": 1}).fetch1("frames")
-    np.testing.assert_array_equal((movies & {"movie_id": 2}).fetch1("frames"), values[2])
-    assert files_under(cache / "objects") == [f"{hashes[2][:2]}/{hashes[2]}"]
-    assert files_under(cache / "tmp") == []
+    for k in (1, 2):
+        with pytest.raises(CorruptObjectError, match=hashes[k][:20]):
+            (movies & {"movie_id": k}).fetch1("frames")
+    schema.external.cache().flush()
+    assert files_under(cache / "objects") == [] and files_under(cache / "tmp") == []
 
 
 @pytest.mark.parametrize("damage", ["flipped", "truncated", "extended"])
 def test_corrupted_cache_file_is_detected_reported_and_repaired(schema, backend, tmp_path, caplog, damage):
-    """A cached object damaged on disk (a bit flipped, cut short or grown). A size change is always detected;
-    a flipped bit when ``verify-reads`` is ``always`` (the default trusts a cache file as it trusts a file
-    store: both were verified when written). Detected damage is logged, the file is dropped from the cache and
-    the right value is served from the store and cached again."""
+    """A cached object damaged on disk (a bit flipped, cut short or grown) is detected by the cache file's
+    block checksums on every read, logged, dropped from the cache, and the right value is served from the store
+    and cached again."""
     backend(schema)
     movies = declare_movies(schema)
     value = np.random.default_rng(1).random(20000)
@@ -303,12 +300,12 @@ def test_corrupted_cache_file_is_detected_reported_and_repaired(schema, backend,
     cache_dir = tmp_path / "cache"
     djfs.config["cache-location"] = str(cache_dir)
     np.testing.assert_array_equal(movies.fetch1("frames"), value)
+    schema.external.cache().flush()  # the cache is filled in the background
     cached = cache_dir / "objects" / hash_[:2] / hash_
     good = cached.read_bytes()
     data = bytearray(good)
     if damage == "flipped":
         data[len(data) // 2] ^= 0x10
-        djfs.config["verify-reads"] = "always"
     elif damage == "truncated":
         del data[-10:]
     else:
@@ -318,6 +315,7 @@ def test_corrupted_cache_file_is_detected_reported_and_repaired(schema, backend,
         np.testing.assert_array_equal(movies.fetch1("frames"), value)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(hash_ in message and "cache" in message for message in warnings), warnings
+    schema.external.cache().flush()
     assert cached.read_bytes() == good             # repaired: cached again, verified
     np.testing.assert_array_equal(movies.fetch1("frames"), value)
 

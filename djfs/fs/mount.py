@@ -20,10 +20,11 @@ listing_timeout=       1           seconds between two checks that a table is un
 heading_timeout=       30          seconds a table's heading is reused
 catalog_timeout=       10          seconds a path lookup may reuse the lists of schemas and tables (listing them
                                    refreshes them); new tables show up in listings within listing_timeout
-block_size=            2MiB        unit of reads from the store and of partial caching
+block_size=            1MiB        unit of reads from the store and of partial caching (a multiple of 256KiB)
+part_size=             8MiB        one ranged GET of a sequential reader's read-ahead
 whole_max=             64MiB       objects up to this size are cached whole (verified) on first open
-readahead=             8           blocks a sequential reader's stream may run ahead
-prefetch_threads=      4           concurrent read-ahead streams
+readahead=             8           parts a sequential reader's read-ahead may have in flight ahead of it
+prefetch_threads=      8           ranged GETs of read-ahead in flight at once (all readers together)
 block_memory=          256MiB      blocks kept in memory (besides the disk cache)
 store_timeout=         config      seconds per store request (``store-timeout``)
 store_retries=         config      retries per store request (``store-retries``)
@@ -62,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DjfsError
+from ..hashing import CHECK_BLOCK
 from ..settings import parse_size
 from .libfuse import LibfuseError, describe, load_mfusepy, parse_version, resolve
 
@@ -125,10 +127,11 @@ class MountOptions:
     listing_timeout: float = 1.0
     heading_timeout: float = 30.0
     catalog_timeout: float = 10.0
-    block_size: int = 2 * MiB
+    block_size: int = 1 * MiB
+    part_size: int = 8 * MiB
     whole_max: int = 64 * MiB
     readahead: int = 8
-    prefetch_threads: int = 4
+    prefetch_threads: int = 8
     block_memory: int = 256 * MiB
     store_timeout: float | None = None
     store_retries: int | None = None
@@ -149,7 +152,7 @@ class MountOptions:
         "entry_timeout": _non_negative_float, "attr_timeout": _non_negative_float,
         "negative_timeout": _non_negative_float, "listing_timeout": _non_negative_float,
         "heading_timeout": _non_negative_float, "catalog_timeout": _non_negative_float,
-        "block_size": _positive(int), "whole_max": parse_size,
+        "block_size": _positive(int), "part_size": _positive(int), "whole_max": parse_size,
         "readahead": _positive(int), "prefetch_threads": _positive(int), "block_memory": parse_size,
         "store_timeout": _positive(float), "store_retries": int,
         "failure_ttl": _non_negative_float, "db_timeout": _positive(float), "sql_threads": _positive(int),
@@ -186,8 +189,8 @@ class MountOptions:
                     raise MountError(f"bad value {value!r} for mount option {name!r}: {error}") from None
         if schemas:
             options.schemas = (options.schemas or []) + list(schemas)
-        if options.block_size > 256 * MiB:
-            raise MountError("block_size can't exceed 256MiB")
+        if options.block_size > 256 * MiB or options.block_size % CHECK_BLOCK:
+            raise MountError(f"block_size must be a multiple of {CHECK_BLOCK >> 10}KiB, at most 256MiB")
         return options
 
     def describe(self) -> dict[str, Any]:

@@ -32,8 +32,8 @@ from cachetools import LRUCache
 from .. import hashing
 from ..cache import CacheError, open_cache
 from ..errors import BlobError, DjfsError
-from ..external import ExternalTable
 from ..settings import Config
+from ..stores import configured_store
 from . import views
 from .libfuse import describe, load_mfusepy
 from .reader import Handle, MemoryHandle, Piece, Reader, Stats, StoredObject, join
@@ -178,10 +178,11 @@ class Operations(mfusepy.Operations):
                           heading_timeout=options.heading_timeout, catalog_timeout=options.catalog_timeout,
                           page_size=options.page_size)
         cache = open_cache(self.config["cache-location"], self.config["cache-size"])
-        self._reader = Reader(cache, block_size=options.block_size, whole_max=options.whole_max,
-                              readahead=options.readahead, threads=options.prefetch_threads,
-                              memory=options.block_memory,
-                              failure_ttl=options.failure_ttl, stats=self.stats)
+        self._reader = Reader(cache, block_size=options.block_size, part_size=options.part_size,
+                              whole_max=options.whole_max, readahead=options.readahead,
+                              threads=options.prefetch_threads, memory=options.block_memory,
+                              failure_ttl=options.failure_ttl, verify=self.config["verify-reads"] != "size",
+                              stats=self.stats)
         if conn_info is not None:
             if options.splice:
                 conn_info.want |= conn_info.capable & (FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE)
@@ -205,8 +206,7 @@ class Operations(mfusepy.Operations):
                     continue
                 for store_name, folder in self.tree.db.rows(
                         f"SELECT DISTINCT store, folder FROM `{schema}`.`~external` LIMIT 16"):
-                    store = ExternalTable(None, schema, self.config).store(store_name, folder)  # type: ignore[arg-type]
-                    store.prepare()
+                    configured_store(self.config, store_name, folder, schema).prepare()
         except Exception as error:  # only an optimisation
             log.debug("warm-up skipped: %s", error)
 
@@ -404,8 +404,9 @@ class Operations(mfusepy.Operations):
         entry = spec.entry
         assert entry is not None and node.schema is not None
         hash_ = hashing.validate(entry["hash"])
-        store = ExternalTable(None, node.schema, self.config).store(entry["store"], entry["folder"])  # type: ignore[arg-type]
-        obj = StoredObject(hash_, int(entry["size"]), bytes(entry["origin"]), store, hashing.object_path(hash_))
+        store = configured_store(self.config, entry["store"], entry["folder"], node.schema)
+        obj = StoredObject(hashing.object_id(hash_, bytes(entry["origin"])), int(entry["size"]), store,
+                           hashing.object_path(hash_))
         if spec.data_offset is not None:
             return self.reader.open_stored(obj, spec.header, spec.data_offset, spec.size), hash_
 

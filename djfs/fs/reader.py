@@ -1,4 +1,4 @@
-"""The bytes behind the mount's files: cache files, blocks, streaming read-ahead, one download per block.
+"""The bytes behind the mount's files: cache files, blocks, parallel read-ahead, one download per block.
 
 Every file of the mount is ``header + stored[data_offset : data_offset + n]`` (a plain byte range of a stored
 object), a small file in memory (``row.json``, in-MySQL blobs), or a file decoded once into the disk cache (a
@@ -6,24 +6,32 @@ compressed value: ``ObjectCache.fill_derived``, one decode per host, kept across
 file and answers reads as *pieces* (bytes, start, length) that the operations layer copies once, straight into
 libfuse's buffer:
 
-* **cached object** (the whole, verified object is in the disk cache): reads are ``os.pread`` on the cache file,
-  or better, the operations layer hands libfuse the file descriptor and position (no copy through Python);
-* **small object** (``<= whole_max``): filled whole into the cache (verified against its hash) on first open,
-  then as above; one download however many threads open it (the cache's per-hash lock);
-* **large object**: read by blocks of ``block_size`` through ``ObjectCache.read_block`` (blocks persist in the
-  disk cache).  Blocks live in a bounded in-memory map of futures, so however many readers want a block, it is
-  downloaded once and the others wait for it.
+* **cached object** (the whole object is in the disk cache, checked once per process): the operations layer
+  hands libfuse the file descriptor and position (no copy through Python);
+* **small object** (``<= whole_max``): filled whole into the cache on first open, verified against its content
+  digest while it streams in; one download however many threads or processes open it;
+* **large object**: read by blocks of ``block_size`` (1 MiB).  A miss fetches just the blocks the read needs
+  (one ranged GET per run of missing blocks), so scattered reads cost about what they ask for, and misses of
+  several threads (several preads, an mmap's page faults) are in flight at once.  Every block is single-flight
+  (``SingleFlight``): however many readers want it, it is fetched once.  Blocks stay in a bounded memory LRU and
+  go to the disk cache on its background writer (the cache keeps what was read).
 
-Read-ahead is a *stream*: one GET from a block to the object's end (a plain GET from byte 0), read block by
-block.  Its window (blocks claimed ahead of the reader) starts at one and grows by one every two blocks the reader
-consumes, up to ``readahead``; the stream claims a block (puts its future in the map, so other readers wait for it
-instead of fetching it) only when it enters the window and reads from the socket only what it claimed
-(back-pressure).  So a whole sequential read is one request, while a reader of 1% of a file costs about one
-block more than it reads.  A handle's first read at the start of the file opens a stream with a window of zero:
-a whole-file reader gets its one request, a reader of the ``.npy`` header alone gets exactly one block.  A stream
-ends at the object's end, at a block someone else has, when its reader jumps away or closes, or after idling.
-Streamed blocks go to the disk cache on a writer thread; reading never waits for the cache disk (when the
-writer is behind, a block is simply not cached).
+**Read-ahead** of a sequential reader is a window of *parts* (``part_size``, 8 MiB: one ranged GET each) fetched
+in parallel on a bounded pool, claimed block by block so other readers of the object wait for them instead of
+fetching them again.  Once a second read proves the reader sequential, the window reaches as far ahead as the
+reader has read sequentially (at least a block), up to ``readahead`` parts, in requests as large as the window
+(up to a part); nothing is fetched beyond it, so a reader that stops early has cost at most about three times
+what it read.  A part that fails is retried
+(``part_retries``); if it still fails its blocks are handed back and whoever waits fetches them itself.
+
+**Verification** (``verify``, on unless ``verify-reads = size``): a block from the store is checked against the
+object's block checksums when they are known (recorded when the object was first verified whole: by a library
+fetch or a fill on this host, by an upload from this host, or by the mount itself — see below); a block from the
+disk cache against its own checksum.  When the checksums are not known yet, the mount computes the content
+digest of the object as its blocks arrive from the store in order (a sequential first read); when the last block
+is in, a match records the checksums (from then on every block read is checked) and a mismatch drops what was
+cached, logs it, and fails every later read of the object with EIO.  Scattered reads of an object nobody ever
+read whole are checked for length only (and, once in the cache, against their cache checksum).
 
 Failures: a store error reaches the reader as an exception (the operations layer answers EIO); a failed block is
 remembered for ``failure_ttl`` seconds so the kernel's retries and read-ahead fail fast instead of each waiting
@@ -35,27 +43,29 @@ from __future__ import annotations
 import io
 import logging
 import threading
-import weakref
 from collections import Counter, OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Protocol
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from .. import hashing
-from ..cache import CacheError, ObjectCache
-from ..errors import CorruptObjectError, StoreError
+from ..cache import CacheError, CheckedFile, ObjectCache
+from ..cache.through import read_object
+from ..errors import CorruptObjectError, MissingObjectError, StoreError
+from ..hashing import ObjectId
+from ..singleflight import SingleFlight
 from ..stores import Store
-from ..stores.base import RangeStream, pread_all
+from ..stores.verified import check_range
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-DOWNLOAD_STEP = 16 * MiB      # pieces of a whole-object download
-SEQUENTIAL_SLACK = 4 * MiB    # the kernel sends read-ahead requests slightly out of order
-STREAM_IDLE = 10.0            # a stream whose reader went quiet this long gives up its connection and thread
-SPECULATIVE_IDLE = 1.0        # the same for a stream its reader has not yet proven sequential (window 0)
+READ_PIECE = 1 * MiB          # pieces of a whole-object fill's single GET
+SEQUENTIAL_SLACK = 1 * MiB    # the kernel's read-ahead requests arrive slightly out of order (its window)
+PASS_PENDING = 64 * MiB       # bytes a verifying pass may hold for blocks that arrived ahead of its position
+MAX_PASSES = 8                # objects verified from their blocks at once (each holds at most PASS_PENDING)
 RENDER_VERSION = "v1"         # of decoded files in the cache: bump when views.render changes its output
 
 
@@ -71,12 +81,13 @@ class Stats:
         with self._lock:
             self._counters[name] += amount
 
-    def fetched_block(self, hash_: str, index: int) -> None:
+    def fetched_blocks(self, key: str, first: int, count: int) -> None:
         with self._lock:
-            self._blocks[(hash_, index)] += 1
-            if self._blocks[(hash_, index)] > 1:
-                self._counters["blocks_fetched_again"] += 1
-            self._counters["blocks_fetched"] += 1
+            for index in range(first, first + count):
+                self._blocks[(key, index)] += 1
+                if self._blocks[(key, index)] > 1:
+                    self._counters["blocks_fetched_again"] += 1
+            self._counters["blocks_fetched"] += count
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -85,13 +96,16 @@ class Stats:
 
 @dataclass(frozen=True)
 class StoredObject:
-    """One external object: its identity and where it is."""
+    """One external object: its identity (key and content digest), its size, and where it is."""
 
-    hash: str
+    oid: ObjectId
     size: int
-    origin: bytes
     store: Store
     key: str
+
+    @property
+    def hash(self) -> str:
+        return self.oid.key
 
 
 #: a piece of a read: (bytes, start, length) — the reply is the concatenation of the pieces
@@ -156,11 +170,11 @@ class _ViewHandle:
 
 
 class FileHandle(_ViewHandle):
-    """``header + object[data_offset:]`` where the whole object is a cache file (kept open: eviction-proof)."""
+    """``header + data[data_offset:]`` of a checked cache file (kept open: eviction-proof)."""
 
-    def __init__(self, file: BinaryIO, header: bytes, data_offset: int, size: int) -> None:
+    def __init__(self, file: CheckedFile, header: bytes, data_offset: int, size: int) -> None:
         self._file = file
-        self.fd = file.fileno()
+        self.fd = file.fd
         self.header = header
         self.data_offset = data_offset
         self.size = size
@@ -173,7 +187,7 @@ class FileHandle(_ViewHandle):
         return self.fd, self.data_offset + offset - hlen, min(size, self.size - offset)
 
     def _object_pieces(self, start: int, stop: int) -> list[Piece]:
-        data = pread_all(self.fd, stop - start, start)
+        data = self._file.read(start, stop - start)
         return [(data, 0, len(data))]
 
     def close(self) -> None:
@@ -181,7 +195,7 @@ class FileHandle(_ViewHandle):
 
 
 class BlockHandle(_ViewHandle):
-    """``header + object[data_offset:]`` of a large object read by blocks, with streaming read-ahead."""
+    """``header + object[data_offset:]`` of a large object read by blocks, with parallel read-ahead."""
 
     def __init__(self, reader: "Reader", obj: StoredObject, header: bytes, data_offset: int, size: int) -> None:
         self.reader = reader
@@ -191,7 +205,7 @@ class BlockHandle(_ViewHandle):
         self.size = size
         self._lock = threading.Lock()
         self._expect: int | None = None   # object offset right after the last read
-        self._stream: _Stream | None = None
+        self._ahead: _Readahead | None = None
 
     def fd_segment(self, offset: int, size: int) -> tuple[int, int, int] | None:
         return None
@@ -201,8 +215,7 @@ class BlockHandle(_ViewHandle):
         first, last = start // block_size, (stop - 1) // block_size
         self._follow(start, stop, last)
         pieces = []
-        for index in range(first, last + 1):
-            data = self.reader.block(self.obj, index)
+        for index, data in zip(range(first, last + 1), self.reader.blocks(self.obj, first, last)):
             base = index * block_size
             begin, finish = max(start, base) - base, min(stop, base + len(data)) - base
             if finish > begin:
@@ -210,174 +223,125 @@ class BlockHandle(_ViewHandle):
         return pieces
 
     def _follow(self, start: int, stop: int, last: int) -> None:
-        """Track sequential reading: keep this handle's stream a window ahead, start or drop it."""
-        block_size = self.reader.block_size
-        first = start // block_size
+        """Track sequential reading: a second read that continues the first starts the read-ahead window."""
         with self._lock:
-            opening = self._expect is None and start == self.data_offset  # a first read at the file's start
-            sequential = self._expect is not None and self._expect - SEQUENTIAL_SLACK <= start <= \
-                self._expect + SEQUENTIAL_SLACK
+            sequential = self._expect is not None and \
+                self._expect - SEQUENTIAL_SLACK <= start <= self._expect + SEQUENTIAL_SLACK
             self._expect = max(self._expect, stop) if sequential and self._expect is not None else stop
-            stream = self._stream
-            if stream is not None and (stream.done or not stream.near(first, last)):
-                stream.cancel()
-                stream = self._stream = None
-            if stream is not None:
-                stream.advance(last)
-            elif sequential or opening:
-                # a first read at the start may be a whole-file reader: stream it, but with no window until
-                # the next read proves it sequential (a reader of the header alone costs nothing more)
-                self._stream = self.reader.start_stream(self.obj, first, last, window=1 if sequential else 0)
+            if not sequential:
+                self._ahead = None  # the reader jumped: parts in flight finish, nothing more is claimed
+                return
+            if self._ahead is None:
+                self._ahead = _Readahead(self.reader, self.obj, last + 1)
+            ahead = self._ahead
+        ahead.advance(last)
 
     def close(self) -> None:
         with self._lock:
-            if self._stream is not None:
-                self._stream.cancel()
-                self._stream = None
+            self._ahead = None
 
 
 class _Retry(Exception):
-    """A stream gave up a block it had claimed: whoever waited for it fetches it itself."""
+    """A part gave up a block it had claimed: whoever waited for it fetches it itself."""
 
 
-class _NotCached(Exception):
-    """Raised by a probe's fetch: the block is not in the disk cache."""
+class _Readahead:
+    """A sequential reader's window of parts ahead of it; see the module docstring."""
 
-
-class _Stream:
-    """One ranged GET from block ``first`` to the object's end, read block by block, a window ahead.
-
-    The blocks the stream will deliver are claimed (their futures put in the reader's block map) as soon as they
-    enter the window, so readers that want them wait for the stream instead of fetching them again; the stream
-    only reads from the socket what it has claimed (back-pressure).  It ends at the object's end, at a block it
-    could not claim (someone else has it), when cancelled, or after idling; claimed blocks it did not deliver are
-    handed back (waiters then fetch them themselves).
-    """
-
-    def __init__(self, reader: "Reader", obj: StoredObject, first: int, future: Future, window: int,
-                 max_window: int) -> None:
+    def __init__(self, reader: "Reader", obj: StoredObject, first: int) -> None:
         self.reader = reader
         self.obj = obj
         self.first = first
+        self.next = first                 # the first block not yet claimed by this window
         self.last = (obj.size - 1) // reader.block_size
-        self.next = first                         # the block being read / to read next
-        self.claimed = first                      # the last block claimed
-        self.futures: dict[int, Future] = {first: future}
-        self.closed = False                       # no more claims (a block was already available)
-        self.consumer = first - 1                 # the furthest block the reader has asked for
-        self.window = window
-        self.max_window = max_window
-        self.done = False
-        self._cancelled = False
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
 
-    def near(self, first: int, last: int) -> bool:
-        """Whether a read of blocks ``first..last`` continues this stream (else the reader jumped away)."""
-        return self.first - 1 <= last and first <= self.claimed + max(self.window, 1) + 1
-
-    def advance(self, block: int, grow: bool = True) -> None:
-        """The reader wants ``block``: widen the window (sequential reading) and claim what enters it."""
-        with self._cond:
-            if block > self.consumer:
-                self.consumer = block
-            if grow:
-                # grow slowly: a short read costs about one extra block, a long one reaches the full window
-                self.window = min(self.max_window, max(self.window, 1 + (self.consumer - self.first + 1) // 2))
-            self._claim_window()
-
-    def _claim_window(self) -> None:
-        """Claim blocks up to the consumer plus the window; the caller holds ``_cond``."""
-        target = min(self.last, self.consumer + self.window)
-        while not self.closed and not self._cancelled and self.claimed < target:
-            future = self.reader.claim(self.obj, self.claimed + 1)
-            if future is None:
-                self.closed = True
-                break
-            self.claimed += 1
-            self.futures[self.claimed] = future
-        self._cond.notify_all()
-
-    def cancel(self) -> None:
-        with self._cond:
-            self._cancelled = True
-            self._cond.notify_all()
-
-    def run(self) -> None:
-        reader, obj = self.reader, self.obj
-        body = None
-        try:
-            offset = self.first * reader.block_size
-            body = reader.open_body(obj, offset)
-            index = self.first
-            while index <= self.last:
-                with self._cond:
-                    while not self._cancelled and index not in self.futures and not (self.closed and
-                                                                                     index > self.claimed):
-                        if not self._cond.wait(timeout=STREAM_IDLE if self.window else SPECULATIVE_IDLE):
-                            self._cancelled = True
-                    if self._cancelled or index not in self.futures:
-                        return
-                    future = self.futures.pop(index)
-                try:
-                    data = body.read_exact(reader.block_length(obj, index))
-                except BaseException as error:
-                    reader.abandon(obj, index, future, error)
-                    raise
-                reader.stats.fetched_block(obj.hash, index)
-                reader.deliver(obj, index, future, data)
-                index += 1
-                with self._cond:
-                    self.next = index
-        except StoreError as error:
-            log.info("read-ahead of %s stopped: %s", obj.hash, error)
-        except BaseException:  # never let a stream thread die silently
-            log.exception("read-ahead stream of %s failed", obj.hash)
-        finally:
-            with self._cond:
-                self.done = True
-                left, self.futures = self.futures, {}
-            for index, future in left.items():
-                reader.abandon(obj, index, future, _Retry())
-            if body is not None:
-                body.close()
+    def advance(self, consumed: int) -> None:
+        """The reader has read up to block ``consumed``: widen the window and claim what enters it."""
+        reader = self.reader
+        part = reader.part_blocks
+        with self._lock:
+            # as far ahead as the reader has come sequentially (at least a block), up to ``readahead`` parts:
+            # a reader that stops early has cost at most about twice what it read
+            ahead = min(reader.readahead * part, max(1, consumed - self.first + 1))
+            target = min(self.last, consumed + ahead)
+            while self.next <= target:
+                end = min(self.last, self.next + min(part, ahead) - 1)  # parts grow with the window
+                claimed = reader.claim_run(self.obj, self.next, end)
+                self.next = end + 1
+                if claimed:
+                    reader.fetch_later(self.obj, claimed)
 
 
-class _Counted(RangeStream):
-    """A store's stream whose bytes count towards the mount's statistics."""
+class _Pass:
+    """The content digest of an object computed from its blocks as they come from the store, in order."""
 
-    def __init__(self, stream: RangeStream, stats: Stats) -> None:
-        self._stream, self._stats = stream, stats
+    def __init__(self, obj: StoredObject, block_size: int) -> None:
+        self.obj = obj
+        self.block_size = block_size
+        self.last = (obj.size - 1) // block_size
+        self.next = 0
+        self.state = obj.oid.hasher()
+        self.sums = hashing.BlockSums()
+        self.pending: dict[int, bytes] = {}
+        self.held = 0
+        self.lock = threading.Lock()
 
-    def read_exact(self, length: int) -> bytes:
-        data = self._stream.read_exact(length)
-        self._stats.add("store_bytes", len(data))
-        return data
+    def offer(self, index: int, data: bytes) -> bool | None:
+        """Feed a block; True/False when the pass is complete (digest matched or not), None before that.
 
-    def close(self) -> None:
-        self._stream.close()
+        Raises ``_Abandon`` when blocks arrive too far out of order to keep."""
+        with self.lock:
+            if index < self.next or index in self.pending:
+                return None
+            if index > self.next:
+                if self.held + len(data) > PASS_PENDING:
+                    raise _Abandon()
+                self.pending[index] = data
+                self.held += len(data)
+                return None
+            while True:
+                self.state.update(data)
+                self.sums.update(data)
+                self.next += 1
+                if self.next > self.last:
+                    return self.obj.oid.matches(self.state)
+                data = self.pending.pop(self.next, None)
+                if data is None:
+                    return None
+                self.held -= len(data)
+
+
+class _Abandon(Exception):
+    pass
 
 
 class Reader:
-    """Shared by all handles of a mount: the block map, the read-ahead threads, the cache."""
+    """Shared by all handles of a mount: the block flights and memory, the part pool, the cache."""
 
-    def __init__(self, cache: ObjectCache, *, block_size: int = 2 * MiB, whole_max: int = 64 * MiB,
-                 readahead: int = 8, threads: int = 4, memory: int = 256 * MiB,
-                 failure_ttl: float = 1.0, stats: Stats | None = None) -> None:
+    def __init__(self, cache: ObjectCache, *, block_size: int = 1 * MiB, part_size: int = 8 * MiB,
+                 whole_max: int = 64 * MiB, readahead: int = 8, threads: int = 8, memory: int = 256 * MiB,
+                 failure_ttl: float = 1.0, part_retries: int = 2, verify: bool = True,
+                 stats: Stats | None = None) -> None:
+        if block_size % hashing.CHECK_BLOCK:
+            raise ValueError(f"the block size must be a multiple of {hashing.CHECK_BLOCK} bytes")
         self.cache = cache
         self.block_size = block_size
+        self.part_blocks = max(1, part_size // block_size)
         self.whole_max = whole_max
         self.readahead = max(1, readahead)
+        self.part_retries = part_retries
+        self.verify = verify
         self.stats = stats or Stats()
-        self.max_blocks = max(4, memory // block_size)
         self._lock = threading.Lock()
-        self._blocks: OrderedDict[tuple[str, int], Future] = OrderedDict()
-        self._unwritten: set[tuple[str, int]] = set()
+        self._flights: SingleFlight[tuple[str, int], bytes] = SingleFlight()
+        self._memory: LRUCache = LRUCache(maxsize=max(4 * block_size, memory), getsizeof=len)
+        self._unwritten: dict[tuple[str, int], bytes] = {}   # blocks queued for the disk cache
         self._failures: TTLCache = TTLCache(maxsize=10_000, ttl=failure_ttl)
-        self._streams = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="djfs-readahead")
-        self._stream_slots = threading.BoundedSemaphore(threads)  # a stream only starts when a thread is free
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="djfs-cache-write")
-        self._write_slots = threading.BoundedSemaphore(max(2, min(32, memory // block_size // 2)))
-        self._live: weakref.WeakSet[_Stream] = weakref.WeakSet()
+        self._sums: LRUCache = LRUCache(maxsize=4096)        # key -> block sums, or False: none recorded
+        self._passes: OrderedDict[str, _Pass] = OrderedDict()
+        self._corrupt: LRUCache = LRUCache(maxsize=4096)     # key -> what was found wrong
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="djfs-parts")
 
     # -- opening -------------------------------------------------------------------------------------------
 
@@ -386,42 +350,35 @@ class Reader:
         if size - len(header) != obj.size - data_offset:
             raise CorruptObjectError(f"object {obj.hash}: its view ({size} bytes from {data_offset}) does not fit "
                                      f"its size {obj.size}")
-        file = self.cache.open(obj.hash)
+        self._check_sound(obj)
+        file = self.cache.open_object(obj.oid, obj.size)
         if file is None and obj.size <= self.whole_max:
-            file = self._filled(obj, "reading it by blocks")
+            try:
+                file = self.fill(obj)
+            except CacheError as error:
+                log.warning("can't cache %s whole (%s); reading it by blocks", obj.hash, error)
         if file is not None:
             self.stats.add("opens_cached")
             return FileHandle(file, header, data_offset, size)
         self.stats.add("opens_blocks")
         return BlockHandle(self, obj, header, data_offset, size)
 
-    def fill(self, obj: StoredObject) -> None:
-        """Put the whole object into the cache, verified (one download per host, whoever else asks)."""
+    def fill(self, obj: StoredObject) -> CheckedFile:
+        """The whole object in the cache, verified while it streams in (one download per host)."""
         def download(file: BinaryIO) -> None:
             self.stats.add("whole_downloads")
-            for offset in range(0, obj.size, DOWNLOAD_STEP):
-                file.write(self.fetch(obj, offset, min(DOWNLOAD_STEP, obj.size - offset)))
-        self.cache.fill(obj.hash, obj.size, obj.origin, download)
-
-    def _filled(self, obj: StoredObject, instead: str) -> BinaryIO | None:
-        """The object's cache file, filled first if need be; None when the cache can't keep it."""
-        try:
-            self.fill(obj)
-        except CacheError as error:
-            log.warning("can't cache %s whole (%s); %s", obj.hash, error, instead)
-        return self.cache.open(obj.hash)
+            self.stats.add("store_requests")
+            with obj.store.open_range(obj.key, 0) as body:
+                for offset in range(0, obj.size, READ_PIECE):
+                    data = body.read_exact(min(READ_PIECE, obj.size - offset))
+                    self.stats.add("store_bytes", len(data))
+                    file.write(data)
+        return self.cache.fill_object(obj.oid, obj.size, download)
 
     def whole(self, obj: StoredObject) -> bytes:
-        """The verified bytes of a whole object (to decode it): through the cache, or straight from the store."""
-        file = self._filled(obj, "reading it from the store")
-        if file is not None:
-            with file:
-                return pread_all(file.fileno(), obj.size, 0)
-        data = b"".join(self.fetch(obj, offset, min(DOWNLOAD_STEP, obj.size - offset))
-                        for offset in range(0, obj.size, DOWNLOAD_STEP))
-        if hashing.object_hash(data, obj.origin) != obj.hash:
-            raise CorruptObjectError(f"object {obj.hash} does not match its hash")
-        return data
+        """The verified bytes of a whole object (to decode it): from the cache, or the store (then cached)."""
+        self._check_sound(obj)
+        return bytes(read_object(obj.store, obj.key, obj.oid, obj.size, self.cache, self.verify))
 
     def open_decoded(self, key: str, kind: str, size: int, write: Callable[[BinaryIO], None]) -> Handle:
         """A file decoded by ``write(file)`` once into the disk cache, then served from there like an object.
@@ -444,171 +401,230 @@ class Reader:
         self.stats.add("opens_decoded")
         return FileHandle(file, b"", 0, size)
 
-    # -- store access ----------------------------------------------------------------------------------------
-
-    def fetch(self, obj: StoredObject, offset: int, length: int) -> bytes:
-        """One ranged read of the store, checked for length."""
-        self.stats.add("store_requests")
-        data = obj.store.get_range(obj.key, offset, length)
-        self.stats.add("store_bytes", len(data))
-        if len(data) != length:
-            raise CorruptObjectError(f"object {obj.hash} in {obj.store.describe()} is shorter than recorded")
-        return data
-
-    def open_body(self, obj: StoredObject, offset: int) -> RangeStream:
-        """A stream of the object from ``offset`` to its end: one request where the store allows."""
-        self.stats.add("store_requests")
-        return _Counted(obj.store.open_range(obj.key, offset), self.stats)
-
     # -- blocks ----------------------------------------------------------------------------------------------
 
     def block_length(self, obj: StoredObject, index: int) -> int:
         return min(self.block_size, obj.size - index * self.block_size)
 
-    def block(self, obj: StoredObject, index: int) -> bytes:
-        """Block ``index`` of an object: from memory, the disk cache or the store, downloaded once."""
-        key = (obj.hash, index)
-        while True:
-            with self._lock:
-                future = self._blocks.get(key)
-                owner = future is None
-                if owner:
-                    failure = self._failures.get(key)
-                    if failure is not None:
-                        raise StoreError(f"block {index} of {obj.hash} failed a moment ago: {failure}")
-                    future = self._blocks[key] = Future()
-                else:
-                    self._blocks.move_to_end(key)
-            if owner:
-                break
-            try:
-                return future.result()
-            except _Retry:
+    def _held(self, key: tuple[str, int]) -> bytes | None:
+        with self._lock:
+            data = self._memory.get(key)
+            return data if data is not None else self._unwritten.get(key)
+
+    def blocks(self, obj: StoredObject, first: int, last: int) -> list[bytes]:
+        """Blocks ``first..last`` of an object: from memory, the disk cache or the store, each fetched once.
+
+        The missing blocks this call owns are fetched here, one request per contiguous run; blocks other
+        readers are fetching are waited for."""
+        self._check_sound(obj)
+        found: dict[int, bytes] = {}
+        waiting: dict[int, Future] = {}
+        owned: dict[int, Future] = {}
+        for index in range(first, last + 1):
+            data = self._held((obj.hash, index))
+            if data is not None:
+                found[index] = data
                 continue
-        try:
-            def fetch() -> bytes:
-                self.stats.fetched_block(obj.hash, index)
-                return self.fetch(obj, index * self.block_size, self.block_length(obj, index))
-            data = self.cache.read_block(obj.hash, index, self.block_size, fetch)
-        except BaseException as error:
+            future, owner = self._flights.claim((obj.hash, index))
+            (owned if owner else waiting)[index] = future
+        if owned:
             with self._lock:
-                self._blocks.pop(key, None)
-                if isinstance(error, Exception):
-                    self._failures[key] = error
-            future.set_exception(error)
-            raise
-        future.set_result(data)
-        self._trim()
-        return data
-
-    def claim(self, obj: StoredObject, index: int) -> Future | None:
-        """Reserve a block for a stream; None if it is in memory, in flight or in the disk cache."""
-        key = (obj.hash, index)
-        with self._lock:
-            if key in self._blocks or key in self._failures:
-                return None
-            future: Future = Future()
-            self._blocks[key] = future
-        try:
-            data = self.cache.read_block(obj.hash, index, self.block_size, _not_cached)
-        except _NotCached:
-            return future
-        except Exception:
-            self.abandon(obj, index, future, _Retry())
-            return None
-        future.set_result(data)  # it was on disk: keep it in memory, the stream stops here
-        self._trim()
-        return None
-
-    def abandon(self, obj: StoredObject, index: int, future: Future, error: BaseException) -> None:
-        """A stream could not deliver a claimed block: waiters fetch it themselves (and see the real error)."""
-        log.debug("read-ahead of block %d of %s stopped: %s", index, obj.hash, error)
-        with self._lock:
-            if self._blocks.get((obj.hash, index)) is future:
-                del self._blocks[(obj.hash, index)]
-        future.set_exception(_Retry())
-
-    def deliver(self, obj: StoredObject, index: int, future: Future, data: bytes) -> None:
-        """A stream's block: to its waiters now, to the disk cache in the background."""
-        key = (obj.hash, index)
-        with self._lock:
-            self._unwritten.add(key)
-        future.set_result(data)
-        # reading never waits for the cache disk: when the writer is behind, this block is not cached
-        if not self._write_slots.acquire(blocking=False):
-            self.stats.add("blocks_not_cached")
-            with self._lock:
-                self._unwritten.discard(key)
-        else:
+                failure = next((self._failures[(obj.hash, i)] for i in owned if (obj.hash, i) in self._failures),
+                               None)
+            if failure is not None:
+                for index, future in owned.items():
+                    self._flights.fail((obj.hash, index), future, _Retry())
+                raise StoreError(f"object {obj.hash} failed a moment ago: {failure}")
+            self._fetch_owned(obj, owned, retries=0)
+            for index, future in owned.items():
+                found[index] = future.result()
+        for index, future in waiting.items():
             try:
-                self._writer.submit(self._write_block, obj, index, data)
-            except RuntimeError:  # shutting down
-                self._write_slots.release()
-                with self._lock:
-                    self._unwritten.discard(key)
-        self._trim()
+                found[index] = future.result()
+            except _Retry:
+                found[index] = self.blocks(obj, index, index)[0]
+        self._check_sound(obj)  # this read may have completed a verifying pass that failed
+        return [found[index] for index in range(first, last + 1)]
 
-    def _write_block(self, obj: StoredObject, index: int, data: bytes) -> None:
-        try:
-            self.cache.read_block(obj.hash, index, self.block_size, lambda: data)
-        except Exception as error:
-            log.warning("can't cache block %d of %s: %s", index, obj.hash, error)
-        finally:
-            with self._lock:
-                self._unwritten.discard((obj.hash, index))
-            self._write_slots.release()
-
-    def start_stream(self, obj: StoredObject, first: int, last: int, window: int) -> _Stream | None:
-        """Stream from the first block of ``first..last+1`` nobody has, unless no read-ahead thread is free."""
-        if not self._stream_slots.acquire(blocking=False):
-            return None
-        for index in range(first, min(last + 1, (obj.size - 1) // self.block_size) + 1):
-            future = self.claim(obj, index)
+    def claim_run(self, obj: StoredObject, first: int, last: int) -> dict[int, Future]:
+        """Claim the blocks of ``first..last`` that nobody holds or fetches (for a read-ahead part)."""
+        claimed = {}
+        for index in range(first, last + 1):
+            if self._held((obj.hash, index)) is not None or (obj.hash, index) in self._failures:
+                continue
+            future = self._flights.claim_new((obj.hash, index))
             if future is not None:
-                break
-        else:
-            self._stream_slots.release()
-            return None
-        stream = _Stream(self, obj, index, future, window, self.readahead)
-        stream.advance(last, grow=False)
-        self._live.add(stream)
-        self.stats.add("streams")
+                claimed[index] = future
+        return claimed
 
+    def fetch_later(self, obj: StoredObject, claimed: dict[int, Future]) -> None:
+        """Fetch claimed blocks on the part pool (read-ahead)."""
         def run() -> None:
             try:
-                stream.run()
-            finally:
-                self._stream_slots.release()
+                self._fetch_owned(obj, claimed, retries=self.part_retries)
+            except Exception as error:
+                log.info("read-ahead of %s stopped: %s", obj.hash, error)
+        self.stats.add("parts")
         try:
-            self._streams.submit(run)
-        except RuntimeError:
-            self._stream_slots.release()
-            stream.cancel()
-            for index, future in stream.futures.items():
-                self.abandon(obj, index, future, _Retry())
-            return None
-        return stream
+            self._pool.submit(run)
+        except RuntimeError:  # shutting down
+            for index, future in claimed.items():
+                self._flights.fail((obj.hash, index), future, _Retry())
 
-    def _trim(self) -> None:
-        """Keep at most ``max_blocks`` finished blocks in memory (never one still being written to disk)."""
-        with self._lock:
-            excess = len(self._blocks) - self.max_blocks
-            if excess <= 0:
+    def _fetch_owned(self, obj: StoredObject, owned: dict[int, Future], retries: int) -> None:
+        """Resolve owned flights: from the disk cache, else one ranged GET per contiguous run (retried)."""
+        missing = []
+        for index, future in sorted(owned.items()):
+            try:
+                data = self.cache.get_block(obj.oid, index, self.block_size)
+            except Exception as error:  # a broken cache is only a miss
+                log.warning("cache read of block %d of %s failed: %s", index, obj.hash, error)
+                data = None
+            if data is not None and len(data) == self.block_length(obj, index):
+                self._remember(obj, index, data)
+                self._flights.resolve((obj.hash, index), future, data)
+            else:
+                missing.append(index)
+        runs: list[list[int]] = []
+        for index in missing:
+            if runs and runs[-1][-1] == index - 1:
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        error: BaseException | None = None
+        for run in runs:
+            if error is None:
+                try:
+                    self._fetch_run(obj, run, owned, retries)
+                    continue
+                except BaseException as failure:
+                    error = failure
+                    if isinstance(failure, Exception):
+                        with self._lock:
+                            for index in run:
+                                if not owned[index].done():
+                                    self._failures[(obj.hash, index)] = failure
+            for index in run:
+                if not owned[index].done():
+                    self._flights.fail((obj.hash, index), owned[index], error if retries == 0 else _Retry())
+        if error is not None and retries == 0:
+            raise error
+
+    def _fetch_run(self, obj: StoredObject, run: list[int], owned: dict[int, Future], retries: int) -> None:
+        """One ranged GET for contiguous blocks, read block by block from the socket (one copy); each block is
+        checked, remembered, delivered and cached as it arrives.  A failure is retried from the first block not
+        yet delivered, ``retries`` times."""
+        sums = self._sums_of(obj)
+        position = 0
+        for attempt in range(retries + 1):
+            start = run[position] * self.block_size
+            length = sum(self.block_length(obj, index) for index in run[position:])
+            try:
+                self.stats.add("store_requests")
+                with obj.store.open_range(obj.key, start, length) as body:
+                    while position < len(run):
+                        index = run[position]
+                        block = body.read_exact(self.block_length(obj, index))
+                        self.stats.add("store_bytes", len(block))
+                        self.stats.fetched_blocks(obj.hash, index, 1)
+                        if sums:
+                            check_range(obj.store, obj.key, sums, index * self.block_size, block, obj.size)
+                        else:
+                            self._offer(obj, index, block)  # before anyone gets it: the last completes the digest
+                        self._remember(obj, index, block, fresh=True)
+                        self._flights.resolve((obj.hash, index), owned[index], block)
+                        position += 1
                 return
-            for key in list(self._blocks):
-                if excess <= 0:
-                    break
-                future = self._blocks[key]
-                if future.done() and key not in self._unwritten:
-                    del self._blocks[key]
-                    excess -= 1
+            except MissingObjectError:
+                raise
+            except StoreError as error:  # a dropped connection, a short body, bytes damaged on the way
+                if attempt == retries:
+                    raise
+                self._retrying(obj, start, error)
+
+    def _retrying(self, obj: StoredObject, start: int, error: BaseException) -> None:
+        self.stats.add("part_retries")
+        log.info("part of %s from %d failed (%s); retrying", obj.hash, start, error)
+
+    def _remember(self, obj: StoredObject, index: int, data: bytes, fresh: bool = False) -> None:
+        """Keep a block in memory; one fresh from the store also goes to the disk cache (in the background)."""
+        key = (obj.hash, index)
+        with self._lock:
+            self._memory[key] = data
+            if fresh:
+                self._unwritten[key] = data
+        if fresh:
+            def written() -> None:
+                with self._lock:
+                    self._unwritten.pop(key, None)
+            self.cache.put_block_later(obj.oid, index, self.block_size, data, done=written,
+                                       keep=lambda: obj.hash not in self._corrupt)
+
+    # -- verification ----------------------------------------------------------------------------------------
+
+    def _check_sound(self, obj: StoredObject) -> None:
+        with self._lock:
+            problem = self._corrupt.get(obj.hash)
+        if problem is not None:
+            raise CorruptObjectError(problem)
+
+    def _sums_of(self, obj: StoredObject) -> list[int] | None:
+        if not self.verify:
+            return None
+        with self._lock:
+            sums = self._sums.get(obj.hash)
+        if sums is None:
+            sums = self.cache.get_sums(obj.oid, obj.size) or False
+            with self._lock:
+                self._sums[obj.hash] = sums
+        return sums or None
+
+    def _offer(self, obj: StoredObject, index: int, data: bytes) -> None:
+        """Feed a block from the store to the object's verifying pass (started by its first block)."""
+        if not self.verify:
+            return
+        with self._lock:
+            verifying = self._passes.get(obj.hash)
+            if verifying is None:
+                if index != 0:
+                    return
+                if len(self._passes) >= MAX_PASSES:  # the pass that progressed least recently gives way
+                    self._passes.popitem(last=False)
+                verifying = self._passes[obj.hash] = _Pass(obj, self.block_size)
+            else:
+                self._passes.move_to_end(obj.hash)
+        try:
+            outcome = verifying.offer(index, data)
+        except _Abandon:
+            outcome = None
+            with self._lock:
+                self._passes.pop(obj.hash, None)
+        if outcome is None:
+            return
+        with self._lock:
+            self._passes.pop(obj.hash, None)
+        if outcome:
+            sums = verifying.sums.finish()
+            with self._lock:
+                self._sums[obj.hash] = sums
+            self.stats.add("objects_verified")
+            try:
+                self.cache.put_sums(obj.oid, obj.size, sums)
+            except CacheError as error:
+                log.warning("block sums of %s not recorded: %s", obj.hash, error)
+            return
+        problem = (f"object {obj.key!r} in {obj.store.describe()} does not match its content digest ({obj.hash}): "
+                   "corrupted or replaced; its cached blocks are dropped")
+        log.error("%s", problem)
+        self.stats.add("objects_corrupt")
+        with self._lock:
+            self._corrupt[obj.hash] = problem
+            for key in [key for key in self._memory if key[0] == obj.hash]:
+                del self._memory[key]
+        self.cache.flush()
+        self.cache.drop_blocks(obj.oid.key)
 
     def close(self) -> None:
-        for stream in list(self._live):
-            stream.cancel()
-        self._streams.shutdown(wait=False, cancel_futures=True)
-        self._writer.shutdown(wait=True)
-
-
-def _not_cached() -> bytes:
-    raise _NotCached()
+        """Cancel queued parts, let those in flight land (each has the store's timeout), finish cache writes."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.cache.flush()

@@ -49,7 +49,7 @@ from .s3 import S3Store, validate_bucket
 
 __all__ = ["Store", "ObjectInfo", "FileStore", "S3Store", "open_store", "parse_location", "validate_key",
            "validate_prefix", "is_valid_key", "validate_bucket", "validate_folder", "clear_store_cache",
-           "MAX_KEY_LENGTH"]
+           "MAX_KEY_LENGTH", "configured_store", "store_settings"]
 
 _SCHEMES = {"file": None, "s3": "https", "s3+https": "https", "s3+http": "http"}
 _cache: LRUCache = LRUCache(maxsize=64)
@@ -156,6 +156,26 @@ def open_store(location: str, folder: str, account: str | None = None, token: st
                         timeout=timeout, retries=retries, max_concurrency=max_concurrency)
     with _cache_lock:
         return _cache.setdefault(key, store)
+
+
+def store_settings(config, name: str, schema: str | None = None) -> dict:
+    """The settings of a configured store; a missing location is an error naming the setting."""
+    spec = config.store_spec(name)
+    if not spec["location"]:
+        key = "external-location" + (f"-{name}" if name else "")
+        needed = f" of schema {schema!r}" if schema else ""
+        raise StoreError(f"configuration key {key!r} is not set: it is needed to store or read external "
+                         f"objects{needed}")
+    return spec
+
+
+def configured_store(config, name: str, folder: str, schema: str | None = None) -> Store:
+    """The default ('') or named store of djfs's configuration (``external-location[-<name>]`` …) for a folder
+    or bucket; ``schema`` only names who needs it in the error for a missing setting."""
+    spec = store_settings(config, name, schema)
+    return open_store(spec["location"], folder, spec["account"], spec["token"],
+                      timeout=config["store-timeout"], retries=config["store-retries"],
+                      max_concurrency=config["transfer-threads"])
 
 
 def _fingerprint(secret: str | None) -> str | None:

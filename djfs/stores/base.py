@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Union
 
@@ -31,6 +31,9 @@ from ..errors import CorruptObjectError, MissingObjectError, StoreError
 BytesLike = Union[bytes, bytearray, memoryview]
 #: what ``put`` accepts: one bytes-like value, or an iterable of bytes-like chunks (a stream)
 Data = Union[BytesLike, Iterable[BytesLike]]
+
+#: the progress callback of ``get_into``: ``filled(start, end)``
+Filled = Callable[[int, int], None]
 
 MAX_KEY_LENGTH = 1024  # S3's limit on a key, in bytes; our keys are ASCII
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")
@@ -155,8 +158,13 @@ class Store(ABC):
         """The whole object."""
 
     @abstractmethod
-    def get_into(self, key: str, buffer: memoryview) -> None:
-        """Fill ``buffer``, whose length must be exactly the object's size, without intermediate copies."""
+    def get_into(self, key: str, buffer: memoryview, filled: "Filled | None" = None) -> None:
+        """Fill ``buffer``, whose length must be exactly the object's size, without intermediate copies.
+
+        ``filled(start, end)`` is called (from any thread, in any order) as each range of the buffer is
+        complete, so a caller can hash the object while the rest is still arriving.  A range may be reported
+        again when a failed request is retried (the object is immutable: its bytes are the same).
+        """
 
     @abstractmethod
     def get_range(self, key: str, offset: int, length: int) -> bytes:

@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import CorruptObjectError, StoreError
-from .base import MAX_IO, Data, ObjectInfo, Store, as_chunks, check_size, pread_all, is_valid_key, validate_key, validate_prefix
+from .base import MAX_IO, Data, Filled, ObjectInfo, Store, as_chunks, check_size, pread_all, is_valid_key, validate_key, validate_prefix
 
+READ_STEP = 4 << 20  # pieces of a read whose progress is reported (hashing overlaps the next piece's read)
 
 
 class FileStore(Store):
@@ -133,8 +134,9 @@ class FileStore(Store):
         with self._reading(key) as fd, open(fd, "rb", buffering=0, closefd=False) as file:
             return file.read()  # sized from fstat: one allocation
 
-    def get_into(self, key: str, buffer: memoryview) -> None:
+    def get_into(self, key: str, buffer: memoryview, filled: Filled | None = None) -> None:
         view = memoryview(buffer).cast("B")
+        step = READ_STEP if filled is not None else MAX_IO  # report progress often enough to overlap hashing
         with self._reading(key) as fd:
             stored = os.fstat(fd).st_size
             if stored != len(view):
@@ -143,9 +145,11 @@ class FileStore(Store):
             position = 0
             with open(fd, "rb", buffering=0, closefd=False) as file:
                 while position < len(view):
-                    count = file.readinto(view[position:position + MAX_IO])
+                    count = file.readinto(view[position:position + step])
                     if not count:
                         raise CorruptObjectError(f"object {key!r} in {self.describe()} shrank while being read")
+                    if filled is not None:
+                        filled(position, position + count)
                     position += count
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:

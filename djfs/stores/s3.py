@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import CorruptObjectError, MissingObjectError, StoreError
-from .base import Data, ObjectInfo, RangeStream, Store, as_chunks, check_size, is_valid_key, validate_key, validate_prefix
+from .base import Data, Filled, ObjectInfo, RangeStream, Store, as_chunks, check_size, is_valid_key, validate_key, validate_prefix
 
 MiB = 1 << 20
 MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller parts (except the last one)
@@ -253,8 +253,9 @@ class S3Store(Store):
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _read_body(response: dict, into: memoryview | None = None) -> bytes | int:
-        """The whole body as bytes, or copied into ``into`` (returns the byte count); errors become _BodyError."""
+    def _read_body(response: dict, into: memoryview | None = None, filled: Filled | None = None) -> bytes | int:
+        """The whole body as bytes, or copied into ``into`` (returns the byte count, reporting each piece to
+        ``filled``); errors become _BodyError."""
         body = response["Body"]
         try:
             if into is None:
@@ -265,6 +266,8 @@ class S3Store(Store):
                 if end > len(into):
                     raise CorruptObjectError("the store returned more bytes than asked for")
                 into[position:end] = chunk
+                if filled is not None:
+                    filled(position, end)
                 position = end
             return position
         except StoreError:
@@ -445,14 +448,14 @@ class S3Store(Store):
             raise self._error("read", key, error) from None
         return _S3RangeStream(self, key, response)
 
-    def get_into(self, key: str, buffer: memoryview) -> None:
+    def get_into(self, key: str, buffer: memoryview, filled: Filled | None = None) -> None:
         view = memoryview(buffer).cast("B")
         full = self._key(key)
         if len(view) < self.multipart_threshold or self.max_concurrency == 1:
             def whole() -> None:
                 response = self._client.get_object(Bucket=self.bucket, Key=full)
                 self._check_length(key, response["ContentLength"], len(view))
-                count = self._read_body(response, view)
+                count = self._read_body(response, view, filled)
                 self._check_length(key, count, len(view))
             self._call("read", key, whole)
             return
@@ -473,6 +476,8 @@ class S3Store(Store):
                 if count != end - start:
                     raise _BodyError(IOError(f"short read: {count} of {end - start} bytes"))
             self._call("read", key, ranged)
+            if filled is not None:
+                filled(start, end)
 
         with ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="djfs-s3-get") as pool:
             futures = [pool.submit(fill, start) for start in range(0, len(view), self.part_size)]

@@ -1,12 +1,15 @@
-"""A TCP relay on loopback between a client and a local server (moto), that plays a network.
+"""A TCP relay on loopback between a client and a local server (an S3 server), that plays a network.
 
 * ``delay``: seconds added once per request (when the client starts sending again after the server
   answered), like a remote S3's round trip; sleeping threads cost no CPU, so concurrent requests overlap
   their delays exactly as over a real network (the benchmarks use this);
+* ``connection_rate``: bytes per second of each connection, each way, as on a remote S3 where one TCP
+  connection does not fill the network (window / round trip) and clients open several to go faster;
 * ``rate``: bytes per second of all responses together, a slow link, so that a fault injected by a test
-  reliably lands in the middle of a download; ``delivered`` counts the response bytes forwarded;
+  reliably lands in the middle of a download;
 * ``hold()`` / ``release()``: new connections wait, as in a network partition.
 
+Counters: ``delivered`` (response bytes forwarded), ``requests`` (requests relayed), ``connections``.
 Bytes are forwarded unchanged.
 """
 
@@ -16,23 +19,70 @@ import socket
 import threading
 import time
 
+CHUNK = 256 * 1024  # bytes per receive: large, so that several fast connections cost the relay little CPU
+
+
+class Pace:
+    """Lets ``rate`` bytes per second through: a token bucket holding ``burst`` seconds' worth of bytes.
+
+    ``wait(size)`` returns when ``size`` more bytes may go.  Shared by several threads it paces them together.
+    The burst absorbs sleeps that end late (a loaded machine), so the average rate holds rather than sagging.
+    """
+
+    def __init__(self, rate: float, burst: float = 0.005) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be positive, not {rate}")
+        self.rate = rate
+        self.burst = burst
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self, size: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._next, now - self.burst)
+            self._next = start + size / self.rate
+        if start > now:
+            time.sleep(start - now)
+
 
 class Relay:
-    """``with Relay(upstream_port, delay=0.01) as relay:`` then talk to ``relay.port``."""
+    """``with Relay(upstream_port, delay=0.01, connection_rate=90 << 20) as relay:`` then talk to ``relay.port``."""
 
     def __init__(self, upstream_port: int, *, delay: float = 0.0, rate: float | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 connection_rate: float | None = None, host: str = "127.0.0.1") -> None:
         self.upstream = (host, upstream_port)
         self.delay = delay
-        self.rate = rate
+        self.connection_rate = connection_rate  # read when a connection opens
         self.delivered = 0
+        self.requests = 0
+        self.connections = 0
         self._lock = threading.Lock()
-        self._next = 0.0
+        self._total: Pace | None = None
+        self.rate = rate
         self._open = threading.Event()
         self._open.set()
         self._listener = socket.create_server((host, 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True, name="relay").start()
+
+    @property
+    def rate(self) -> float | None:
+        return self._total.rate if self._total is not None else None
+
+    @rate.setter
+    def rate(self, rate: float | None) -> None:
+        """The total rate may change while connections run (a test slows the link only around a fault)."""
+        if not rate:
+            self._total = None
+        elif self._total is None:
+            self._total = Pace(rate)
+        else:
+            self._total.rate = rate
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.upstream[0]}:{self.port}"
 
     def hold(self) -> None:
         self._open.clear()
@@ -56,27 +106,40 @@ class Relay:
         except OSError:
             client.close()  # the server is down: the client sees its connection closed
             return
+        with self._lock:
+            self.connections += 1
         turn = {"answered": True}
-        threading.Thread(target=self._pump, args=(client, server, turn, True), daemon=True).start()
-        self._pump(server, client, turn, False)
+        paces = [Pace(self.connection_rate) if self.connection_rate else None for _ in range(2)]
+        threading.Thread(target=self._pump, args=(client, server, turn, True, paces[0]), daemon=True).start()
+        self._pump(server, client, turn, False, paces[1])
 
-    def _pump(self, source: socket.socket, target: socket.socket, turn: dict, request: bool) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, turn: dict, request: bool,
+              pace: Pace | None) -> None:
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
         try:
             while True:
-                data = source.recv(1 << 16)
-                if not data:
+                count = source.recv_into(buffer)
+                if not count:
                     break
                 if request:
-                    if turn["answered"] and self.delay:
-                        time.sleep(self.delay)   # one round trip per request
+                    if turn["answered"]:
+                        with self._lock:
+                            self.requests += 1
+                        if self.delay:
+                            time.sleep(self.delay)   # one round trip per request
                     turn["answered"] = False
                 else:
                     turn["answered"] = True
-                    self._throttle(len(data))
-                target.sendall(data)
+                    total = self._total
+                    if total is not None:
+                        total.wait(count)
+                if pace is not None:
+                    pace.wait(count)
                 if not request:
-                    with self._lock:
-                        self.delivered += len(data)
+                    with self._lock:  # counted before it goes: a client that has the bytes sees them counted
+                        self.delivered += count
+                target.sendall(view[:count])
         except OSError:
             pass
         finally:
@@ -86,15 +149,6 @@ class Relay:
                 except OSError:
                     pass
                 sock.close()
-
-    def _throttle(self, size: int) -> None:
-        if not self.rate:
-            return
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + size / self.rate
-        time.sleep(max(0.0, start - now))
 
     def close(self) -> None:
         self._listener.close()

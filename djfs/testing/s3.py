@@ -1,11 +1,15 @@
-"""A real S3 endpoint for tests and demos: moto's S3 server in a subprocess on 127.0.0.1.
+"""Real S3 endpoints for tests, demos and benchmarks: local S3 servers in a subprocess on 127.0.0.1.
 
 A subprocess, not moto's in-process mocks: the code under test then talks real HTTP through botocore's real
 connection pool and timeouts, exactly as it would to MinIO or AWS, and a test can stop and restart the server to
-see how djfs behaves when its backend goes away.  moto keeps its buckets in memory, so a restart empties them.
+see how djfs behaves when its backend goes away.
 
-Credentials: moto accepts any; the dummy ones below are given only to the clients and stores this module creates,
-never put into ``os.environ``.
+Two servers share one interface (``S3Server``): ``MotoServer`` here (moto keeps objects in memory or a spooled
+temporary file and reads a whole object for every ranged GET: right for functional tests, wrong for speed), and
+``S3rver`` in ``djfs.testing.s3rver`` (objects in files, a ranged GET reads only its bytes: for benchmarks).
+
+Credentials: each server's dummy ones, given only to the clients and stores this module creates, never put into
+``os.environ``.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ DUMMY_SECRET_KEY = "djfs-test-secret-key"
 REGION = "us-east-1"
 
 
-class MotoServerError(RuntimeError):
-    """The moto server is not installed, did not start, or died."""
+class S3ServerError(RuntimeError):
+    """A local S3 server is not installed, did not start, or died."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -36,17 +40,33 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-class MotoServer:
-    """moto's S3 server: ``with MotoServer() as server: server.location('prefix')``."""
+class S3Server:
+    """A local S3 server in a subprocess: ``with Server() as server: server.location('prefix')``.
+
+    Subclasses name the command line (``_command``), the credentials it accepts and a URL that answers once up.
+    """
+
+    name = "S3 server"
+    access_key = DUMMY_ACCESS_KEY
+    secret_key = DUMMY_SECRET_KEY
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", startup_timeout: float = 30.0) -> None:
-        if importlib.util.find_spec("moto") is None or importlib.util.find_spec("moto.server") is None:
-            raise MotoServerError("moto's server is not installed: pip install 'moto[server]'")
         self.host = host
         self.port = port or free_port(host)
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen | None = None
-        self._log = tempfile.TemporaryFile(prefix="djfs-moto-")
+        self._log = tempfile.TemporaryFile(prefix="djfs-s3-")
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _environment(self) -> dict[str, str]:
+        """Variables the server needs besides the dummy AWS ones."""
+        return {}
+
+    def _probe_path(self) -> str:
+        """A path on the server that answers (with any HTTP status) once it is up."""
+        return "/"
 
     @property
     def endpoint(self) -> str:
@@ -55,7 +75,12 @@ class MotoServer:
     @property
     def credentials(self) -> tuple[str, str]:
         """(account, token) to pass to ``open_store``."""
-        return DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
+        return self.access_key, self.secret_key
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id (for its ``/proc/<pid>/io`` counters), None when stopped."""
+        return self._process.pid if self.running else None
 
     def location(self, prefix: str = "") -> str:
         """An ``external-location`` naming this server: ``s3+http://127.0.0.1:PORT/prefix``."""
@@ -65,7 +90,7 @@ class MotoServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> "MotoServer":
+    def start(self) -> "S3Server":
         if self.running:
             return self
         environment = dict(os.environ)
@@ -73,13 +98,12 @@ class MotoServer:
         for name in list(environment):
             if name.startswith("AWS_") or name.lower() in ("http_proxy", "https_proxy", "all_proxy"):
                 del environment[name]
-        environment.update(AWS_ACCESS_KEY_ID=DUMMY_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=DUMMY_SECRET_KEY,
-                           AWS_DEFAULT_REGION=REGION, MOTO_PORT=str(self.port))
+        environment.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
+                           AWS_DEFAULT_REGION=REGION, **self._environment())
         self._log.seek(0)
         self._log.truncate()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=environment,
+            self._command(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=environment,
             start_new_session=True)  # a ^C in a test run must not kill it before the fixture stops it
         self._wait_until_up()
         return self
@@ -90,10 +114,10 @@ class MotoServer:
         while True:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise MotoServerError(f"the moto server exited with status {self._process.returncode} on port "
-                                      f"{self.port}: {self._output()}")
+                raise S3ServerError(f"the {self.name} exited with status {self._process.returncode} on port "
+                                    f"{self.port}: {self._output()}")
             try:
-                with opener.open(f"{self.endpoint}/moto-api/", timeout=1.0):
+                with opener.open(f"{self.endpoint}{self._probe_path()}", timeout=1.0):
                     return
             except urllib.error.HTTPError:
                 return  # it answered
@@ -101,8 +125,8 @@ class MotoServer:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise MotoServerError(f"the moto server did not answer on {self.endpoint} within "
-                                      f"{self.startup_timeout} s: {self._output()}")
+                raise S3ServerError(f"the {self.name} did not answer on {self.endpoint} within "
+                                    f"{self.startup_timeout} s: {self._output()}")
             time.sleep(0.05)
 
     def _output(self) -> str:
@@ -121,7 +145,7 @@ class MotoServer:
             process.wait(timeout=10)
 
     def restart(self) -> None:
-        """Stop and start again on the same port (buckets and objects are lost: moto keeps them in memory)."""
+        """Stop and start again on the same port."""
         self.stop()
         deadline = time.monotonic() + 10
         while True:  # the port can take a moment to be free again
@@ -132,31 +156,37 @@ class MotoServer:
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise MotoServerError(f"port {self.port} stays busy after stopping the moto server") from None
+                    raise S3ServerError(f"port {self.port} stays busy after stopping the {self.name}") from None
                 time.sleep(0.1)
         self.start()
 
-    def client(self, **config: Any) -> Any:
-        """A boto3 S3 client for this server, with the dummy credentials (``config``: botocore Config options)."""
+    def client(self, endpoint: str | None = None, **config: Any) -> Any:
+        """A boto3 S3 client for this server with its dummy credentials.
+
+        ``endpoint``: another URL leading to it (a relay); ``config``: botocore Config options.
+        """
         import boto3
         from botocore.config import Config
         return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id=DUMMY_ACCESS_KEY,
-            aws_secret_access_key=DUMMY_SECRET_KEY,
-            config=Config(s3={"addressing_style": "path"}, **config))
+            "s3", endpoint_url=endpoint or self.endpoint, region_name=REGION, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, config=Config(s3={"addressing_style": "path"}, **config))
 
     def create_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
         return name
 
-    def store(self, bucket: str, prefix: str = "", **options: Any):
-        """An ``S3Store`` on this server with the dummy credentials (``options``: S3Store keyword arguments)."""
+    def store(self, bucket: str, prefix: str = "", endpoint: str | None = None, **options: Any):
+        """An ``S3Store`` on this server with the dummy credentials.
+
+        ``endpoint``: another URL leading to it (a relay); ``options``: S3Store keyword arguments.
+        """
         from ..stores.s3 import S3Store
         options.setdefault("timeout", 10.0)
         options.setdefault("retries", 2)
-        return S3Store(bucket, prefix, self.endpoint, REGION, DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, **options)
+        return S3Store(bucket, prefix, endpoint or self.endpoint, REGION, self.access_key, self.secret_key,
+                       **options)
 
-    def __enter__(self) -> "MotoServer":
+    def __enter__(self) -> "S3Server":
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -164,4 +194,24 @@ class MotoServer:
         self._log.close()
 
     def __repr__(self) -> str:
-        return f"MotoServer({self.endpoint}, {'running' if self.running else 'stopped'})"
+        return f"{type(self).__name__}({self.endpoint}, {'running' if self.running else 'stopped'})"
+
+
+class MotoServer(S3Server):
+    """moto's S3 server.  It keeps buckets in memory, so a restart empties them; it accepts any credentials."""
+
+    name = "moto server"
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", startup_timeout: float = 30.0) -> None:
+        if importlib.util.find_spec("moto") is None or importlib.util.find_spec("moto.server") is None:
+            raise S3ServerError("moto's server is not installed: pip install 'moto[server]'")
+        super().__init__(port, host, startup_timeout)
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+
+    def _environment(self) -> dict[str, str]:
+        return {"MOTO_PORT": str(self.port)}
+
+    def _probe_path(self) -> str:
+        return "/moto-api/"

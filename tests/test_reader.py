@@ -1,0 +1,251 @@
+"""The mount's reader against a real S3 server (moto) through a link that sees every request: parallel parts
+in order, retried parts, bounded read-ahead, shared parts, the cache keeping what was read, verification."""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+import djfs
+from djfs import hashing
+from djfs.cache import ObjectCache
+from djfs.errors import CorruptObjectError
+from djfs.fs.reader import Reader, Stats, StoredObject, join
+from fixtures_fuse import s3_config, wait_for
+from s3link import S3Link
+
+KiB = 1 << 10
+BLOCK = 256 * KiB
+PART = 1 << 20
+ORIGIN = b'lab.movie\n{"movie_id":1}'
+
+
+@pytest.fixture
+def link(s3_server):
+    with S3Link(s3_server) as link:
+        yield link
+
+
+def put_object(s3_server, bucket: str, size: int, seed: int = 0) -> tuple[bytes, hashing.ObjectId, str]:
+    data = random.Random(seed).randbytes(size)
+    hash_ = hashing.object_hash(data, ORIGIN)
+    key = hashing.object_path(hash_)
+    s3_server.store(bucket).put(key, data)
+    return data, hashing.object_id(hash_, ORIGIN), key
+
+
+def make_reader(tmp_path, **options) -> Reader:
+    options = {"block_size": BLOCK, "part_size": PART, "whole_max": 0, "readahead": 4, "threads": 8,
+               "stats": Stats(), **options}
+    return Reader(ObjectCache(tmp_path / "cache", 1 << 30), **options)
+
+
+def read_sequentially(reader: Reader, obj: StoredObject, chunk: int = 128 * KiB, stop: int | None = None) -> bytes:
+    handle = reader.open_stored(obj, b"", 0, obj.size)
+    try:
+        out = []
+        for offset in range(0, obj.size if stop is None else stop, chunk):
+            out.append(join(handle.pieces(offset, chunk)))
+        return b"".join(out)
+    finally:
+        handle.close()
+
+
+def run_threads(function, arguments: list[tuple]) -> None:
+    threads = [threading.Thread(target=function, args=args) for args in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+
+def counter(reader: Reader, name: str) -> int:
+    return reader.stats.snapshot().get(name, 0)
+
+
+def test_parts_are_fetched_in_parallel_and_assembled_in_order(s3_server, s3_bucket, link, tmp_path):
+    data, oid, key = put_object(s3_server, s3_bucket, 16 << 20)
+    reader = make_reader(tmp_path)
+    obj = StoredObject(oid, len(data), link.store(s3_bucket), key)
+    handle = reader.open_stored(obj, b"", 0, obj.size)
+    chunk, out = 128 * KiB, []
+    try:
+        for offset in range(0, obj.size, chunk):
+            if offset == 12 * BLOCK:  # the window is 12 blocks ahead: from now on parts overlap
+                link.meet(3)          # three requests must be waiting at once, or the barrier breaks after 20 s
+            out.append(join(handle.pieces(offset, chunk)))
+    finally:
+        handle.close()
+        reader.close()
+    assert b"".join(out) == data
+    assert not link.barrier_broken and link.most_in_flight >= 3
+    assert counter(reader, "parts") >= 3
+    assert counter(reader, "store_bytes") == len(data) and counter(reader, "blocks_fetched_again") == 0
+    assert counter(reader, "objects_verified") == 1  # its content digest was checked once it was all in
+
+
+def test_a_failed_part_is_retried(s3_server, s3_bucket, link, tmp_path):
+    data, oid, key = put_object(s3_server, s3_bucket, 5 << 20, seed=1)
+    reader = make_reader(tmp_path)
+    obj = StoredObject(oid, len(data), link.store(s3_bucket, retries=0), key)  # the store itself won't retry
+    read_sequentially(reader, obj, stop=2 * BLOCK)   # the stream is under way
+    link.cuts = 2                                    # the next two responses drop mid-body
+    try:
+        assert read_sequentially(reader, obj) == data
+    finally:
+        reader.close()
+    assert link.cuts == 0 and counter(reader, "part_retries") >= 1
+
+
+def test_a_reader_that_stops_early_costs_about_what_it_read(s3_server, s3_bucket, link, tmp_path):
+    data, oid, key = put_object(s3_server, s3_bucket, 16 << 20, seed=2)
+    reader = make_reader(tmp_path, readahead=8)
+    obj = StoredObject(oid, len(data), link.store(s3_bucket), key)
+    try:
+        assert read_sequentially(reader, obj, stop=4 * BLOCK) == data[:4 * BLOCK]
+        time.sleep(0.5)  # let parts in flight land: none is started after the reader stopped
+        fetched = counter(reader, "store_bytes")
+        assert 4 * BLOCK <= fetched <= 12 * BLOCK, fetched  # not the 64 blocks of the object
+        assert link.answered < 16 * BLOCK
+    finally:
+        reader.close()
+
+
+def test_concurrent_readers_of_one_object_share_parts(s3_server, s3_bucket, link, tmp_path):
+    data, oid, key = put_object(s3_server, s3_bucket, 6 << 20, seed=3)
+    reader = make_reader(tmp_path)
+    obj = StoredObject(oid, len(data), link.store(s3_bucket), key)
+    barrier = threading.Barrier(8)
+    results: list[bytes] = []
+
+    def read() -> None:
+        barrier.wait()
+        results.append(read_sequentially(reader, obj, chunk=random.choice([64, 128, 200]) * KiB))
+    try:
+        run_threads(read, [()] * 8)
+    finally:
+        reader.close()
+    assert results == [data] * 8
+    assert counter(reader, "blocks_fetched") == len(data) // BLOCK
+    assert counter(reader, "blocks_fetched_again") == 0 and counter(reader, "store_bytes") == len(data)
+
+
+def test_scattered_reads_fetch_small_ranges_concurrently(s3_server, s3_bucket, link, tmp_path):
+    data, oid, key = put_object(s3_server, s3_bucket, 24 << 20, seed=4)
+    reader = make_reader(tmp_path)
+    obj = StoredObject(oid, len(data), link.store(s3_bucket), key)
+    handle = reader.open_stored(obj, b"", 0, obj.size)
+    blocks = random.Random(5).sample(range(0, len(data) // BLOCK, 12), 8)  # 3 MiB apart: no sequence
+    offsets = [block * BLOCK + random.Random(block).randrange(0, BLOCK - 4 * KiB) for block in blocks]
+    link.meet(4)  # independent misses of several threads are in flight at once
+    results = {}
+
+    def read(offset: int) -> None:
+        results[offset] = join(handle.pieces(offset, 4 * KiB))
+    try:
+        run_threads(read, [(offset,) for offset in offsets])
+    finally:
+        handle.close()
+        reader.close()
+    assert all(results[offset] == data[offset:offset + 4 * KiB] for offset in offsets)
+    assert not link.barrier_broken
+    assert counter(reader, "store_bytes") == len(offsets) * BLOCK  # a block per read, not the object
+
+
+def test_the_cache_keeps_what_was_read(s3_server, s3_bucket, link, tmp_path):
+    data, oid, key = put_object(s3_server, s3_bucket, 4 << 20, seed=6)
+    store = link.store(s3_bucket)
+    first = make_reader(tmp_path)
+    try:
+        assert read_sequentially(first, StoredObject(oid, len(data), store, key)) == data
+    finally:
+        first.close()  # waits for the cache writes
+    requests = link.requests
+    again = make_reader(tmp_path)  # a remount: empty memory, the same disk cache
+    try:
+        assert read_sequentially(again, StoredObject(oid, len(data), store, key)) == data
+    finally:
+        again.close()
+    assert link.requests == requests and counter(again, "store_requests") == 0
+
+
+def test_a_corrupt_object_read_in_full_fails_and_leaves_nothing_cached(s3_server, s3_bucket, link, tmp_path,
+                                                                       caplog):
+    data, oid, key = put_object(s3_server, s3_bucket, 3 << 20, seed=7)
+    damaged = bytearray(data)
+    damaged[-5:] = b"xxxxx"
+    s3_server.store(s3_bucket).put(key, bytes(damaged))
+    reader = make_reader(tmp_path)
+    obj = StoredObject(oid, len(data), link.store(s3_bucket), key)
+    try:
+        with pytest.raises(CorruptObjectError):
+            read_sequentially(reader, obj)          # a read fails once the digest is known wrong
+        with pytest.raises(CorruptObjectError, match=s3_bucket):
+            reader.open_stored(obj, b"", 0, obj.size)
+    finally:
+        reader.close()
+    assert "does not match its content digest" in caplog.text
+    assert not (tmp_path / "cache" / "blocks" / oid.key).exists() or \
+        not list((tmp_path / "cache" / "blocks" / oid.key).iterdir())
+
+
+def test_blocks_are_checked_against_the_sums_of_a_verified_read(s3_server, s3_bucket, link, tmp_path):
+    data, oid, key = put_object(s3_server, s3_bucket, 3 << 20, seed=8)
+    store = link.store(s3_bucket)
+    first = make_reader(tmp_path)
+    try:
+        assert read_sequentially(first, StoredObject(oid, len(data), store, key)) == data
+    finally:
+        first.close()
+    assert counter(first, "objects_verified") == 1
+    cache = ObjectCache(tmp_path / "cache", 1 << 30)
+    assert cache.get_sums(oid, len(data)) == hashing.sums_of(data)
+    cache.drop_blocks(oid.key)                                  # only the sums stay
+    damaged = bytearray(data)
+    damaged[BLOCK + 10] ^= 1
+    s3_server.store(s3_bucket).put(key, bytes(damaged))         # replaced in the store
+    second = make_reader(tmp_path)
+    handle = second.open_stored(StoredObject(oid, len(data), store, key), b"", 0, len(data))
+    try:
+        assert join(handle.pieces(0, 1000)) == data[:1000]       # an intact block is served
+        with pytest.raises(CorruptObjectError, match="checksums"):
+            handle.pieces(BLOCK, 1000)                           # the damaged one is refused
+    finally:
+        handle.close()
+        second.close()
+
+
+def test_a_remounted_daemon_rereads_from_the_cache_without_requests(schema, s3_server, db_config, mounts):
+    """Through real mounts: a cold sequential read of a large value keeps every block it read in the disk cache,
+    so after an unmount and a new mount on the same cache the re-read makes no request to the store."""
+    with djfs.config.override(**s3_config(s3_server, "reread")):
+        schema.set_external_storage(s3_server.create_bucket(f"djfs-reread-{uuid.uuid4().hex[:12]}"))
+
+        @schema
+        class Value(djfs.Manual):
+            definition = "k : int\n---\nv : external"
+        value = np.random.default_rng(3).random(3 * (1 << 20))   # 24 MiB: read by blocks
+        Value.insert1({"k": 1, "v": value})
+    cache = mounts.base / "reread-cache"
+    options = [f"schemas={schema.database}", "whole_max=1MiB", "block_size=1MiB"]
+    contents = []
+    for run in range(2):
+        mount = mounts.mount({**s3_config(s3_server, "reread"), "cache-location": str(cache)}, options)
+        path = mount.path(schema.database, "Value", "k=1", "v.npy")
+        assert wait_for(path.exists)
+        before = mount.stats()
+        contents.append(path.read_bytes())
+        requests = mount.stats().get("store_requests", 0) - before.get("store_requests", 0)
+        mount.stop()  # the daemon finishes its cache writes before it exits
+        if run == 0:
+            assert requests > 0
+        else:
+            assert requests == 0, requests
+    assert contents[0] == contents[1]
+    np.testing.assert_array_equal(np.load(io.BytesIO(contents[1])), value)
