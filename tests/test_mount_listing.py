@@ -5,6 +5,7 @@ Every row change here is made by another connection (the test process's own), as
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import djfs
 from djfs import blob
 from djfs.fs import paths
-from fixtures_fuse import wait_for
+from fixtures_fuse import errno_of, wait_for
 
 FAST = ["listing_timeout=0.3", "entry_timeout=0.2", "attr_timeout=0.2", "negative_timeout=0"]
 SUBJECTS = [f"s{index:02d}" for index in range(23)] + ["a/b", "ü z", "%41"]
@@ -175,6 +176,18 @@ def test_changes_made_elsewhere_show_up_and_unchanged_tables_are_not_listed_agai
                     ("s05", 99, 4))
     assert wait_for(lambda: sorted(os.listdir(subject)) == [s for s in sessions if s != "session=4"], timeout=5)
     assert wait_for(lambda: not (subject / "session=4").exists(), timeout=5)
+    assert errno_of(os.listdir, subject / "session=4") == errno.ENOENT
+
+
+def test_no_extended_attributes_but_the_stats(lab, mounts):
+    """SELinux labels and ACLs are 'not supported' (ls -l then stops asking per entry), other names 'not set'."""
+    mount = mounts.mount({}, FAST + [f"schemas={lab.name}"])
+    row = mount.path(lab.name, "Session", subject_dir(lab, "s01"), "session=1")
+    for path in (row, row / "row.json"):
+        for name in ("security.selinux", "system.posix_acl_access"):
+            assert errno_of(os.getxattr, path, name) == errno.EOPNOTSUPP
+        assert errno_of(os.getxattr, path, "user.djfs.stats") == errno.ENODATA
+    assert "sql_queries" in mount.stats()
 
 
 def test_the_change_probe_sees_every_change_the_mount_shows_and_nothing_else(db_config, connection, schema_name):
