@@ -196,8 +196,8 @@ def test_the_change_probe_sees_every_change_the_mount_shows_and_nothing_else(db_
     from djfs.fs.tree import Database, Table, Tree
     from djfs.heading import Heading
     connection.query(f"CREATE DATABASE `{schema_name}`")
-    connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, a varchar(8), b varchar(8), "
-                     f"doc longtext, data longblob, PRIMARY KEY (k))")
+    connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, a varchar(8) COLLATE utf8mb4_bin, "
+                     f"b varchar(8) COLLATE utf8mb4_general_ci, doc longtext, data longblob, PRIMARY KEY (k))")
     connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (1, NULL, 'x', '{{}}', %s), (2, 'p', 'q', NULL, NULL)",
                      (b"head" + b"\0" * 4000 + b"tail",))
     database = Database(djfs.config)
