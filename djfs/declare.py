@@ -5,6 +5,7 @@ Each line is one of::
 
     -> Parent                          (foreign key; its primary key joins this table's section)
     -> [nullable] Parent               (secondary only: the inherited attributes may be NULL)
+    -> Parent.proj(new='old', ...)     (foreign key whose attributes are renamed in this table)
     name = default : type   # comment
     index(attr, ...)   /   unique index(attr, ...)
 
@@ -32,7 +33,9 @@ ATTRIBUTE_LINE = re.compile(
         (?:=\s*(?P<default>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^:#"']*?)\s*)?
         :\s*(?P<type>[^#]+?)\s*
         (?:\#\s*(?P<comment>.*))?$""", re.X)
-FOREIGN_KEY_LINE = re.compile(r"^->\s*(?P<options>\[\s*nullable\s*\])?\s*(?P<ref>[A-Za-z_][\w.]*)\s*$")
+FOREIGN_KEY_LINE = re.compile(r"^->\s*(?P<options>\[\s*nullable\s*\])?\s*(?P<ref>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*?)"
+                              r"(?:\s*\.\s*proj\s*\((?P<renames>[^)]*)\))?\s*$")
+RENAME = re.compile(r"^\s*(?P<new>[a-z][a-z0-9_]*)\s*=\s*(?P<quote>['\"])(?P<old>[a-z][a-z0-9_]*)(?P=quote)\s*$")
 INDEX_LINE = re.compile(r"^(?P<unique>unique\s+)?index\s*\((?P<attrs>[^)]*)\)\s*$", re.I)
 SEPARATOR_LINE = re.compile(r"^-{3,}\s*$")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -139,11 +142,26 @@ def _resolve(reference: str, context: Mapping[str, Any], table: str, line: str) 
     return target
 
 
+def _renames(text: str | None, parent: Any, table: str, line: str) -> dict[str, str]:
+    """``new='old', ...`` of ``-> Parent.proj(...)`` as {old: new}; only the parent's key can be renamed."""
+    if text is None:
+        return {}
+    renames: dict[str, str] = {}
+    for item in filter(str.strip, text.split(",")):
+        match = RENAME.match(item)
+        if not match:
+            raise _error(table, line, f"a foreign key's proj() takes only renames new='old', not {item.strip()!r}")
+        if match.group("old") not in parent.heading.primary_key:
+            raise _error(table, line, f"{match.group('old')!r} is not in the primary key of the referenced table")
+        renames[match.group("old")] = match.group("new")
+    return renames
+
+
 def parse(table: str, definition: str, context: Mapping[str, Any]) -> tuple[str, list, list, list]:
     """Split a definition into (comment, attributes, foreign keys, indexes); raises quoting the bad line."""
     comment = ""
     attributes: list[ParsedAttribute] = []
-    foreign_keys: list[tuple[Any, bool, str]] = []
+    foreign_keys: list[tuple[Any, bool, str, dict[str, str]]] = []
     indexes: list[tuple[bool, list[str], str]] = []
     in_key = True
     lines = [line.strip() for line in definition.strip().splitlines()]
@@ -164,12 +182,14 @@ def parse(table: str, definition: str, context: Mapping[str, Any]) -> tuple[str,
             nullable = bool(match.group("options"))
             if nullable and in_key:
                 raise _error(table, line, "a primary-key foreign key can't be nullable")
-            foreign_keys.append((_resolve(match.group("ref"), context, table, line), nullable, line))
-            parent = foreign_keys[-1][0]
-            for name in parent.heading.primary_key:
+            parent = _resolve(match.group("ref"), context, table, line)
+            renames = _renames(match.group("renames"), parent, table, line)
+            foreign_keys.append((parent, nullable, line, renames))
+            for old in parent.heading.primary_key:
+                name = renames.get(old, old)
                 if any(a.name == name for a in attributes):
                     continue  # the same attribute inherited along two paths
-                inherited = parent.heading[name]
+                inherited = parent.heading[old]
                 attributes.append(ParsedAttribute(
                     name=name, type=inherited.type if inherited.type in SPECIAL_TYPES else inherited.sql_type,
                     sql_type=inherited.sql_type, in_key=in_key, nullable=nullable,
@@ -221,9 +241,10 @@ def declare(database: str, table: str, definition: str, context: Mapping[str, An
     known = {a.name for a in attributes}
     clauses = [a.sql() for a in attributes]
     clauses.append("PRIMARY KEY (" + ", ".join(f"`{n}`" for n in primary_key) + ")")
-    for parent, _, _ in foreign_keys:
-        columns = ", ".join(f"`{n}`" for n in parent.heading.primary_key)
-        clauses.append(f"FOREIGN KEY ({columns}) REFERENCES {parent.full_table_name} ({columns}) "
+    for parent, _, _, renames in foreign_keys:
+        referenced = ", ".join(f"`{n}`" for n in parent.heading.primary_key)
+        columns = ", ".join(f"`{renames.get(n, n)}`" for n in parent.heading.primary_key)
+        clauses.append(f"FOREIGN KEY ({columns}) REFERENCES {parent.full_table_name} ({referenced}) "
                        "ON UPDATE CASCADE ON DELETE RESTRICT")
     stores = set()
     for attribute in attributes:

@@ -46,9 +46,10 @@ from .errors import CorruptObjectError, DjfsError, MissingObjectError, StoreErro
 from .settings import Config
 
 if TYPE_CHECKING:
+    from .condition import Where
     from .connection import Connection
+    from .expression import QueryExpression as Table
     from .gc import GCReport
-    from .table import Table
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,10 @@ class ExternalTable:
 
     # -- declaration and configuration
     def declare(self) -> None:
+        """Create the table if it is missing: DDL, so never inside a transaction (the connection refuses)."""
         if not self._declared:
-            self.connection.query(DEFINITION.format(database=self.database))
+            if not self.exists():
+                self.connection.query(DEFINITION.format(database=self.database))
             self._declared = True
 
     def exists(self) -> bool:
@@ -200,6 +203,7 @@ class ExternalTable:
     def set_folder(self, folder: str) -> None:
         from .stores import validate_folder
         self._folder = validate_folder(folder)
+        self.declare()
 
     @property
     def folder(self) -> str:
@@ -379,12 +383,13 @@ class ExternalTable:
                                          context="upload locks").fetchone()
         return owner is not None
 
-    def mark_deleted(self, restricted: "Table", names: list[str]) -> None:
-        where = restricted.where
+    def mark_deleted(self, full_table_name: str, where: "Where", names: list[str]) -> None:
+        """Mark the entries of the rows of ``full_table_name`` matching ``where`` deleted (the one path for
+        deletes and replaces; the timestamp says since when, which gc's grace period counts from)."""
         for name in names:
             self.connection.query(
                 f"UPDATE {self.full_table_name} SET status = 'deleted', timestamp = CURRENT_TIMESTAMP WHERE hash IN "
-                f"(SELECT `{name}` FROM {restricted.full_table_name} WHERE {where.sql})", where.args)
+                f"(SELECT `{name}` FROM {full_table_name} WHERE {where.sql})", where.args)
 
     # -- fetch
     def _entries(self, hashes: Iterable[str]) -> dict[str, dict]:

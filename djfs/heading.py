@@ -8,7 +8,7 @@ The server knows the SQL types; what it can't say (that a ``char(43)`` is an ``e
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,6 +37,8 @@ class Attribute:
     default: str | None
     comment: str
     store: str | None = None  # for external attributes: '' (default store) or the store's name
+    database: str | None = None  # the schema whose ``~external`` holds its objects (external attributes)
+    expression: str | None = None  # SQL of a computed attribute (``proj(x='a * 2')``), None for stored ones
 
     @property
     def is_blob(self) -> bool:
@@ -106,8 +108,31 @@ class Heading:
                 kind = sql_type
             attributes[row["Field"]] = Attribute(
                 name=row["Field"], sql_type=sql_type, type=kind, in_key=row["Key"] == "PRI",
-                nullable=row["Null"] == "YES", default=row["Default"], comment=comment, store=store)
+                nullable=row["Null"] == "YES", default=row["Default"], comment=comment, store=store,
+                database=database)
         return cls(attributes, status[0] if status else "")
+
+    # -- headings of derived queries (joins, projections, aggregations)
+    def join(self, other: "Heading") -> "Heading":
+        """DataJoint's join heading: both primary keys (ours first), then the remaining attributes; an
+        attribute secondary here and primary there joins the primary key."""
+        chosen = ([self[n] for n in self.primary_key]
+                  + [other[n] for n in other.primary_key if n not in self.primary_key]
+                  + [self[n] for n in self.secondary_attributes if n not in other.primary_key]
+                  + [other[n] for n in other.secondary_attributes if n not in self])
+        key = set(self.primary_key) | set(other.primary_key)
+        return Heading({a.name: replace(a, in_key=a.name in key) for a in chosen})
+
+    def with_primary_key(self, key: list[str]) -> "Heading":
+        """The same attributes with ``key`` as primary key (aggregations, ``U`` promotions), key first."""
+        names = list(key) + [n for n in self.names if n not in key]
+        return Heading({n: replace(self[n], in_key=n in key) for n in names})
+
+    @staticmethod
+    def computed(name: str, expression: str) -> Attribute:
+        """A secondary attribute computed in SQL; its values come back as the server sends them."""
+        return Attribute(name=name, sql_type="expression", type="expression", in_key=False, nullable=True,
+                         default=None, comment="", expression=expression)
 
     # -- views of the attributes
     @property
@@ -125,6 +150,11 @@ class Heading:
     @property
     def blobs(self) -> list[str]:
         return [name for name, attr in self.attributes.items() if attr.is_blob]
+
+    @property
+    def objects(self) -> list[str]:
+        """Attributes holding serialized values, which can't take part in a restriction."""
+        return [name for name, attr in self.attributes.items() if attr.holds_object]
 
     @property
     def externals(self) -> list[str]:
