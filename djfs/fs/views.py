@@ -216,7 +216,15 @@ def _json_value(attribute, value: Any) -> Any:
 def row_json(heading: Heading, values: dict[str, Any]) -> bytes:
     """``row.json``: the attributes that are not files, in heading order (dates as text, binary as hex)."""
     document = {name: _json_value(heading[name], value) for name, value in values.items()}
-    return (json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    if not document or any(isinstance(value, (dict, list)) for value in document.values()):
+        text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
+    else:  # json.dumps(indent=2)'s text, from the C encoder (indent= takes the pure-Python one): ls -lR makes
+        # thousands of these
+        text = "{\n" + ",\n".join(f"  {_encode(name)}: {_encode(value)}" for name, value in document.items()) + "\n}"
+    return (text + "\n").encode("utf-8")
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 
 # -- inode numbers --------------------------------------------------------------------------------------------
