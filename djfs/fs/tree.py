@@ -37,7 +37,7 @@ import logging
 import re
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
@@ -45,6 +45,7 @@ from typing import Any, Callable, Hashable
 from cachetools import LRUCache, TLRUCache, TTLCache
 
 from .. import hashing
+from ..singleflight import SingleFlight
 from ..connection import Connection
 from ..errors import ConnectionLostError, DjfsError, QueryError
 from ..external import EXTERNAL_TABLE
@@ -164,7 +165,7 @@ class Memo:
         # key -> (value, when loaded)
         self._stale: LRUCache = LRUCache(maxsize=stale_size,
                                          getsizeof=None if size is None else (lambda known: size(known[0])))
-        self._loading: dict[Hashable, Future] = {}
+        self._loads: SingleFlight[tuple, Any] = SingleFlight()
         self._lock = threading.Lock()
 
     def fresh(self, key: Hashable, version: Hashable = None) -> Any:
@@ -188,31 +189,17 @@ class Memo:
             known = self._stale.get(key)
             if known is not None and max_age and time.monotonic() - known[1] <= max_age:
                 return known[0]
-            flight = (key, version)  # single flight: one load per (key, version), the others wait for it
-            future = self._loading.get(flight)
-            owner = future is None
-            if owner:
-                future = self._loading[flight] = Future()
-        assert future is not None
-        if not owner:
-            try:
-                return future.result()
-            except Unavailable:
-                return self._fallback(key, stale_ok)
-        try:
+
+        def load_and_keep() -> Any:
             value = load()
-        except BaseException as error:
             with self._lock:
-                del self._loading[flight]
-            future.set_exception(error)
-            if isinstance(error, Unavailable):
-                return self._fallback(key, stale_ok)
-            raise
-        with self._lock:
-            self._store(key, version, value)
-            del self._loading[flight]
-        future.set_result(value)
-        return value
+                self._store(key, version, value)
+            return value
+
+        try:  # one load per (key, version), however many threads ask meanwhile
+            return self._loads.do((key, version), load_and_keep)
+        except Unavailable:
+            return self._fallback(key, stale_ok)
 
     def _store(self, key: Hashable, version: Hashable, value: Any) -> None:
         try:
