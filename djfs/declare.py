@@ -55,6 +55,7 @@ TYPE_PATTERNS: list[tuple[re.Pattern, str | None]] = [(re.compile(p, re.I), sql)
     (r"^uuid$", "binary(16)"),
     (r"^json$", "longtext"),
     (rf"^external(-{STORE_NAME})?$", HASH_SQL_TYPE),
+    (rf"^npy@({STORE_NAME})?$", HASH_SQL_TYPE),   # external object stored as .npy (djfs.npy)
     (r"^(blob|attach|filepath)@[a-z][-\w]*$", "binary(16)"),  # DataJoint 0.12-0.14's kinds (djfs.external_dj)
     (r"^attach$", "longblob"),
 ]]
@@ -75,7 +76,7 @@ class ParsedAttribute:
     @property
     def special(self) -> str | None:
         lowered = self.type.lower()
-        if lowered.startswith("external") or "@" in lowered or lowered == "attach":
+        if lowered.startswith(("external", "npy@")) or "@" in lowered or lowered == "attach":
             return lowered
         if lowered in SPECIAL_TYPES:
             return "bool" if lowered == "boolean" else lowered
@@ -84,7 +85,8 @@ class ParsedAttribute:
     @property
     def is_object(self) -> bool:
         lowered = self.type.lower()
-        return lowered.endswith("blob") or lowered.startswith("external") or "@" in lowered or lowered == "attach"
+        return (lowered.endswith("blob") or external_store(lowered) is not None or "@" in lowered
+                or lowered == "attach")
 
     def sql(self) -> str:
         comment = f":{self.special}:{self.comment}" if self.special else self.comment
@@ -106,6 +108,15 @@ class Declaration:
     @property
     def primary_key(self) -> list[str]:
         return [a.name for a in self.attributes if a.in_key]
+
+
+def external_store(special: str) -> str | None:
+    """The store ('' for the default) of an ``external[-store]`` or ``npy@[store]`` type, else None."""
+    if special.startswith("external"):
+        return special[len("external-"):] if "-" in special else ""
+    if special.startswith("npy@"):
+        return special[len("npy@"):]
+    return None
 
 
 def _error(table: str, line: str, why: str) -> DeclarationError:
@@ -252,8 +263,9 @@ def declare(database: str, table: str, definition: str, context: Mapping[str, An
                        "ON UPDATE CASCADE ON DELETE RESTRICT")
     stores, datajoint_stores = set(), set()
     for attribute in attributes:
-        if attribute.special and attribute.special.startswith("external"):
-            stores.add(attribute.special[len("external-"):] if "-" in attribute.special else "")
+        store = external_store(attribute.special or "")
+        if store is not None:
+            stores.add(store)
             clauses.append(f"FOREIGN KEY (`{attribute.name}`) REFERENCES `{database}`.`{EXTERNAL_TABLE}` (`hash`) "
                            "ON UPDATE RESTRICT ON DELETE RESTRICT")
         elif attribute.special and "@" in attribute.special:

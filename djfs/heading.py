@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 #: djfs types that are not plain SQL types, kept as ``:<type>:`` at the start of the column comment
-SPECIAL_TYPE = re.compile(r"^:(?P<type>uuid|json|bool|external(?:-[a-z][a-z0-9_]*)?|(?:blob|attach|filepath)@[a-z][-\w]*"
-                          r"|attach):(?P<comment>.*)$", re.S)
+SPECIAL_TYPE = re.compile(r"^:(?P<type>uuid|json|bool|external(?:-[a-z][a-z0-9_]*)?|npy@(?:[a-z][a-z0-9_]*)?"
+                          r"|(?:blob|attach|filepath)@[a-z][-\w]*|attach):(?P<comment>.*)$", re.S)
 #: DataJoint 0.12-0.14's own kinds (``djfs.external_dj``): the type is the kind, the store in ``Attribute.store``
 DATAJOINT_KINDS = ("blob@", "attach@", "filepath@", "attach")
 BLOB_TYPES = ("tinyblob", "blob", "mediumblob", "longblob")
@@ -42,6 +42,7 @@ class Attribute:
     store: str | None = None  # for external attributes: '' (default store) or the store's name
     database: str | None = None  # the schema whose ``~external`` holds its objects (external attributes)
     expression: str | None = None  # SQL of a computed attribute (``proj(x='a * 2')``), None for stored ones
+    serialization: str = "blob"  # for external attributes: 'blob' (external) or 'npy' (npy@, djfs.npy)
 
     @property
     def is_blob(self) -> bool:
@@ -50,6 +51,13 @@ class Attribute:
     @property
     def is_external(self) -> bool:
         return self.type == "external"
+
+    @property
+    def external_type(self) -> str:
+        """An external attribute's type as declared: ``external[-store]`` or ``npy@[store]``."""
+        if self.serialization == "npy":
+            return f"npy@{self.store or ''}"
+        return "external" + (f"-{self.store}" if self.store else "")
 
     @property
     def is_uuid(self) -> bool:
@@ -103,13 +111,15 @@ class Heading:
         for row in rows:
             comment = row["Comment"] or ""
             sql_type = row["Type"]
-            kind, store = sql_type.split("(")[0].split(" ")[0], None
+            kind, store, serialization = sql_type.split("(")[0].split(" ")[0], None, "blob"
             special = SPECIAL_TYPE.match(comment)
             if special:
                 kind, comment = special.group("type"), special.group("comment")
                 if kind.startswith("external"):
                     store = kind[len("external-"):] if "-" in kind else ""
                     kind = "external"
+                elif kind.startswith("npy@"):
+                    store, kind, serialization = kind[len("npy@"):], "external", "npy"
                 elif "@" in kind:
                     kind, store = kind.split("@")
                     kind += "@"
@@ -120,7 +130,7 @@ class Heading:
             attributes[row["Field"]] = Attribute(
                 name=row["Field"], sql_type=sql_type, type=kind, in_key=row["Key"] == "PRI",
                 nullable=row["Null"] == "YES", default=row["Default"], comment=comment, store=store,
-                database=database)
+                database=database, serialization=serialization)
         return cls(attributes, status[0] if status else "")
 
     # -- headings of derived queries (joins, projections, aggregations)

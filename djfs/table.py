@@ -389,7 +389,7 @@ class Table(QueryExpression, metaclass=TableMeta):
                     else f" = {attribute.default}"
             kind = attribute.type if attribute.type in ("uuid", "json", "bool", "blob") else attribute.sql_type
             if attribute.is_external:
-                kind = "external" + (f"-{attribute.store}" if attribute.store else "")
+                kind = attribute.external_type
             if attribute.is_blob:
                 kind = attribute.sql_type
             if attribute.datajoint_kind:

@@ -178,7 +178,7 @@ class DataJointFiles:
                 view = self.head(schema, attribute.store, entry)
             except (DjfsError, OSError) as error:
                 log.warning("%s.%s: can't learn the view of its blob: %s", where, name, error)
-                return [self._broken(where, name, f"view unknown: {error}")]
+                return [self._broken(where, name, f"view unknown: {error}", transient=True)]
             return [views.FileSpec(views.file_name(name, view.kind), view.kind, view.size, mtime,
                                    views.inode_of("dj", hash_.hex()), "datajoint", name, identity=hash_.hex(),
                                    entry=record, header=view.header, data_offset=view.data_offset)]
@@ -188,9 +188,9 @@ class DataJointFiles:
                                identity=hash_.hex(), entry=record)]
 
     @staticmethod
-    def _broken(where: str, name: str, error: str) -> views.FileSpec:
+    def _broken(where: str, name: str, error: str, transient: bool = False) -> views.FileSpec:
         return views.FileSpec(name + ".blob", "blob", 0, 0.0, views.inode_of(where, name), "datajoint", name,
-                              error=error)
+                              error=error, transient=transient)
 
     # -- heads of blobs
     def head(self, schema: str, store: str, entry: Entry, keep: bool = True) -> View:

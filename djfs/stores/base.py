@@ -162,6 +162,21 @@ class ObjectInfo:
     mtime: float  # POSIX timestamp
 
 
+class Staged(ABC):
+    """A temporary object written by ``Store.stage``: named by ``publish``, or removed by ``discard`` (or when
+    it is garbage-collected unpublished)."""
+
+    size: int
+
+    @abstractmethod
+    def publish(self, key: str) -> None:
+        """Make it the object ``key``, atomically (replacing one already there)."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Remove it; nothing happens if it was published or removed already."""
+
+
 class Store(ABC):
     """An external store: a flat namespace of immutable objects named by validated keys."""
 
@@ -194,6 +209,13 @@ class Store(ABC):
 
     def prepare(self) -> None:
         """Set up what the first request would (clients, credentials), so that request is not slower."""
+
+    def stage(self, data: Data, size: int | None, observe: Callable[[memoryview], object]) -> "Staged | None":
+        """Write ``data`` as a hidden temporary object while ``observe`` sees every chunk, for an object whose
+        name is known only once all its bytes were seen (a content hash): one pass over the data instead of
+        two.  ``Staged.publish(key)`` names it.  None when the backend can't rename cheaply (S3): the caller
+        then reads the data twice."""
+        return None
 
     def open_range(self, key: str, offset: int = 0, length: int | None = None) -> "RangeStream":
         """A stream of the bytes from ``offset`` (``length`` of them, or to the end), read piece by piece:
