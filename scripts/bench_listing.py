@@ -117,6 +117,7 @@ class Bench:
     def setup(self) -> None:
         import djfs
         from djfs.testing.mariadb import MariaDBServer
+        from djfs.testing.tables import fill_rows
 
         print(f"starting MariaDB in {self.root} ...", flush=True)
         self.db = MariaDBServer(self.root / "mariadb").start()
@@ -154,9 +155,7 @@ class Bench:
         print(f"storing {ROWS} external values and {ITEMS} plain rows ...", flush=True)
         rng = np.random.default_rng(0)
         Trial.insert([{"trial": i, "frames": rng.random(16, dtype=np.float32)} for i in range(ROWS)])
-        self.connection.query("SET SESSION max_recursive_iterations = %s", (ITEMS + 1,))
-        self.connection.query(f"INSERT INTO `{SCHEMA}`.`#item` (item, value) WITH RECURSIVE n(i) AS (SELECT 0 "
-                              f"UNION ALL SELECT i + 1 FROM n WHERE i < %s) SELECT i, 2 * i FROM n", (ITEMS - 1,))
+        fill_rows(self.connection, Item.full_table_name, ITEMS, factor=2)
 
     # -- the mount
     def mount(self) -> tuple[str, subprocess.Popen]:

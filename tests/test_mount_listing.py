@@ -18,6 +18,7 @@ import pytest
 import djfs
 from djfs import blob
 from djfs.fs import paths
+from djfs.testing.tables import fill_rows
 from fixtures_fuse import errno_of, module_schema, wait_for
 
 FAST = ["listing_timeout=0.3", "entry_timeout=0.2", "attr_timeout=0.2", "negative_timeout=0"]
@@ -54,9 +55,7 @@ def lab(mariadb, tmp_path_factory):
                              trace=np.arange(number + 1, dtype=np.int32))
                         for subject in SUBJECTS for number in range(7)])
         # one statement for 100,000 rows: the test stays fast
-        connection.query("SET SESSION max_recursive_iterations = %s", (ROWS + 1,))
-        connection.query(f"INSERT INTO `{name}`.`#item` (item, value) WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL "
-                         f"SELECT i + 1 FROM n WHERE i < %s) SELECT i, i * 3 FROM n", (ROWS - 1,))
+        fill_rows(connection, Item.full_table_name, ROWS, factor=3)
         yield SimpleNamespace(name=name, Session=Session, Item=Item, connection=connection, settings=lab.settings)
 
 
