@@ -26,7 +26,7 @@ import djfs
 from djfs import blob
 from djfs.cache.checked import file_size
 from djfs.fs import paths
-from fixtures_fuse import errno_of, module_schema, s3_config, wait_for
+from fixtures_fuse import errno_of, s3_config, s3_module_schema, wait_for
 
 TIMEOUTS = ["listing_timeout=0.5", "entry_timeout=0.5", "attr_timeout=0.5", "negative_timeout=0"]
 BLOCK = 1 << 20
@@ -36,10 +36,7 @@ SUBJECTS = ["m1", "a/b", "..", "x'; DROP TABLE scan; --", "ü z", "nul\0x", "%41
 @pytest.fixture(scope="module")
 def lab(mariadb, s3_server, tmp_path_factory):
     """A schema on S3 holding every kind of value, including hostile key values; dropped afterwards."""
-    root = tmp_path_factory.mktemp("lab")
-    bucket = s3_server.create_bucket(f"djfs-mount-{uuid.uuid4().hex[:12]}")
-    with module_schema(mariadb, "mount", {"cache-location": str(root / "library-cache"), **s3_config(s3_server)},
-                       bucket) as lab:
+    with s3_module_schema(mariadb, s3_server, "mount", tmp_path_factory.mktemp("lab")) as lab:
         schema = lab.schema
 
         @schema
@@ -105,7 +102,7 @@ def lab(mariadb, s3_server, tmp_path_factory):
         Scan.Roi.insert([dict(subject="m1", scan=1, roi=r, mask=rng.random((9, 9)) > 0.5) for r in range(3)])
         Visit.insert1(dict(day=datetime.date(2024, 5, 6), uid=uuid.UUID(int=42), note="v"))
         Many.insert([dict(item=i, value=i * i) for i in range(10_000)])
-        yield SimpleNamespace(schema=schema, name=lab.name, bucket=bucket, Scan=Scan, Visit=Visit, Many=Many,
+        yield SimpleNamespace(schema=schema, name=lab.name, bucket=lab.storage, Scan=Scan, Visit=Visit, Many=Many,
                               connection=lab.connection, settings=lab.settings)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +19,7 @@ from PIL import Image
 
 import djfs
 from djfs import hashing
-from fixtures_fuse import module_schema, s3_config
+from fixtures_fuse import s3_config, s3_module_schema
 from test_tiff import imagej
 
 BLOCK = 1 << 20
@@ -31,10 +30,7 @@ SLACK = 4 * BLOCK
 
 @pytest.fixture(scope="module")
 def studio(mariadb, s3_server, tmp_path_factory):
-    root = tmp_path_factory.mktemp("studio")
-    bucket = s3_server.create_bucket(f"djfs-movies-{uuid.uuid4().hex[:12]}")
-    with module_schema(mariadb, "movies", {"cache-location": str(root / "library-cache"), **s3_config(s3_server)},
-                       bucket) as lab:
+    with s3_module_schema(mariadb, s3_server, "movies", tmp_path_factory.mktemp("studio")) as lab:
         schema = lab.schema
 
         @schema
