@@ -117,7 +117,7 @@ class Bench:
     def setup(self) -> None:
         import djfs
         from djfs.testing.mariadb import MariaDBServer
-        from djfs.testing.tables import fill_rows
+        from djfs.testing.tables import item_table
 
         print(f"starting MariaDB in {self.root} ...", flush=True)
         self.db = MariaDBServer(self.root / "mariadb").start()
@@ -144,18 +144,10 @@ class Bench:
             ---
             frames : external
             """
-
-        @schema
-        class Item(djfs.Lookup):
-            definition = """
-            item : int
-            ---
-            value : int
-            """
         print(f"storing {ROWS} external values and {ITEMS} plain rows ...", flush=True)
         rng = np.random.default_rng(0)
         Trial.insert([{"trial": i, "frames": rng.random(16, dtype=np.float32)} for i in range(ROWS)])
-        fill_rows(self.connection, Item.full_table_name, ITEMS, factor=2)
+        item_table(schema, ITEMS, factor=2)
 
     # -- the mount
     def mount(self) -> tuple[str, subprocess.Popen]:

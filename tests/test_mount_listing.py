@@ -18,7 +18,7 @@ import pytest
 import djfs
 from djfs import blob
 from djfs.fs import paths
-from djfs.testing.tables import fill_rows
+from djfs.testing.tables import item_table
 from fixtures_fuse import errno_of, module_schema, wait_for
 
 FAST = ["listing_timeout=0.3", "entry_timeout=0.2", "attr_timeout=0.2", "negative_timeout=0"]
@@ -43,19 +43,11 @@ def lab(mariadb, tmp_path_factory):
             trace = null : longblob
             """
 
-        @schema
-        class Item(djfs.Lookup):
-            definition = """
-            item : int
-            ---
-            value : int
-            """
-
         Session.insert([dict(subject=subject, session=number, note=f"{subject}/{number}",
                              trace=np.arange(number + 1, dtype=np.int32))
                         for subject in SUBJECTS for number in range(7)])
         # one statement for 100,000 rows: the test stays fast
-        fill_rows(connection, Item.full_table_name, ROWS, factor=3)
+        Item = item_table(schema, ROWS, factor=3)
         yield SimpleNamespace(name=name, Session=Session, Item=Item, connection=connection, settings=lab.settings)
 
 
