@@ -117,6 +117,7 @@ class Bench:
     def setup(self) -> None:
         import djfs
         from djfs.testing.mariadb import MariaDBServer
+        from djfs.testing.tables import item_table
 
         print(f"starting MariaDB in {self.root} ...", flush=True)
         self.db = MariaDBServer(self.root / "mariadb").start()
@@ -143,20 +144,10 @@ class Bench:
             ---
             frames : external
             """
-
-        @schema
-        class Item(djfs.Lookup):
-            definition = """
-            item : int
-            ---
-            value : int
-            """
         print(f"storing {ROWS} external values and {ITEMS} plain rows ...", flush=True)
         rng = np.random.default_rng(0)
         Trial.insert([{"trial": i, "frames": rng.random(16, dtype=np.float32)} for i in range(ROWS)])
-        self.connection.query("SET SESSION max_recursive_iterations = %s", (ITEMS + 1,))
-        self.connection.query(f"INSERT INTO `{SCHEMA}`.`#item` (item, value) WITH RECURSIVE n(i) AS (SELECT 0 "
-                              f"UNION ALL SELECT i + 1 FROM n WHERE i < %s) SELECT i, 2 * i FROM n", (ITEMS - 1,))
+        item_table(schema, ITEMS, factor=2)
 
     # -- the mount
     def mount(self) -> tuple[str, subprocess.Popen]:

@@ -1,9 +1,10 @@
 """pytest plugin: ``backend``, djfs.config pointed at a fresh file store or a fresh S3 bucket, for every test of
-external storage that must hold on both stores."""
+external storage that must hold on both stores; ``raw_store``, a named store beside it."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,14 @@ def backend(request, db_config, tmp_path):
         use.kind = request.param
         yield use
     clear_store_cache()
+
+
+@pytest.fixture
+def raw_store(schema, backend, tmp_path) -> Path:
+    """``schema`` on ``backend``, and the named store ``raw`` (``external-raw``, ``npy@raw``) in a folder of its
+    own beside it; returns that folder, where the named store's objects land."""
+    backend(schema)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    djfs.config["external-location-raw"] = f"file://{raw}"
+    return raw

@@ -18,12 +18,17 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
 
+import djfs
 from djfs.fs.mount import is_mounted
+from djfs.stores import clear_store_cache
 
 START_TIMEOUT = 30.0
 
@@ -211,3 +216,40 @@ def s3_config(server: Any, prefix: str = "mnt", **extra: Any) -> dict[str, Any]:
               "store-timeout": 2.0, "store-retries": 1}
     config.update(extra)
     return config
+
+
+@contextmanager
+def module_schema(mariadb: Any, prefix: str, settings: dict[str, Any],
+                  storage: str | None = None) -> Iterator[SimpleNamespace]:
+    """A schema ``djfs_<prefix>_<pid>`` for the tests of a module (a mounted daemon sees it under that name),
+    with djfs.config pointed at the session's MariaDB plus ``settings`` while it lives; ``storage`` is the
+    schema's folder or bucket.  Dropped afterwards, even when the module's setup failed half-way.
+
+    Yields ``schema``, ``name``, ``connection``, ``settings`` (the whole configuration, database included) and
+    ``storage``.
+    """
+    settings = {"database.host": mariadb.host, "database.port": mariadb.port, "database.user": mariadb.user,
+                "database.password": mariadb.password, **settings}
+    name = f"djfs_{prefix}_{os.getpid()}"
+    with djfs.config.override(**settings):
+        clear_store_cache()
+        connection = djfs.conn(reset=True)
+        try:
+            schema = djfs.Schema(name, connection=connection)
+            if storage is not None:
+                schema.set_external_storage(storage)
+            yield SimpleNamespace(schema=schema, name=name, connection=connection, settings=settings,
+                                  storage=storage)
+        finally:
+            connection.query(f"DROP DATABASE IF EXISTS `{name}`")
+    djfs.conn(reset=True)
+    clear_store_cache()
+
+
+def s3_module_schema(mariadb: Any, s3_server: Any, prefix: str,
+                     root: Path) -> AbstractContextManager[SimpleNamespace]:
+    """``module_schema`` on a fresh bucket of ``s3_server`` (short store timeouts), with the library's cache in
+    ``root``."""
+    bucket = s3_server.create_bucket(f"djfs-{prefix}-{uuid.uuid4().hex[:12]}")
+    return module_schema(mariadb, prefix, {"cache-location": str(root / "library-cache"), **s3_config(s3_server)},
+                         bucket)

@@ -125,11 +125,7 @@ def test_missing_configuration_is_named(schema, db_config, tmp_path):
         assert NoStore.fetch1("m") == 1
 
 
-def test_named_store(schema, backend, tmp_path):
-    backend(schema)
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    djfs.config["external-location-raw"] = f"file://{raw}"
+def test_named_store(schema, raw_store):
 
     @schema
     class Two(djfs.Manual):
@@ -149,7 +145,7 @@ def test_named_store(schema, backend, tmp_path):
     stores = dict(schema.connection.query(f"SELECT store, COUNT(*) FROM {schema.external.full_table_name} "
                                           "GROUP BY store").fetchall())
     assert stores == {"": 1, "raw": 1}
-    assert sum(1 for _ in raw.rglob("*") if _.is_file()) == 1
+    assert sum(1 for _ in raw_store.rglob("*") if _.is_file()) == 1
 
 
 def test_failed_insert_after_upload_leaves_no_dangling_row(movies, schema):

@@ -25,9 +25,8 @@ import psutil
 import pytest
 
 import djfs
-from djfs.stores import clear_store_cache
 from djfs.testing.s3 import MotoServer
-from fixtures_fuse import s3_config
+from fixtures_fuse import module_schema, s3_config
 from test_mount_faults import expected_file
 
 MiB = 1 << 20
@@ -121,16 +120,12 @@ def loaded(mariadb, module_mounts, tmp_path_factory):
     server = MotoServer().start()
     root = tmp_path_factory.mktemp("load")
     account, token = server.credentials
-    settings = {"database.host": mariadb.host, "database.port": mariadb.port, "database.user": mariadb.user,
-                "database.password": mariadb.password, "external-location": server.location("load"),
-                "external-account": account, "external-token": token, "cache-location": None}
-    name = f"djfs_load_{os.getpid()}"
+    settings = {"external-location": server.location("load"), "external-account": account,
+                "external-token": token, "cache-location": None}
     try:
-        with djfs.config.override(**settings):
-            clear_store_cache()
-            connection = djfs.conn(reset=True)
-            schema = djfs.Schema(name, connection=connection)
-            schema.set_external_storage(server.create_bucket(f"djfs-load-{uuid.uuid4().hex[:12]}"))
+        bucket = server.create_bucket(f"djfs-load-{uuid.uuid4().hex[:12]}")
+        with module_schema(mariadb, "load", settings, bucket) as lab:
+            schema, name = lab.schema, lab.name
 
             @schema
             class Value(djfs.Manual):
@@ -147,23 +142,20 @@ def loaded(mariadb, module_mounts, tmp_path_factory):
                 content = expected_file((Value & {"k": k}).fetch1("value"))
                 expected[k] = (kind, len(content), *digests(content))
                 del content
-        mount = module_mounts.mount(
-            s3_config(server, "load", **{"store-timeout": 30, "store-retries": 2}) | {"cache-location": str(root / "cache")},
-            [f"schemas={name}", f"cache_size={CACHE_LIMIT}", f"whole_max={WHOLE_MAX}", f"block_memory={BLOCK_MEMORY}"]
-            + [o for o in os.environ.get("DJFS_LOAD_OPTIONS", "").split(",") if o])
-        table = mount.path(name, "Value")
-        files = []
-        for k, (kind, size, digest, chunks) in expected.items():
-            path = table / f"k={k}" / f"value{EXTENSIONS[kind]}"
-            assert path.stat().st_size == size, (path, size)
-            files.append(Expected(path, kind, size, digest, chunks))
-        yield mount, files, root / "cache"
+            mount = module_mounts.mount(
+                s3_config(server, "load", **{"store-timeout": 30, "store-retries": 2})
+                | {"cache-location": str(root / "cache")},
+                [f"schemas={name}", f"cache_size={CACHE_LIMIT}", f"whole_max={WHOLE_MAX}",
+                 f"block_memory={BLOCK_MEMORY}"] + [o for o in os.environ.get("DJFS_LOAD_OPTIONS", "").split(",") if o])
+            table = mount.path(name, "Value")
+            files = []
+            for k, (kind, size, digest, chunks) in expected.items():
+                path = table / f"k={k}" / f"value{EXTENSIONS[kind]}"
+                assert path.stat().st_size == size, (path, size)
+                files.append(Expected(path, kind, size, digest, chunks))
+            yield mount, files, root / "cache"
     finally:
-        with djfs.config.override(**settings):
-            djfs.conn(reset=True).query(f"DROP DATABASE IF EXISTS `{name}`")
-            djfs.conn(reset=True)
         server.__exit__(None, None, None)
-        clear_store_cache()
 
 
 class Load:

@@ -26,8 +26,7 @@ import djfs
 from djfs import blob
 from djfs.cache.checked import file_size
 from djfs.fs import paths
-from djfs.stores import clear_store_cache
-from fixtures_fuse import errno_of, s3_config, wait_for
+from fixtures_fuse import errno_of, s3_config, s3_module_schema, wait_for
 
 TIMEOUTS = ["listing_timeout=0.5", "entry_timeout=0.5", "attr_timeout=0.5", "negative_timeout=0"]
 BLOCK = 1 << 20
@@ -37,17 +36,8 @@ SUBJECTS = ["m1", "a/b", "..", "x'; DROP TABLE scan; --", "ü z", "nul\0x", "%41
 @pytest.fixture(scope="module")
 def lab(mariadb, s3_server, tmp_path_factory):
     """A schema on S3 holding every kind of value, including hostile key values; dropped afterwards."""
-    root = tmp_path_factory.mktemp("lab")
-    settings = {"database.host": mariadb.host, "database.port": mariadb.port, "database.user": mariadb.user,
-                "database.password": mariadb.password, "cache-location": str(root / "library-cache"),
-                **s3_config(s3_server)}
-    with djfs.config.override(**settings):
-        clear_store_cache()
-        connection = djfs.conn(reset=True)
-        name = f"djfs_mount_{os.getpid()}"
-        schema = djfs.Schema(name, connection=connection)
-        bucket = s3_server.create_bucket(f"djfs-mount-{uuid.uuid4().hex[:12]}")
-        schema.set_external_storage(bucket)
+    with s3_module_schema(mariadb, s3_server, "mount", tmp_path_factory.mktemp("lab")) as lab:
+        schema = lab.schema
 
         @schema
         class Scan(djfs.Manual):
@@ -112,10 +102,8 @@ def lab(mariadb, s3_server, tmp_path_factory):
         Scan.Roi.insert([dict(subject="m1", scan=1, roi=r, mask=rng.random((9, 9)) > 0.5) for r in range(3)])
         Visit.insert1(dict(day=datetime.date(2024, 5, 6), uid=uuid.UUID(int=42), note="v"))
         Many.insert([dict(item=i, value=i * i) for i in range(10_000)])
-        yield SimpleNamespace(schema=schema, name=name, bucket=bucket, Scan=Scan, Visit=Visit, Many=Many,
-                              connection=connection, settings=settings)
-        connection.query(f"DROP DATABASE IF EXISTS `{name}`")
-    djfs.conn(reset=True)
+        yield SimpleNamespace(schema=schema, name=lab.name, bucket=lab.storage, Scan=Scan, Visit=Visit, Many=Many,
+                              connection=lab.connection, settings=lab.settings)
 
 
 def mount_lab(lab, mounts, s3_server, libfuse: int | None = None):

@@ -52,7 +52,7 @@ from djfs.stores import clear_store_cache
 from djfs.testing.mariadb import MariaDBServer
 from djfs.testing.s3 import MotoServer
 from cachefiles import cached_data
-from fixtures_fuse import Mount, Mounts, errno_of, s3_config, wait_for
+from fixtures_fuse import Mount, Mounts, errno_of, module_schema, s3_config, wait_for
 from test_faults import SlowLink
 
 MiB = 1 << 20
@@ -488,14 +488,8 @@ def hostile(mariadb, module_mounts, tmp_path_factory):
     """A schema whose key values are hostile (in a file store), and a mount of it with short timeouts."""
     root = tmp_path_factory.mktemp("hostile")
     (root / "store").mkdir()
-    settings = {"database.host": mariadb.host, "database.port": mariadb.port, "database.user": mariadb.user,
-                "database.password": mariadb.password, "external-location": f"file://{root / 'store'}"}
-    with djfs.config.override(**settings):
-        clear_store_cache()
-        connection = djfs.conn(reset=True)
-        name = f"djfs_hostile_{os.getpid()}"
-        schema = djfs.Schema(name, connection=connection)
-        schema.set_external_storage("lab")
+    with module_schema(mariadb, "hostile", {"external-location": f"file://{root / 'store'}"}, "lab") as lab:
+        schema, name, settings = lab.schema, lab.name, lab.settings
 
         @schema
         class Scan(djfs.Lookup):
@@ -521,10 +515,7 @@ def hostile(mariadb, module_mounts, tmp_path_factory):
                                     [f"schemas={name}", "listing_timeout=0.1", "entry_timeout=0", "attr_timeout=0",
                                      "negative_timeout=0"])
         yield type("Hostile", (), dict(schema=schema, name=name, Scan=Scan, Item=Item, mount=mount,
-                                       settings=settings, connection=connection))
-        connection.query(f"DROP DATABASE IF EXISTS `{name}`")
-    djfs.conn(reset=True)
-    clear_store_cache()
+                                       settings=settings, connection=lab.connection))
 
 
 def hostile_names(subject_attribute) -> tuple[list[tuple[str, ...]], dict[tuple[str, ...], str]]:

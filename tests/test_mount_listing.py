@@ -18,7 +18,8 @@ import pytest
 import djfs
 from djfs import blob
 from djfs.fs import paths
-from fixtures_fuse import errno_of, wait_for
+from djfs.testing.tables import item_table
+from fixtures_fuse import errno_of, module_schema, wait_for
 
 FAST = ["listing_timeout=0.3", "entry_timeout=0.2", "attr_timeout=0.2", "negative_timeout=0"]
 SUBJECTS = [f"s{index:02d}" for index in range(23)] + ["a/b", "ü z", "%41"]
@@ -28,13 +29,9 @@ ROWS = 100_000
 @pytest.fixture(scope="module")
 def lab(mariadb, tmp_path_factory):
     """Two tables in MySQL only: one with two key levels and files per row, one with 100,000 rows."""
-    settings = {"database.host": mariadb.host, "database.port": mariadb.port, "database.user": mariadb.user,
-                "database.password": mariadb.password,
-                "cache-location": str(tmp_path_factory.mktemp("listing") / "cache")}
-    with djfs.config.override(**settings):
-        connection = djfs.conn(reset=True)
-        name = f"djfs_listing_{os.getpid()}"
-        schema = djfs.Schema(name, connection=connection)
+    with module_schema(mariadb, "listing", {"cache-location": str(tmp_path_factory.mktemp("listing") / "cache")}
+                       ) as lab:
+        schema, name, connection = lab.schema, lab.name, lab.connection
 
         @schema
         class Session(djfs.Manual):
@@ -46,24 +43,12 @@ def lab(mariadb, tmp_path_factory):
             trace = null : longblob
             """
 
-        @schema
-        class Item(djfs.Lookup):
-            definition = """
-            item : int
-            ---
-            value : int
-            """
-
         Session.insert([dict(subject=subject, session=number, note=f"{subject}/{number}",
                              trace=np.arange(number + 1, dtype=np.int32))
                         for subject in SUBJECTS for number in range(7)])
         # one statement for 100,000 rows: the test stays fast
-        connection.query("SET SESSION max_recursive_iterations = %s", (ROWS + 1,))
-        connection.query(f"INSERT INTO `{name}`.`#item` (item, value) WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL "
-                         f"SELECT i + 1 FROM n WHERE i < %s) SELECT i, i * 3 FROM n", (ROWS - 1,))
-        yield SimpleNamespace(name=name, Session=Session, Item=Item, connection=connection, settings=settings)
-        connection.query(f"DROP DATABASE IF EXISTS `{name}`")
-    djfs.conn(reset=True)
+        Item = item_table(schema, ROWS, factor=3)
+        yield SimpleNamespace(name=name, Session=Session, Item=Item, connection=connection, settings=lab.settings)
 
 
 def subject_dir(lab, subject: str) -> str:

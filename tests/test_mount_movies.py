@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,8 +19,7 @@ from PIL import Image
 
 import djfs
 from djfs import hashing
-from djfs.stores import clear_store_cache
-from fixtures_fuse import s3_config
+from fixtures_fuse import s3_config, s3_module_schema
 from test_tiff import imagej
 
 BLOCK = 1 << 20
@@ -32,16 +30,8 @@ SLACK = 4 * BLOCK
 
 @pytest.fixture(scope="module")
 def studio(mariadb, s3_server, tmp_path_factory):
-    root = tmp_path_factory.mktemp("studio")
-    settings = {"database.host": mariadb.host, "database.port": mariadb.port, "database.user": mariadb.user,
-                "database.password": mariadb.password, "cache-location": str(root / "library-cache"),
-                **s3_config(s3_server)}
-    with djfs.config.override(**settings):
-        clear_store_cache()
-        connection = djfs.conn(reset=True)
-        name = f"djfs_movies_{os.getpid()}"
-        schema = djfs.Schema(name, connection=connection)
-        schema.set_external_storage(s3_server.create_bucket(f"djfs-movies-{uuid.uuid4().hex[:12]}"))
+    with s3_module_schema(mariadb, s3_server, "movies", tmp_path_factory.mktemp("studio")) as lab:
+        schema = lab.schema
 
         @schema
         class Recording(djfs.Manual):
@@ -60,9 +50,7 @@ def studio(mariadb, s3_server, tmp_path_factory):
         image = rng.standard_normal((96, 128)).astype(np.float32)
         Recording.insert1(dict(rec=1, movie=movie, image=image, fortran=np.asfortranarray(movie[:20]),
                                trace=np.arange(50.0), legacy=movie[:20]))
-        yield SimpleNamespace(schema=schema, name=name, Recording=Recording, movie=movie, image=image)
-        connection.query(f"DROP DATABASE IF EXISTS `{name}`")
-    djfs.conn(reset=True)
+        yield SimpleNamespace(schema=schema, name=lab.name, Recording=Recording, movie=movie, image=image)
 
 
 @pytest.fixture(scope="module")

@@ -129,11 +129,7 @@ def test_corrupted_object_is_detected(scans, schema, tmp_path):
             scans.fetch1("movie")
 
 
-def test_named_store_and_declaration(schema, backend, tmp_path):
-    backend(schema)
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    djfs.config["external-location-raw"] = f"file://{raw}"
+def test_named_store_and_declaration(schema, raw_store):
 
     @schema
     class Two(djfs.Manual):
@@ -153,7 +149,7 @@ def test_named_store_and_declaration(schema, backend, tmp_path):
     assert [Two.heading[n].external_type for n in "abc"] == ["npy@", "npy@raw", "external"]
     described = Two.describe()
     assert "a : npy@" in described and "b : npy@raw" in described and "c : external" in described
-    objects = [p for p in raw.rglob("*") if p.is_file()]
+    objects = [p for p in raw_store.rglob("*") if p.is_file()]
     assert len(objects) == 1 and objects[0].read_bytes() == npy_file(same)
 
 
