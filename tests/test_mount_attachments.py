@@ -108,6 +108,12 @@ def test_attachments_keep_their_names_and_bytes(mounts, clips):
         assert path.name == original.name                       # the original name and extension
         assert path.stat().st_size == original.stat().st_size   # from ~external_shared, no store access
         assert path.read_bytes() == original.read_bytes()       # the stored object, byte for byte
+    stats = mnt.stats()
+    print("stats after reading both files:", {k: v for k, v in stats.items() if not isinstance(v, dict)})
+    assert stats.get("whole_downloads", 0) == 0 and stats["opens_blocks"] >= 2   # by blocks, never whole
+    assert stats["parts"] > 0    # a sequential reader gets read-ahead parts
+    assert stats["store_bytes"] == clips.video.stat().st_size + clips.h5.stat().st_size   # each byte once
+    assert stats["objects_verified"] == 2   # read in order, each checked against its MD5 (name + NUL + bytes)
 
 
 def test_ffprobe_and_ffmpeg_seek_without_downloading_the_video(mounts, clips, tmp_path):
@@ -128,6 +134,7 @@ def test_ffprobe_and_ffmpeg_seek_without_downloading_the_video(mounts, clips, tm
         subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-ss", "30", "-i", str(path),
                         "-frames:v", "1", str(frame)], check=True, timeout=60)
     seek_bytes = fetched_bytes(mnt, seek)
+    assert mnt.stats().get("whole_downloads", 0) == 0
     print(f"ffprobe fetched {probe_bytes} bytes, ffmpeg -ss 30 {seek_bytes} bytes of a {size}-byte video")
     assert probe_bytes + seek_bytes <= size // 4, f"{probe_bytes} + {seek_bytes} bytes fetched of {size}"
     # the frame is the one at 30 s: the same as ffmpeg extracts from the original file
