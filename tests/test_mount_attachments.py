@@ -22,6 +22,7 @@ import pytest
 
 import djfs
 from djfs.stores import clear_store_cache
+from test_mount_movies import fetched_bytes
 
 MiB = 1 << 20
 BLOCK = MiB
@@ -95,12 +96,6 @@ def clips(mariadb, s3_server, tmp_path_factory):
 def mount(mounts, clips):
     """A fresh mount with a cache of its own: every byte read comes from the store and is counted."""
     return mounts.mount(clips.config, OPTIONS + [f"schemas={clips.name}"])
-
-
-def fetched_bytes(mnt, action) -> int:
-    before = mnt.stats().get("store_bytes", 0)
-    action()
-    return mnt.stats().get("store_bytes", 0) - before
 
 
 def test_attachments_keep_their_names_and_bytes(mounts, clips):
