@@ -64,6 +64,7 @@ def row(mnt, studio) -> Path:
 
 
 def fetched_bytes(mnt, action) -> int:
+    """Bytes the daemon fetched from the store while `action()` ran (its `store_bytes` counter)."""
     before = mnt.stats().get("store_bytes", 0)
     action()
     return mnt.stats().get("store_bytes", 0) - before
