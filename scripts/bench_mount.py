@@ -381,6 +381,8 @@ def remote_section(bench: Bench, repeat: int, results: Results) -> None:
                      f"djfs {gib / cold * 1024:.0f} MiB/s ({requests} GETs), s3transfer {gib / s3t * 1024:.0f} MiB/s")
     results.at_least("remote cold sequential read: djfs vs one GET", get / cold, 3,
                      f"one GET {gib / get * 1024:.0f} MiB/s")
+    results.at_least("remote ceiling here: s3transfer 8 threads vs one GET", get / s3t, None,
+                     "what 8 connections give on this machine (client, server and relay share its cores)")
     preads, ranged = m(lambda r: r["preads"]["seconds"]), m(lambda r: r["ranged"])
     fetched = m(lambda r: r["preads"]["stats"].get("store_bytes", 0))
     results.at_least("remote 100 random 100 KiB preads vs ranged GETs (8 at a time)", ranged / preads, 1 / 1.5,
