@@ -12,19 +12,23 @@
         '''
 """
 
-from .settings import Config, ConfigError, load_default
+from .settings import Config, ConfigError, LazyConfig
 
-config: Config = load_default()
+config: Config = LazyConfig()  # read from dj_local_conf.json / $DJ_CONFIG / DJ_* on first use
 
 from . import blob, errors  # noqa: E402
-from .condition import Not  # noqa: E402
+from .condition import Not, Top  # noqa: E402
 from .connection import Connection, conn  # noqa: E402
 from .errors import DjfsError  # noqa: E402
-from .schema import Schema  # noqa: E402
+from .expression import QueryExpression, U  # noqa: E402
+from .schema import Schema, VirtualModule  # noqa: E402
+from .table import FreeTable  # noqa: E402
 from .user_tables import Computed, Imported, Lookup, Manual, Part  # noqa: E402
 
 DataJointError = DjfsError
+create_virtual_module = VirtualModule  # DataJoint's older name
 
-__all__ = ["config", "Config", "ConfigError", "conn", "Connection", "Schema", "Manual", "Lookup", "Imported",
-           "Computed", "Part", "Not", "blob", "errors", "DjfsError", "DataJointError"]
+__all__ = ["config", "Config", "ConfigError", "conn", "Connection", "Schema", "VirtualModule", "create_virtual_module",
+           "Manual", "Lookup", "Imported", "Computed", "Part", "FreeTable", "QueryExpression", "U", "Not", "Top", "blob",
+           "errors", "DjfsError", "DataJointError"]
 __version__ = "0.1.0"

@@ -1,82 +1,85 @@
 """``populate()`` for Imported and Computed tables, as in DataJoint.
 
-The key source is every combination of the primary keys of the table's primary-key parents (a natural join
-of the parents' key columns); ``populate`` calls the table's ``make(key)`` for each key not yet in the table,
-each in its own transaction, so a failing key leaves nothing behind and the others go on.
+The default key source is the join of the primary keys of the table's primary-key parents (``Parent.proj()``
+each, so parents that share a secondary attribute's name still combine); a table may override ``key_source``
+with any query. ``populate`` calls the table's ``make(key)`` for each key of its key source not yet in the
+table, each in its own transaction, so a failing key leaves nothing behind and the others go on.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
 from typing import TYPE_CHECKING, Any
 
-from .condition import make_condition
+from tqdm.auto import tqdm
+
 from .errors import DjfsError
 
 if TYPE_CHECKING:
+    from .expression import QueryExpression
     from .table import Table
 
 log = logging.getLogger(__name__)
 
 
-def primary_parents(table: "Table") -> list[tuple[str, str]]:
-    """(database, table) of the parents whose foreign keys lie in this table's primary key."""
+def primary_parents(table: "Table") -> list[tuple[str, str, list[str], list[str]]]:
+    """The foreign keys that lie in this table's primary key: (database, table, columns, referenced columns)."""
     key = set(table.primary_key)
-    rows = table.connection.query(
-        "SELECT referenced_table_schema, referenced_table_name, constraint_name, column_name "
-        "FROM information_schema.key_column_usage WHERE table_schema = %s AND table_name = %s "
-        "AND referenced_table_name IS NOT NULL", (table.database, table.table_name)).fetchall()
-    constraints: dict[tuple[str, str, str], list[str]] = {}
-    for schema, parent, constraint, column in rows:
-        if not parent.startswith("~"):
-            constraints.setdefault((schema, parent, constraint), []).append(column)
-    return [(schema, parent) for (schema, parent, _), columns in constraints.items() if set(columns) <= key]
+    return [fk for fk in table.foreign_keys() if set(fk[2]) <= key]
 
 
-def key_source(table: "Table", restriction: Any = None) -> list[dict]:
-    """Keys that ``make`` should be called with: parents' key combinations not yet in the table."""
+def default_key_source(table: "Table") -> "QueryExpression":
+    """The join of the primary-key parents' primary keys, renamed as this table's foreign keys rename them."""
+    from .table import FreeTable
     parents = primary_parents(table)
     if not parents:
         raise DjfsError(f"{table.full_table_name} has no primary-key parent to populate from")
-    joined = " NATURAL JOIN ".join(f"(SELECT DISTINCT * FROM `{db}`.`{name}`) AS p{i}"
-                                   for i, (db, name) in enumerate(parents))
-    inherited = [n for n in table.primary_key if _in_parents(table, parents, n)]
-    columns = ", ".join(f"`{n}`" for n in inherited)
-    where, args = "TRUE", ()
-    if restriction is not None:
-        condition = make_condition(table, restriction)
-        where, args = condition.sql, condition.args
-    done = ", ".join(f"`{n}`" for n in inherited)
-    sql = (f"SELECT DISTINCT {columns} FROM {joined} WHERE ({where}) AND ({done}) NOT IN "
-           f"(SELECT {done} FROM {table.full_table_name}) ORDER BY {columns}")
-    rows = table.connection.query(sql, args, as_dict=True).fetchall()
-    return [dict(row) for row in rows]
+    keys = [FreeTable(table.connection, database, name).proj(**{c: r for c, r in zip(columns, refs) if c != r})
+            for database, name, columns, refs in parents]
+    return functools.reduce(lambda a, b: a * b, keys)
 
 
-def _in_parents(table: "Table", parents: list[tuple[str, str]], name: str) -> bool:
-    for db, parent in parents:
-        found = table.connection.query("SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND "
-                                       "table_name = %s AND column_name = %s", (db, parent, name)).fetchone()
-        if found:
-            return True
-    return False
-
-
-def populate(table: "Table", restriction: Any = None, suppress_errors: bool = False,
-             max_calls: int | None = None) -> list[tuple[dict, Exception]]:
-    """Call ``make(key)`` for each missing key; returns the (key, error) pairs when errors are suppressed."""
+def populate(table: "Table", *restrictions: Any, keys: list[dict] | None = None, suppress_errors: bool = False,
+             return_exception_objects: bool = False, reserve_jobs: bool = False, order: str = "original",
+             limit: int | None = None, max_calls: int | None = None, display_progress: bool = False,
+             processes: int = 1, make_kwargs: dict | None = None) -> dict[str, Any]:
+    """DataJoint's ``populate``: ``make(key)`` for each key of ``(key_source & restrictions).proj() - table``
+    (or of ``keys``), each in its own transaction. Returns ``{"success_count", "error_list"}``; with
+    ``suppress_errors`` failures are collected as (key, message) — (key, exception) with
+    ``return_exception_objects`` — instead of raised."""
     if not hasattr(table, "make"):
         raise DjfsError(f"{type(table).__name__} needs a make(self, key) method to be populated")
-    errors = []
-    for count, key in enumerate(key_source(table, restriction)):
-        if max_calls is not None and count >= max_calls:
-            break
+    if table.connection.in_transaction:
+        raise DjfsError("populate cannot be called during a transaction")
+    if reserve_jobs or processes != 1:
+        raise DjfsError("populate: reserve_jobs and processes > 1 are not implemented in djfs (run one populate "
+                        "per process with different restrictions instead)")
+    if order not in ("original", "reverse", "random"):
+        raise DjfsError(f"populate: order must be 'original', 'reverse' or 'random', not {order!r}")
+    if keys is None:
+        todo = table.key_source
+        for restriction in restrictions:
+            todo = todo & restriction
+        keys = (todo.proj() - table).fetch("KEY", order_by="KEY", limit=limit)
+    keys = list(keys)
+    if order == "reverse":
+        keys.reverse()
+    elif order == "random":
+        random.shuffle(keys)
+    keys = keys[:max_calls]
+    errors, done = [], 0
+    for key in tqdm(keys, desc=type(table).__name__, disable=not display_progress):
         try:
             with table.connection.transaction():
-                table.make(dict(key))
+                if key in table:
+                    continue  # made meanwhile by another process
+                table.make(dict(key), **(make_kwargs or {}))
+            done += 1
         except Exception as error:  # noqa: BLE001 - reported or re-raised below
             if not suppress_errors:
                 raise
             log.warning("make(%s) failed: %s", key, error)
-            errors.append((key, error))
-    return errors
+            errors.append((key, error if return_exception_objects else f"{type(error).__name__}: {error}"))
+    return {"success_count": done, "error_list": errors}

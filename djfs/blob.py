@@ -58,12 +58,15 @@ from __future__ import annotations
 import collections.abc
 import datetime
 import decimal
+import functools
 import io
+import itertools
 import math
 import struct
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -503,10 +506,13 @@ def _materialize(segments: tuple[_Segment, ...], size: int) -> bytes:
 
 
 def _column_major_pieces(array: np.ndarray, limit: int) -> Iterator[memoryview]:
-    """Yield ``array``'s little-endian column-major bytes without ever copying more than ``limit`` bytes.
+    """Yield ``array``'s little-endian column-major bytes in pieces of at most ``limit`` bytes.
 
-    Column-major order is C order of the transpose, so we walk the last axis (the slowest in column-major
-    order) in slabs small enough to copy; an F-contiguous little-endian array is sliced without copying.
+    Column-major order is C order of the transpose (all axes reversed), so the output is cut into slabs of the
+    last axis (the slowest in column-major order).  An F-contiguous little-endian array is sliced without
+    copying; otherwise each slab is a fresh buffer filled by :func:`_transpose_into`, and the next slab is filled
+    on a helper thread while the caller consumes (hashes, writes) the current one: besides the slab the caller
+    holds, at most two more exist (the one just yielded is dropped only when the caller asks for the next).
     """
     little = _little_endian(array.dtype)
     if array.size == 0:
@@ -516,29 +522,81 @@ def _column_major_pieces(array: np.ndarray, limit: int) -> Iterator[memoryview]:
         for start in range(0, len(flat), limit):
             yield flat[start : start + limit]
         return
+    yield from _prefetched(_slab_jobs(array, little, limit))
+
+
+def _slab_jobs(array: np.ndarray, little: np.dtype, limit: int) -> Iterator[Callable[[], memoryview]]:
+    """Jobs that each return the column-major bytes of one slab of ``array`` (at most ``limit`` bytes)."""
     itemsize = little.itemsize
-    if array.size * itemsize <= limit:
-        yield _fortran_bytes(array, little)
+    if array.ndim == 0 or array.size * itemsize <= limit:
+        yield functools.partial(_fortran_bytes, array, little)
         return
-    if array.ndim == 1:
-        step = max(1, limit // itemsize)
-        for start in range(0, array.shape[0], step):
-            yield _fortran_bytes(array[start : start + step], little)
-        return
-    slab_bytes = array[..., 0].size * itemsize
-    if slab_bytes <= limit:
-        step = limit // slab_bytes
-        for start in range(0, array.shape[-1], step):
-            yield _fortran_bytes(array[..., start : start + step], little)
-    else:
+    step = limit // (array[..., 0].size * itemsize)
+    if step == 0:  # one slab alone is too large: cut it along its own last axis
         for index in range(array.shape[-1]):
-            yield from _column_major_pieces(array[..., index], limit)
+            yield from _slab_jobs(array[..., index], little, limit)
+        return
+    for start in range(0, array.shape[-1], step):
+        yield functools.partial(_fortran_bytes, array[..., start : start + step], little)
+
+
+def _prefetched(jobs: Iterator[Callable[[], memoryview]]) -> Iterator[memoryview]:
+    """The results of ``jobs`` in order, each computed on a helper thread while the previous one is consumed.
+
+    numpy and hashlib/os.write release the GIL for large buffers, so transposing the next slab overlaps the
+    caller's work on this one.  A single job runs inline (no thread for small arrays)."""
+    first = next(jobs, None)
+    if first is None:
+        return
+    second = next(jobs, None)
+    if second is None:
+        yield first()
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="djfs-transpose") as pool:
+        pending = pool.submit(first)
+        for job in itertools.chain((second,), jobs):
+            ready, pending = pending, pool.submit(job)
+            yield ready.result()
+        yield pending.result()
+
+
+#: tile of the cache-blocked copy, in elements along the first, second-to-last and last axis of the transposed
+#: source (for a (T, Y, X) movie: X, Y, T): the cache lines a tile reads and writes stay in L1/L2 while reused
+_TILE = (8, 128, 8)
 
 
 def _fortran_bytes(array: np.ndarray, little: np.dtype) -> memoryview:
     """One bounded copy of ``array`` in column-major little-endian order, as a flat byte view."""
-    copy = np.asfortranarray(array, dtype=little)
-    return memoryview(copy.reshape(-1, order="F").view(np.uint8))
+    out = np.empty(array.shape[::-1], dtype=little)  # C order of the transpose = column-major of array
+    _transpose_into(out, array.T)
+    return memoryview(out.reshape(-1).view(np.uint8))
+
+
+def _transpose_into(out: np.ndarray, source: np.ndarray) -> None:
+    """``out[...] = source`` for a C-contiguous ``out``, copied in cache-sized tiles.
+
+    ``source`` is the transpose of a (typically C-ordered) array, so its last axis has the largest stride: a
+    plain copy walks it element by element across the whole array and misses the cache (and TLB) on nearly
+    every element -- 4x the CPU of this for a (T, Y, X) movie (measured: 4.9 s vs 1.2 s per GiB).  Tiling
+    the first, the second-to-last and the last axis keeps each tile's cache lines resident while they are
+    reused.
+    """
+    if source.ndim < 2 or source.size <= _TILE[0] * _TILE[1] * _TILE[2]:
+        np.copyto(out, source)
+        return
+    last, first = source.shape[-1], source.shape[0]
+    bx, bt = _TILE[0], _TILE[2]
+    if source.ndim == 2:
+        bx, bt = 64, 64  # square tiles: rows of 64 elements on both sides
+        for x in range(0, first, bx):
+            for t in range(0, last, bt):
+                out[x : x + bx, t : t + bt] = source[x : x + bx, t : t + bt]
+        return
+    middle, by = source.shape[-2], _TILE[1]
+    for x in range(0, first, bx):
+        for y in range(0, middle, by):
+            for t in range(0, last, bt):
+                out[x : x + bx, ..., y : y + by, t : t + bt] = source[x : x + bx, ..., y : y + by, t : t + bt]
 
 
 def _worth_compressing(raw: bytes) -> bool:

@@ -14,14 +14,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from .errors import DjfsError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error of a command."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog.split()[0]} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="djfs", description="djfs: DataJoint-style pipelines with external "
+    parser = _Parser(prog="djfs", description="djfs: DataJoint-style pipelines with external "
                                      "storage, and a read-only file system view of them")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     mount = commands.add_parser("mount", help="mount the read-only view of schemas at MOUNTPOINT",
                                 description="Mount a read-only view of schemas, tables, rows and their external "
@@ -69,9 +77,13 @@ def _gc(args: argparse.Namespace) -> int:
     schema = djfs.Schema(args.schema, create_schema=False)
     if args.folder:
         schema.set_external_storage(args.folder)
-    report = schema.external.gc(dry_run=not args.run, grace=args.grace)
-    print(report)
-    return 1 if report.failed else 0
+    reports = [schema.external.gc(dry_run=not args.run, grace=args.grace)]
+    for store in schema.external.datajoint:  # DataJoint's own stores: ~external_<store>
+        reports.append(schema.external[store].gc(dry_run=not args.run, grace=args.grace))
+        print(f"store {store!r}: ", end="")
+        print(reports[-1])
+    print(reports[0])
+    return 1 if any(report.failed for report in reports) else 0
 
 
 def _cache(args: argparse.Namespace) -> int:
@@ -92,13 +104,18 @@ def _cache(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"mount": _mount, "umount": _umount, "gc": _gc, "cache": _cache}[args.command]
+    warnings.showwarning = lambda message, *_, **__: print(f"djfs {args.command}: warning: {message}",
+                                                           file=sys.stderr)
     try:
         return handler(args)
-    except DjfsError as error:
-        print(f"djfs {args.command}: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # noqa: BLE001 - a command reports every failure in one line, never a traceback
+        text = " ".join(str(error).split()) or type(error).__name__
+        if not isinstance(error, (DjfsError, OSError)):
+            text = f"{type(error).__name__}: {text}"
+        print(f"djfs {args.command}: {text}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 A condition becomes a ``Where``: SQL text holding only identifiers we quoted and ``%s`` placeholders, plus
 the values to bind. Accepted, as in DataJoint: a dict (attributes not in the table are ignored), a list or
 tuple of conditions (OR), an SQL string (trusted: it is the programmer's own text), another table or query
-(semijoin on the attributes they share), ``True``/``False``, and ``Not(cond)``.
+(semijoin on the attributes they share), ``True``/``False``, and ``Not(cond)``. Blob and external attributes
+can't be compared in SQL: a restriction naming one (in a dict, a query or an SQL string) is refused.
 """
 
 from __future__ import annotations
 
 import datetime
 import decimal
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from .errors import QueryError
 from .heading import Heading
 
 if TYPE_CHECKING:
-    from .table import Table
+    from .expression import QueryExpression
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,21 @@ class Where:
         if not parts:
             return Where("TRUE")
         return Where(" AND ".join(f"({p.sql})" for p in parts), sum((p.args for p in parts), ()))
+
+
+@dataclass(frozen=True)
+class Top:
+    """DataJoint's ``Top``: restrict to the first ``limit`` rows in ``order_by`` order (after ``offset``):
+    ``Scan & djfs.Top(3, "depth DESC")``."""
+    limit: int | None = 1
+    order_by: str | list[str] = "KEY"
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)):
+            raise QueryError("Top limit must be an integer")
+        if not isinstance(self.offset, int) or isinstance(self.offset, bool):
+            raise QueryError("The offset argument must be an integer")
 
 
 @dataclass(frozen=True)
@@ -66,15 +83,39 @@ def sql_value(attribute, value: Any) -> Any:
                      f"{type(value).__name__}")
 
 
-def _dict_condition(heading: Heading, condition: Mapping, table_name: str) -> Where:
+def assert_join_compatibility(first: Any, second: Any) -> None:
+    """DataJoint 0.14's rule: two queries may be joined (or one restrict the other) on their shared attributes
+    only if none of them is a secondary attribute of both: that would match rows by a coincidence of names."""
+    shared = [n for n in first.heading.secondary_attributes if n in second.heading.secondary_attributes]
+    if shared:
+        raise QueryError(f"Cannot join query expressions on dependent attribute `{shared[0]}` (a secondary "
+                         "attribute of both; rename it with proj() or use the @ operator)")
+
+
+def _refuse_objects(heading: Heading, names: Any, where: str) -> None:
+    for name in names:
+        if name in heading and heading[name].holds_object:
+            raise QueryError(f"{where}: attribute {name!r} is {heading[name].type} and can't be used in a "
+                             "restriction")
+
+
+_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+_WORD = re.compile(r"`([^`]+)`|\b([A-Za-z_][A-Za-z0-9_]*)\b")
+
+
+def names_in_sql(text: str) -> set[str]:
+    """The identifiers an SQL condition names, outside its string literals (to refuse blob/external ones)."""
+    stripped = _LITERAL.sub("''", text)
+    return {quoted or bare for quoted, bare in _WORD.findall(stripped)}
+
+
+def _dict_condition(heading: Heading, condition: Mapping, where: str) -> Where:
     parts, args = [], []
+    _refuse_objects(heading, condition, where)
     for name, value in condition.items():
         if name not in heading:
             continue
         attribute = heading[name]
-        if attribute.holds_object:
-            raise QueryError(f"{table_name}: attribute {name!r} is {attribute.type} and can't be used in a "
-                             "restriction")
         if value is None:
             parts.append(f"`{name}` IS NULL")
         else:
@@ -83,16 +124,27 @@ def _dict_condition(heading: Heading, condition: Mapping, table_name: str) -> Wh
     return Where(" AND ".join(parts) or "TRUE", tuple(args))
 
 
-def make_condition(table: "Table", condition: Any) -> Where:
-    """The ``Where`` for one restriction of ``table``."""
-    heading = table.heading
-    name = table.full_table_name
+def _is_query(thing: Any) -> bool:
+    return hasattr(thing, "heading") and hasattr(thing, "make_sql")
+
+
+def make_condition(query: "QueryExpression", condition: Any, check: bool = True) -> Where:
+    """The ``Where`` for one restriction of ``query``; ``check=False`` skips the join-compatibility rule
+    (DataJoint's ``^`` operator).
+
+    Queries are known by their interface (``heading``, ``make_sql``), not their class, so this module does not
+    import ``expression`` (which imports it): the modules of the relational layer form no cycle."""
+    heading = query.heading
+    name = query.query_name
+    if isinstance(condition, Top):
+        raise QueryError(f"{name}: Top(...) restricts a query on its own (query & Top(...)), not negated or in a list")
     if isinstance(condition, Not):
-        inner = make_condition(table, condition.condition)
+        inner = make_condition(query, condition.condition, check)
         return Where(f"NOT ({inner.sql})", inner.args)
     if isinstance(condition, bool):
         return Where("TRUE" if condition else "FALSE")
     if isinstance(condition, str):
+        _refuse_objects(heading, names_in_sql(condition), name)
         return Where(condition.replace("%", "%%"))
     if isinstance(condition, np.void) and condition.dtype.names:
         condition = {n: condition[n] for n in condition.dtype.names}
@@ -101,19 +153,23 @@ def make_condition(table: "Table", condition: Any) -> Where:
     if isinstance(condition, np.ndarray) and condition.dtype.names:
         condition = [{n: row[n] for n in condition.dtype.names} for row in condition]
     if isinstance(condition, (list, tuple, set)):
-        parts = [make_condition(table, item) for item in condition]
+        parts = [make_condition(query, item, check) for item in condition]
         if not parts:
             return Where("FALSE")
         return Where(" OR ".join(f"({p.sql})" for p in parts), sum((p.args for p in parts), ()))
-    if hasattr(condition, "heading") and hasattr(condition, "make_sql"):
-        other = condition() if isinstance(condition, type) else condition
-        common = [n for n in other.heading.names if n in heading]
-        for attribute in common:
-            if heading[attribute].holds_object:
-                raise QueryError(f"{name}: can't restrict by {attribute!r}, an {heading[attribute].type} attribute")
+    if isinstance(condition, type) and _is_query(condition):
+        condition = condition()
+    if getattr(condition, "universal_set", False):
+        raise QueryError(f"{name}: restricting by djfs.U(...) is meaningless; use U(...) & query instead")
+    if _is_query(condition):
+        if check:
+            assert_join_compatibility(query, condition)
+        common = [n for n in condition.heading.names if n in heading]
+        _refuse_objects(heading, common, name)
+        _refuse_objects(condition.heading, common, name)
         if not common:
-            return Where("TRUE" if len(other) else "FALSE")
+            return Where("TRUE" if condition else "FALSE")
         columns = ", ".join(f"`{n}`" for n in common)
-        inner_sql, inner_args = other.make_sql(columns)
+        inner_sql, inner_args = condition.make_sql(columns)
         return Where(f"({columns}) IN ({inner_sql})", inner_args)
     raise QueryError(f"{name}: unsupported restriction of type {type(condition).__name__}")

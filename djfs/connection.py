@@ -9,6 +9,7 @@ Every value travels as a bound parameter; SQL text holds only identifiers that d
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 LOST_CONNECTION = {2003, 2006, 2013, 2055, 4031}
 DUPLICATE_ENTRY = 1062
 FOREIGN_KEY_ERRORS = {1216, 1217, 1451, 1452}
+#: statements that make the server commit the open transaction implicitly: never run inside one
+DDL = re.compile(r"^\s*(CREATE|DROP|ALTER|RENAME|TRUNCATE)\b", re.IGNORECASE)
 
 
 def translate(error: pymysql.MySQLError, context: str = "") -> Exception:
@@ -120,6 +123,10 @@ class Connection:
         """Run one statement with bound parameters; reconnects once if the server had dropped us."""
         cursor_class = pymysql.cursors.DictCursor if as_dict else pymysql.cursors.Cursor
         self._check_not_broken()
+        if self.in_transaction and DDL.match(sql):
+            raise errors.QueryError(f"{context + ': ' if context else ''}refused to run DDL ({sql.split()[0]} "
+                                    f"{' '.join(sql.split()[1:3])} ...) inside a transaction: the server would "
+                                    "commit the transaction's work implicitly")
         for attempt in (1, 2):
             try:
                 cursor = self._session.cursor(cursor_class)

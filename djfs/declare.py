@@ -5,6 +5,7 @@ Each line is one of::
 
     -> Parent                          (foreign key; its primary key joins this table's section)
     -> [nullable] Parent               (secondary only: the inherited attributes may be NULL)
+    -> Parent.proj(new='old', ...)     (foreign key whose attributes are renamed in this table)
     name = default : type   # comment
     index(attr, ...)   /   unique index(attr, ...)
 
@@ -32,7 +33,9 @@ ATTRIBUTE_LINE = re.compile(
         (?:=\s*(?P<default>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^:#"']*?)\s*)?
         :\s*(?P<type>[^#]+?)\s*
         (?:\#\s*(?P<comment>.*))?$""", re.X)
-FOREIGN_KEY_LINE = re.compile(r"^->\s*(?P<options>\[\s*nullable\s*\])?\s*(?P<ref>[A-Za-z_][\w.]*)\s*$")
+FOREIGN_KEY_LINE = re.compile(r"^->\s*(?P<options>\[\s*nullable\s*\])?\s*(?P<ref>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*?)"
+                              r"(?:\s*\.\s*proj\s*\((?P<renames>[^)]*)\))?\s*$")
+RENAME = re.compile(r"^\s*(?P<new>[a-z][a-z0-9_]*)\s*=\s*(?P<quote>['\"])(?P<old>[a-z][a-z0-9_]*)(?P=quote)\s*$")
 INDEX_LINE = re.compile(r"^(?P<unique>unique\s+)?index\s*\((?P<attrs>[^)]*)\)\s*$", re.I)
 SEPARATOR_LINE = re.compile(r"^-{3,}\s*$")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -52,6 +55,9 @@ TYPE_PATTERNS: list[tuple[re.Pattern, str | None]] = [(re.compile(p, re.I), sql)
     (r"^uuid$", "binary(16)"),
     (r"^json$", "longtext"),
     (rf"^external(-{STORE_NAME})?$", HASH_SQL_TYPE),
+    (rf"^npy@({STORE_NAME})?$", HASH_SQL_TYPE),   # external object stored as .npy (djfs.npy)
+    (r"^(blob|attach|filepath)@[a-z][-\w]*$", "binary(16)"),  # DataJoint 0.12-0.14's kinds (djfs.external_dj)
+    (r"^attach$", "longblob"),
 ]]
 SPECIAL_TYPES = ("uuid", "json", "bool", "boolean")
 SQL_KEYWORD_DEFAULTS = {"null", "current_timestamp", "current_timestamp()"}
@@ -70,7 +76,7 @@ class ParsedAttribute:
     @property
     def special(self) -> str | None:
         lowered = self.type.lower()
-        if lowered.startswith("external"):
+        if lowered.startswith(("external", "npy@")) or "@" in lowered or lowered == "attach":
             return lowered
         if lowered in SPECIAL_TYPES:
             return "bool" if lowered == "boolean" else lowered
@@ -78,7 +84,9 @@ class ParsedAttribute:
 
     @property
     def is_object(self) -> bool:
-        return self.type.lower().endswith("blob") or self.type.lower().startswith("external")
+        lowered = self.type.lower()
+        return (lowered.endswith("blob") or external_store(lowered) is not None or "@" in lowered
+                or lowered == "attach")
 
     def sql(self) -> str:
         comment = f":{self.special}:{self.comment}" if self.special else self.comment
@@ -95,10 +103,20 @@ class Declaration:
     attributes: list[ParsedAttribute] = field(default_factory=list)
     parents: list[Any] = field(default_factory=list)
     stores: set[str] = field(default_factory=set)   # '' for the default store
+    datajoint_stores: set[str] = field(default_factory=set)   # DataJoint's stores (``~external_<store>``)
 
     @property
     def primary_key(self) -> list[str]:
         return [a.name for a in self.attributes if a.in_key]
+
+
+def external_store(special: str) -> str | None:
+    """The store ('' for the default) of an ``external[-store]`` or ``npy@[store]`` type, else None."""
+    if special.startswith("external"):
+        return special[len("external-"):] if "-" in special else ""
+    if special.startswith("npy@"):
+        return special[len("npy@"):]
+    return None
 
 
 def _error(table: str, line: str, why: str) -> DeclarationError:
@@ -139,11 +157,26 @@ def _resolve(reference: str, context: Mapping[str, Any], table: str, line: str) 
     return target
 
 
+def _renames(text: str | None, parent: Any, table: str, line: str) -> dict[str, str]:
+    """``new='old', ...`` of ``-> Parent.proj(...)`` as {old: new}; only the parent's key can be renamed."""
+    if text is None:
+        return {}
+    renames: dict[str, str] = {}
+    for item in filter(str.strip, text.split(",")):
+        match = RENAME.match(item)
+        if not match:
+            raise _error(table, line, f"a foreign key's proj() takes only renames new='old', not {item.strip()!r}")
+        if match.group("old") not in parent.heading.primary_key:
+            raise _error(table, line, f"{match.group('old')!r} is not in the primary key of the referenced table")
+        renames[match.group("old")] = match.group("new")
+    return renames
+
+
 def parse(table: str, definition: str, context: Mapping[str, Any]) -> tuple[str, list, list, list]:
     """Split a definition into (comment, attributes, foreign keys, indexes); raises quoting the bad line."""
     comment = ""
     attributes: list[ParsedAttribute] = []
-    foreign_keys: list[tuple[Any, bool, str]] = []
+    foreign_keys: list[tuple[Any, bool, str, dict[str, str]]] = []
     indexes: list[tuple[bool, list[str], str]] = []
     in_key = True
     lines = [line.strip() for line in definition.strip().splitlines()]
@@ -164,12 +197,14 @@ def parse(table: str, definition: str, context: Mapping[str, Any]) -> tuple[str,
             nullable = bool(match.group("options"))
             if nullable and in_key:
                 raise _error(table, line, "a primary-key foreign key can't be nullable")
-            foreign_keys.append((_resolve(match.group("ref"), context, table, line), nullable, line))
-            parent = foreign_keys[-1][0]
-            for name in parent.heading.primary_key:
+            parent = _resolve(match.group("ref"), context, table, line)
+            renames = _renames(match.group("renames"), parent, table, line)
+            foreign_keys.append((parent, nullable, line, renames))
+            for old in parent.heading.primary_key:
+                name = renames.get(old, old)
                 if any(a.name == name for a in attributes):
                     continue  # the same attribute inherited along two paths
-                inherited = parent.heading[name]
+                inherited = parent.heading[old]
                 attributes.append(ParsedAttribute(
                     name=name, type=inherited.type if inherited.type in SPECIAL_TYPES else inherited.sql_type,
                     sql_type=inherited.sql_type, in_key=in_key, nullable=nullable,
@@ -221,15 +256,22 @@ def declare(database: str, table: str, definition: str, context: Mapping[str, An
     known = {a.name for a in attributes}
     clauses = [a.sql() for a in attributes]
     clauses.append("PRIMARY KEY (" + ", ".join(f"`{n}`" for n in primary_key) + ")")
-    for parent, _, _ in foreign_keys:
-        columns = ", ".join(f"`{n}`" for n in parent.heading.primary_key)
-        clauses.append(f"FOREIGN KEY ({columns}) REFERENCES {parent.full_table_name} ({columns}) "
+    for parent, _, _, renames in foreign_keys:
+        referenced = ", ".join(f"`{n}`" for n in parent.heading.primary_key)
+        columns = ", ".join(f"`{renames.get(n, n)}`" for n in parent.heading.primary_key)
+        clauses.append(f"FOREIGN KEY ({columns}) REFERENCES {parent.full_table_name} ({referenced}) "
                        "ON UPDATE CASCADE ON DELETE RESTRICT")
-    stores = set()
+    stores, datajoint_stores = set(), set()
     for attribute in attributes:
-        if attribute.special and attribute.special.startswith("external"):
-            stores.add(attribute.special[len("external-"):] if "-" in attribute.special else "")
+        store = external_store(attribute.special or "")
+        if store is not None:
+            stores.add(store)
             clauses.append(f"FOREIGN KEY (`{attribute.name}`) REFERENCES `{database}`.`{EXTERNAL_TABLE}` (`hash`) "
+                           "ON UPDATE RESTRICT ON DELETE RESTRICT")
+        elif attribute.special and "@" in attribute.special:
+            store = attribute.special.split("@")[1]
+            datajoint_stores.add(store)
+            clauses.append(f"FOREIGN KEY (`{attribute.name}`) REFERENCES `{database}`.`~external_{store}` (`hash`) "
                            "ON UPDATE RESTRICT ON DELETE RESTRICT")
     for unique, names, line in indexes:
         unknown = [n for n in names if n not in known]
@@ -238,4 +280,5 @@ def declare(database: str, table: str, definition: str, context: Mapping[str, An
         clauses.append(("UNIQUE " if unique else "") + "INDEX (" + ", ".join(f"`{n}`" for n in names) + ")")
     sql = (f"CREATE TABLE IF NOT EXISTS {full_name} (\n  " + ",\n  ".join(clauses) +
            f'\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin COMMENT "{escape_string(comment)}"')
-    return Declaration(sql=sql, attributes=attributes, parents=[fk[0] for fk in foreign_keys], stores=stores)
+    return Declaration(sql=sql, attributes=attributes, parents=[fk[0] for fk in foreign_keys], stores=stores,
+                       datajoint_stores=datajoint_stores)

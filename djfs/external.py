@@ -17,6 +17,15 @@ entry per object::
     view_header the .npy header (npy view), prepended to the data
     data_offset where the file's data starts inside the stored object, when it is a plain byte range
 
+``npy@`` / ``npy@<store>`` attributes use the same entries, lifecycle and hash rule; only the serialization
+differs: the object is a ``.npy`` file of the array in its own memory order (``djfs.npy``), shown by the mount
+byte for byte (view ``npy``, ``view_header`` = its header, ``data_offset`` = the header's length).  The bytes say
+which serialization an object is (``deserialize``).
+
+Writing: values over ``STAGE_THRESHOLD`` are written to a hidden file of a file store *while* they are hashed
+(``Store.stage``) and renamed to their hash at upload, so a large insert reads its data once; elsewhere (S3) they
+are hashed first and streamed to the store at upload.
+
 Lifecycle: objects are uploaded before the transaction that inserts their entries and rows, so a failure
 leaves an unreferenced object (swept by ``gc``), never a row pointing at nothing. While its objects are in
 flight (uploaded, entries not yet committed) an insert holds a named lock per object on its database session
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import json
 import logging
 import os
@@ -41,20 +51,23 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from . import blob, hashing
+from . import blob, hashing, npy
 from .errors import CorruptObjectError, DjfsError, MissingObjectError, StoreError
 from .settings import Config
 
 if TYPE_CHECKING:
+    from .condition import Where
     from .connection import Connection
+    from .expression import QueryExpression as Table
     from .gc import GCReport
-    from .table import Table
+    from .stores.base import Staged
 
 log = logging.getLogger(__name__)
 
 UPLOAD_LOCK = "djfs:{}"          # named lock (MariaDB/MySQL GET_LOCK, <= 64 chars) an inserter holds per object
 PROGRESS_THRESHOLD = 64 << 20   # transfers larger than this show a progress bar on a terminal
 TRUSTED_SIZE = 64 << 20         # larger sizes from ~external are checked with the store before allocating
+STAGE_THRESHOLD = 64 << 20      # larger objects are written while hashed where the store can (file stores)
 EXTERNAL_TABLE = "~external"
 
 DEFINITION = f"""
@@ -127,16 +140,32 @@ def view_of(value: Any, packed: "blob.Packed") -> View:
     return View("blob", packed.size, b"", 0)
 
 
+def serialize(value: Any, serialization: str = "blob") -> tuple["blob.Packed | npy.NpyPacked", View]:
+    """An external value's stored bytes (streamed) and its file view: DataJoint's blob (``external``) or a
+    ``.npy`` served byte for byte (``npy@``, see ``djfs.npy``)."""
+    if serialization == "npy":
+        packed = npy.serialize(value)
+        return packed, View("npy", packed.size, packed.header, len(packed.header))
+    packed = blob.serialize(value)
+    return packed, view_of(value, packed)
+
+
+def deserialize(data: bytearray | bytes, squeeze: bool = False) -> Any:
+    """The value of an object's verified bytes; they say which serialization they are (``djfs.npy``)."""
+    return npy.decode(data, squeeze) if npy.is_npy(data) else blob.unpack(data, squeeze=squeeze)
+
+
 @dataclass
 class PendingObject:
     hash: str
     store: str
-    packed: "blob.Packed"
+    packed: "blob.Packed | npy.NpyPacked"
     origin: bytes
     view: View
     sums: list[int] | None = None   # block checksums (XXH3) of the packed bytes: checks later range reads
     uploaded: bool = False   # put by this insert
     locked: bool = False     # this session holds its upload lock (gc leaves the object alone)
+    staged: "Staged | None" = None  # written while hashed (file stores), renamed to its key by upload
 
 
 @dataclass
@@ -158,8 +187,12 @@ class Pending:
         self.external.commit(self.unique())
 
     def release(self) -> None:
-        """Give up the upload locks (after the insert's transaction ended, committed or not)."""
+        """Give up the upload locks (after the insert's transaction ended, committed or not), and remove what was
+        staged but not published (the insert failed before its upload)."""
         self.external.release(self.unique())
+        for obj in self.objects.values():
+            if obj.staged is not None:
+                obj.staged.discard()
 
 
 class ExternalTable:
@@ -187,10 +220,22 @@ class ExternalTable:
     def __repr__(self) -> str:
         return f"ExternalTable({self.full_table_name})"
 
+    @functools.cached_property
+    def datajoint(self):
+        """DataJoint 0.12-0.14's ``~external_<store>`` tables of this schema (``djfs.external_dj``)."""
+        from .external_dj import DataJointStores
+        return DataJointStores(self.connection, self.database)
+
+    def __getitem__(self, store: str):
+        """``schema.external[store]``, as in DataJoint: the tracking table of one of DataJoint's stores."""
+        return self.datajoint[store]
+
     # -- declaration and configuration
     def declare(self) -> None:
+        """Create the table if it is missing: DDL, so never inside a transaction (the connection refuses)."""
         if not self._declared:
-            self.connection.query(DEFINITION.format(database=self.database))
+            if not self.exists():
+                self.connection.query(DEFINITION.format(database=self.database))
             self._declared = True
 
     def exists(self) -> bool:
@@ -200,6 +245,7 @@ class ExternalTable:
     def set_folder(self, folder: str) -> None:
         from .stores import validate_folder
         self._folder = validate_folder(folder)
+        self.declare()
 
     @property
     def folder(self) -> str:
@@ -237,21 +283,28 @@ class ExternalTable:
                                     "store external values")
                 store = table.heading[name].store or ""
                 origin = origin_of(table.full_table_name, {k: row[k] for k in key_names}, store)
-                jobs.append((index, name, value, store, origin))
+                jobs.append((index, name, value, store, origin, table.heading[name].serialization))
         self.store(jobs[0][3]) if jobs else None  # fail early, naming the missing setting
 
         def prepare_one(job):
-            index, name, value, store, origin = job
+            index, name, value, store, origin, serialization = job
             try:
-                packed = blob.serialize(value)
+                packed, view = serialize(value, serialization)
             except Exception as error:
                 raise type(error)(f"{table.full_table_name}.{name}: {error}") from None
             state, sums = hashing.hasher(), hashing.BlockSums()
-            for chunk in packed.chunks():
+
+            def observe(chunk) -> None:
                 state.update(chunk)
                 sums.update(chunk)
-            return (index, name), PendingObject(hashing.finish(state, origin), store, packed, origin,
-                                                view_of(value, packed), sums=sums.finish())
+            staged = None
+            if packed.size >= STAGE_THRESHOLD:  # write while hashing, where the store can name it afterwards
+                staged = self.store(store).stage(packed.chunks(), packed.size, observe)
+            if staged is None:
+                for chunk in packed.chunks():
+                    observe(chunk)
+            return (index, name), PendingObject(hashing.finish(state, origin), store, packed, origin, view,
+                                                sums=sums.finish(), staged=staged)
 
         for key, obj in self._parallel(prepare_one, jobs):
             pending.objects[key] = obj
@@ -285,11 +338,18 @@ class ExternalTable:
                 store = self.store(obj.store)
                 key = hashing.object_path(obj.hash)
                 entry = known.get(obj.hash)
+                staged, obj.staged = obj.staged, None
                 if entry is not None and entry["folder"] == self.folder \
                         and _stored_size(store, key) == obj.packed.size:
+                    if staged is not None:
+                        staged.discard()
                     bar.update(obj.packed.size)
                     return
-                store.put(key, _counting(obj.packed.chunks(), bar), size=obj.packed.size)
+                if staged is not None:
+                    staged.publish(key)
+                    bar.update(obj.packed.size)
+                else:
+                    store.put(key, _counting(obj.packed.chunks(), bar), size=obj.packed.size)
                 obj.uploaded = True
             self._parallel(upload_one, objects)
         self._record_sums(objects)
@@ -379,12 +439,13 @@ class ExternalTable:
                                          context="upload locks").fetchone()
         return owner is not None
 
-    def mark_deleted(self, restricted: "Table", names: list[str]) -> None:
-        where = restricted.where
+    def mark_deleted(self, full_table_name: str, where: "Where", names: list[str]) -> None:
+        """Mark the entries of the rows of ``full_table_name`` matching ``where`` deleted (the one path for
+        deletes and replaces; the timestamp says since when, which gc's grace period counts from)."""
         for name in names:
             self.connection.query(
                 f"UPDATE {self.full_table_name} SET status = 'deleted', timestamp = CURRENT_TIMESTAMP WHERE hash IN "
-                f"(SELECT `{name}` FROM {restricted.full_table_name} WHERE {where.sql})", where.args)
+                f"(SELECT `{name}` FROM {full_table_name} WHERE {where.sql})", where.args)
 
     # -- fetch
     def _entries(self, hashes: Iterable[str]) -> dict[str, dict]:
@@ -415,7 +476,7 @@ class ExternalTable:
         with self._progress(total, "download") as bar:
             def load(hash_: str) -> tuple[str, Any]:
                 data = self.read_object(entries[hash_], bar)
-                return hash_, blob.unpack(data, squeeze=squeeze)
+                return hash_, deserialize(data, squeeze)
             # Remote reads overlap their latencies in threads; file reads only gain from threads when they are
             # hashed (hashing releases the GIL), else threads only add overhead (measured: 6x slower, 20 x 8 MiB).
             remote = self._verify() or any(not self._is_file_store(entries[h]["store"]) for h in hashes)

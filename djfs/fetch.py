@@ -1,28 +1,28 @@
-"""Fetching: rows of a (restricted) table as numpy record arrays, dicts or per-attribute arrays.
+"""Fetching: rows of any query as numpy record arrays, dicts, per-attribute arrays or a pandas DataFrame.
 
-Values are decoded on the way out: blobs unpacked, external references resolved through the schema's
-``~external`` table (all of one call's objects fetched in parallel), uuids as ``uuid.UUID``, json parsed.
+Values are decoded on the way out (``codec.decode``): blobs unpacked, external references resolved through
+the ``~external`` table of the schema each attribute comes from (all of one call's objects fetched in
+parallel), uuids as ``uuid.UUID``, json parsed.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import blob
+from . import external_dj
+from .codec import decode
 from .errors import QueryError
 
 if TYPE_CHECKING:
-    from .table import Table
+    from .expression import QueryExpression as Table
 
 ORDER_ITEM = re.compile(r"^\s*(?P<name>[a-z][a-z0-9_]*|KEY)(?:\s+(?P<direction>asc|desc))?\s*$", re.I)
 
 
-def _order_clause(table: "Table", order_by: str | list[str] | tuple | None) -> str:
+def order_clause(table: "Table", order_by: str | list[str] | tuple | None) -> str:
     if order_by is None:
         return ""
     items = [order_by] if isinstance(order_by, str) else list(order_by)
@@ -30,17 +30,17 @@ def _order_clause(table: "Table", order_by: str | list[str] | tuple | None) -> s
     for item in items:
         match = ORDER_ITEM.match(item)
         if not match:
-            raise QueryError(f"{table.full_table_name}: bad order_by item {item!r}")
+            raise QueryError(f"{table.query_name}: bad order_by item {item!r}")
         name, direction = match.group("name"), (match.group("direction") or "").upper()
         names = table.primary_key if name == "KEY" else [name]
         for attribute in names:
             if attribute not in table.heading:
-                raise QueryError(f"{table.full_table_name}: order_by names unknown attribute {attribute!r}")
+                raise QueryError(f"{table.query_name}: order_by names unknown attribute {attribute!r}")
             parts.append(f"`{attribute}` {direction}".strip())
     return " ORDER BY " + ", ".join(parts)
 
 
-def _limit_clause(limit: int | None, offset: int | None) -> str:
+def limit_clause(limit: int | None, offset: int | None) -> str:
     if limit is None and offset is None:
         return ""
     limit = int(limit) if limit is not None else 2**63 - 1
@@ -51,36 +51,33 @@ def _limit_clause(limit: int | None, offset: int | None) -> str:
 
 
 def query_rows(table: "Table", names: list[str], order_by=None, limit=None, offset=None,
-               decode: bool = True, squeeze: bool = False) -> list[dict[str, Any]]:
-    """Rows as dicts of decoded values, in one query (plus one batch of external object reads)."""
+               decode_values: bool = True, squeeze: bool = False,
+               download_path: str = ".") -> list[dict[str, Any]]:
+    """Rows as dicts of decoded values, in one query (plus one batch of external object reads per schema)."""
     heading = table.heading
     for name in names:
         if name not in heading:
-            raise QueryError(f"{table.full_table_name} has no attribute {name!r}")
+            raise QueryError(f"{table.query_name} has no attribute {name!r}")
     sql, args = table.make_sql(", ".join(f"`{n}`" for n in names))
-    sql += _order_clause(table, order_by) + _limit_clause(limit, offset)
-    raw = table.connection.query(sql, args, context=f"fetch from {table.full_table_name}").fetchall()
+    sql += order_clause(table, order_by) + limit_clause(limit, offset)
+    raw = table.connection.query(sql, args, context=f"fetch from {table.query_name}").fetchall()
     rows = [dict(zip(names, values)) for values in raw]
-    if not decode:
+    if not decode_values:
         return rows
-    externals = [n for n in names if heading[n].is_external]
-    if externals:
-        hashes = {row[n] for row in rows for n in externals if row[n] is not None}
-        objects = table.external.get_many(sorted(hashes), squeeze=squeeze) if hashes else {}
+    objects: dict[str, Any] = {}
+    by_schema: dict[str, set[str]] = {}
+    for name in names:
+        if heading[name].is_external:
+            by_schema.setdefault(heading[name].database, set()).update(
+                row[name] for row in rows if row[name] is not None)
+    for database, hashes in by_schema.items():
+        if hashes:
+            objects.update(table.external_of(database).get_many(sorted(hashes), squeeze=squeeze))
+    external_dj.decode(table, rows, [n for n in names if heading[n].datajoint_kind], squeeze, download_path)
+    attributes = [heading[name] for name in names]
     for row in rows:
-        for name in names:
-            value = row[name]
-            if value is None:
-                continue
-            attribute = heading[name]
-            if attribute.is_blob:
-                row[name] = blob.unpack(value, squeeze=squeeze)
-            elif attribute.is_external:
-                row[name] = objects[value]
-            elif attribute.is_uuid:
-                row[name] = uuid.UUID(bytes=bytes(value))
-            elif attribute.is_json:
-                row[name] = json.loads(value)
+        for attribute in attributes:
+            row[attribute.name] = decode(attribute, row[attribute.name], objects, squeeze)
     return rows
 
 
@@ -97,6 +94,25 @@ def as_record_array(table: "Table", names: list[str], rows: list[dict]) -> np.nd
     return result
 
 
+def _format(format: str | None) -> str:
+    if format is None:
+        from . import config
+        format = config["fetch_format"]
+    if format not in ("array", "frame"):
+        raise QueryError(f"fetch format must be 'array' or 'frame', not {format!r}")
+    return format
+
+
+def as_frame(table: "Table", rows: list[dict]) -> Any:
+    """A pandas DataFrame indexed by the primary key, as DataJoint's ``format='frame'``."""
+    try:
+        import pandas
+    except ImportError:
+        raise QueryError("fetch(format='frame') needs pandas: pip install 'djfs[frame]'") from None
+    frame = pandas.DataFrame(rows, columns=table.heading.names)
+    return frame.set_index(table.primary_key) if table.primary_key else frame
+
+
 class Fetch:
     """``table.fetch(...)``: DataJoint's call signature."""
 
@@ -105,18 +121,25 @@ class Fetch:
 
     def __call__(self, *attrs: str, offset: int | None = None, limit: int | None = None,
                  order_by: str | list[str] | None = None, as_dict: bool | None = None, squeeze: bool = False,
-                 format_objects: bool = True) -> Any:
+                 format: str | None = None, format_objects: bool = True, download_path: str = ".") -> Any:
+        """``format`` ('array' or 'frame', default the ``fetch_format`` setting) applies when no attributes
+        are named and ``as_dict`` is not set, as in DataJoint."""
         table = self._table
         heading = table.heading
         if not attrs:
-            rows = query_rows(table, heading.names, order_by, limit, offset, format_objects, squeeze)
-            return rows if as_dict else as_record_array(table, heading.names, rows)
+            rows = query_rows(table, heading.names, order_by, limit, offset, format_objects, squeeze,
+                              download_path)
+            if as_dict:
+                return rows
+            if _format(format) == "frame":
+                return as_frame(table, rows)
+            return as_record_array(table, heading.names, rows)
         names: list[str] = []
         for attr in attrs:
             for name in (table.primary_key if attr == "KEY" else [attr]):
                 if name not in names:
                     names.append(name)
-        rows = query_rows(table, names, order_by, limit, offset, True, squeeze)
+        rows = query_rows(table, names, order_by, limit, offset, True, squeeze, download_path)
         if as_dict:
             keep = [n for attr in attrs for n in (table.primary_key if attr == "KEY" else [attr])]
             return [{n: row[n] for n in keep} for row in rows]
@@ -135,15 +158,15 @@ class Fetch1:
     def __init__(self, table: "Table") -> None:
         self._table = table
 
-    def __call__(self, *attrs: str, squeeze: bool = False) -> Any:
+    def __call__(self, *attrs: str, squeeze: bool = False, download_path: str = ".") -> Any:
         table = self._table
         names: list[str] = []
         for attr in attrs or ("*",):
             expanded = table.heading.names if attr == "*" else table.primary_key if attr == "KEY" else [attr]
             names.extend(n for n in expanded if n not in names)
-        rows = query_rows(table, names, limit=2, squeeze=squeeze)
+        rows = query_rows(table, names, limit=2, squeeze=squeeze, download_path=download_path)
         if len(rows) != 1:
-            raise QueryError(f"fetch1 needs exactly one row of {table.full_table_name}, "
+            raise QueryError(f"fetch1 needs exactly one row of {table.query_name}, "
                              f"found {'none' if not rows else 'more than one'}")
         row = rows[0]
         if not attrs:

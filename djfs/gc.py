@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import hashing
 from .errors import DjfsError, IntegrityError
@@ -112,31 +112,42 @@ def _sweep_orphans(external: "ExternalTable", report: GCReport, dry_run: bool, g
         except (DjfsError, OSError) as error:
             report.failed.append((f"{store_name or 'default'}:{folder}", f"listing failed: {error}"))
             continue
-        names = list(candidates)
-        for start in range(0, len(names), 1000):
-            chunk = names[start:start + 1000]
-            known = {row[0] for row in connection.query(
-                f"SELECT hash FROM {table} WHERE hash IN ({', '.join(['%s'] * len(chunk))})", chunk).fetchall()}
-            for name in chunk:
-                if name in known:
-                    continue
-                try:
-                    if dry_run:
-                        if external.upload_in_flight(name):
+        remove_orphans(external, store, {name: (name, info) for name, info in candidates.items()}, report, dry_run)
+
+
+def remove_orphans(external, store, candidates: dict[str, tuple[Any, Any]], report: GCReport, dry_run: bool) -> None:
+    """Remove the objects among ``candidates`` (lock name -> (hash as stored in the tracking table, listed
+    object)) that have no entry in ``external``'s tracking table: each under a lock on its key there, so an
+    insert committing that hash meanwhile waits, and only if no session holds its upload lock."""
+    connection = external.connection
+    table = external.full_table_name
+    names = list(candidates)
+    for start in range(0, len(names), 1000):
+        chunk = names[start:start + 1000]
+        known = {bytes(row[0]) if isinstance(row[0], (bytes, bytearray)) else row[0] for row in connection.query(
+            f"SELECT hash FROM {table} WHERE hash IN ({', '.join(['%s'] * len(chunk))})",
+            [candidates[name][0] for name in chunk]).fetchall()}
+        for name in chunk:
+            hash_, info = candidates[name]
+            if hash_ in known:
+                continue
+            try:
+                if dry_run:
+                    if external.upload_in_flight(name):
+                        continue
+                else:
+                    with connection.transaction():
+                        # Lock the key (a gap lock, as it has no entry): an insert committing this hash
+                        # meanwhile waits until the object is gone; one that re-used the object puts it
+                        # back (its commit), one that uploaded it holds its upload lock.
+                        if connection.query(f"SELECT 1 FROM {table} WHERE hash = %s FOR UPDATE",
+                                            (hash_,)).fetchone():
                             continue
-                    else:
-                        with connection.transaction():
-                            # Lock the key (a gap lock, as it has no entry): an insert committing this hash
-                            # meanwhile waits until the object is gone; one that re-used the object puts it
-                            # back (ExternalTable.commit), one that uploaded it holds its upload lock.
-                            if connection.query(f"SELECT 1 FROM {table} WHERE hash = %s FOR UPDATE",
-                                                (name,)).fetchone():
-                                continue
-                            if external.upload_in_flight(name):  # uploaded, its entry not yet inserted
-                                log.debug("object %s is being inserted: kept", name)
-                                continue
-                            store.remove(candidates[name].key)
-                    report.orphans.append(name)
-                    report.freed += candidates[name].size
-                except (DjfsError, OSError) as error:
-                    report.failed.append((name, str(error)))
+                        if external.upload_in_flight(name):  # uploaded, its entry not yet inserted
+                            log.debug("object %s is being inserted: kept", name)
+                            continue
+                        store.remove(info.key)
+                report.orphans.append(name)
+                report.freed += info.size
+            except (DjfsError, OSError) as error:
+                report.failed.append((name, str(error)))

@@ -8,7 +8,7 @@ The server knows the SQL types; what it can't say (that a ``char(43)`` is an ``e
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +17,10 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 #: djfs types that are not plain SQL types, kept as ``:<type>:`` at the start of the column comment
-SPECIAL_TYPE = re.compile(r"^:(?P<type>uuid|json|bool|external(?:-[a-z][a-z0-9_]*)?):(?P<comment>.*)$", re.S)
+SPECIAL_TYPE = re.compile(r"^:(?P<type>uuid|json|bool|external(?:-[a-z][a-z0-9_]*)?|npy@(?:[a-z][a-z0-9_]*)?"
+                          r"|(?:blob|attach|filepath)@[a-z][-\w]*|attach):(?P<comment>.*)$", re.S)
+#: DataJoint 0.12-0.14's own kinds (``djfs.external_dj``): the type is the kind, the store in ``Attribute.store``
+DATAJOINT_KINDS = ("blob@", "attach@", "filepath@", "attach")
 BLOB_TYPES = ("tinyblob", "blob", "mediumblob", "longblob")
 
 _NUMPY_TYPES = {
@@ -37,6 +40,9 @@ class Attribute:
     default: str | None
     comment: str
     store: str | None = None  # for external attributes: '' (default store) or the store's name
+    database: str | None = None  # the schema whose ``~external`` holds its objects (external attributes)
+    expression: str | None = None  # SQL of a computed attribute (``proj(x='a * 2')``), None for stored ones
+    serialization: str = "blob"  # for external attributes: 'blob' (external) or 'npy' (npy@, djfs.npy)
 
     @property
     def is_blob(self) -> bool:
@@ -47,6 +53,13 @@ class Attribute:
         return self.type == "external"
 
     @property
+    def external_type(self) -> str:
+        """An external attribute's type as declared: ``external[-store]`` or ``npy@[store]``."""
+        if self.serialization == "npy":
+            return f"npy@{self.store or ''}"
+        return "external" + (f"-{self.store}" if self.store else "")
+
+    @property
     def is_uuid(self) -> bool:
         return self.type == "uuid"
 
@@ -55,9 +68,14 @@ class Attribute:
         return self.type == "json"
 
     @property
+    def datajoint_kind(self) -> str | None:
+        """'blob@', 'attach@', 'filepath@' (DataJoint's external kinds) or 'attach' (in-table); else None."""
+        return self.type if self.type in DATAJOINT_KINDS else None
+
+    @property
     def holds_object(self) -> bool:
-        """Serialized values (blob or external): can't be restricted on, decoded when fetched."""
-        return self.is_blob or self.is_external
+        """Serialized values (blob, external, DataJoint's kinds): can't be restricted on, decoded when fetched."""
+        return self.is_blob or self.is_external or self.datajoint_kind is not None
 
     @property
     def base_sql_type(self) -> str:
@@ -93,21 +111,49 @@ class Heading:
         for row in rows:
             comment = row["Comment"] or ""
             sql_type = row["Type"]
-            kind, store = sql_type.split("(")[0].split(" ")[0], None
+            kind, store, serialization = sql_type.split("(")[0].split(" ")[0], None, "blob"
             special = SPECIAL_TYPE.match(comment)
             if special:
                 kind, comment = special.group("type"), special.group("comment")
                 if kind.startswith("external"):
                     store = kind[len("external-"):] if "-" in kind else ""
                     kind = "external"
+                elif kind.startswith("npy@"):
+                    store, kind, serialization = kind[len("npy@"):], "external", "npy"
+                elif "@" in kind:
+                    kind, store = kind.split("@")
+                    kind += "@"
             elif kind in BLOB_TYPES:
                 kind = "blob"
             else:
                 kind = sql_type
             attributes[row["Field"]] = Attribute(
                 name=row["Field"], sql_type=sql_type, type=kind, in_key=row["Key"] == "PRI",
-                nullable=row["Null"] == "YES", default=row["Default"], comment=comment, store=store)
+                nullable=row["Null"] == "YES", default=row["Default"], comment=comment, store=store,
+                database=database, serialization=serialization)
         return cls(attributes, status[0] if status else "")
+
+    # -- headings of derived queries (joins, projections, aggregations)
+    def join(self, other: "Heading") -> "Heading":
+        """DataJoint's join heading: both primary keys (ours first), then the remaining attributes; an
+        attribute secondary here and primary there joins the primary key."""
+        chosen = ([self[n] for n in self.primary_key]
+                  + [other[n] for n in other.primary_key if n not in self.primary_key]
+                  + [self[n] for n in self.secondary_attributes if n not in other.primary_key]
+                  + [other[n] for n in other.secondary_attributes if n not in self])
+        key = set(self.primary_key) | set(other.primary_key)
+        return Heading({a.name: replace(a, in_key=a.name in key) for a in chosen})
+
+    def with_primary_key(self, key: list[str]) -> "Heading":
+        """The same attributes with ``key`` as primary key (aggregations, ``U`` promotions), key first."""
+        names = list(key) + [n for n in self.names if n not in key]
+        return Heading({n: replace(self[n], in_key=n in key) for n in names})
+
+    @staticmethod
+    def computed(name: str, expression: str) -> Attribute:
+        """A secondary attribute computed in SQL; its values come back as the server sends them."""
+        return Attribute(name=name, sql_type="expression", type="expression", in_key=False, nullable=True,
+                         default=None, comment="", expression=expression)
 
     # -- views of the attributes
     @property
@@ -125,6 +171,11 @@ class Heading:
     @property
     def blobs(self) -> list[str]:
         return [name for name, attr in self.attributes.items() if attr.is_blob]
+
+    @property
+    def objects(self) -> list[str]:
+        """Attributes holding serialized values, which can't take part in a restriction."""
+        return [name for name, attr in self.attributes.items() if attr.holds_object]
 
     @property
     def externals(self) -> list[str]:

@@ -11,8 +11,10 @@ Secrets are masked in every ``repr`` and every message.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import warnings
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,6 +103,59 @@ def _location(value: Any) -> str | None:
     return value
 
 
+#: DataJoint 0.12-0.14's ``stores``: protocol -> (required keys, optional keys), as ``Config.get_store_spec``
+DATAJOINT_STORE_NAME = re.compile(r"^[a-z][-\w]*$")
+STORE_KEYS = {
+    "file": (("protocol", "location"), ("subfolding", "stage")),
+    "s3": (("protocol", "endpoint", "bucket", "access_key", "secret_key", "location"),
+           ("secure", "subfolding", "stage", "proxy_server")),
+}
+DEFAULT_SUBFOLDING = (2, 2)
+
+
+def store_spec(name: str, spec: Any) -> dict[str, Any]:
+    """One store of DataJoint's ``stores``, checked as DataJoint checks it (protocol, required and allowed keys)
+    and typed; ``subfolding`` defaults to (2, 2), ``secure`` to False. Errors name the key, never a secret."""
+    where = f"stores[{name!r}]"
+    if not isinstance(name, str) or not DATAJOINT_STORE_NAME.match(name):
+        raise ValueError(f"store name {str(name)[:60]!r} must match [a-z][-\\w]* (as in blob@<store>)")
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where} must be a mapping of protocol, location, ...")
+    protocol = str(spec.get("protocol", "")).lower()
+    if protocol not in STORE_KEYS:
+        raise ValueError(f"missing or invalid protocol in {where}: use 'file' or 's3'")
+    required, optional = STORE_KEYS[protocol]
+    missing = [key for key in required if key not in spec]
+    if missing:
+        raise ValueError(f"{where} is missing {missing[0]!r}")
+    unknown = [key for key in spec if key not in required and key not in optional]
+    if unknown:
+        raise ValueError(f"invalid key {str(unknown[0])[:60]!r} in {where}")
+    result: dict[str, Any] = {"protocol": protocol}
+    for key in required[1:] + ("stage", "proxy_server"):
+        if spec.get(key) is not None:
+            if not isinstance(spec[key], str):
+                raise ValueError(f"{where}[{key!r}] must be a string")
+            result[key] = spec[key]
+    folds = spec.get("subfolding", DEFAULT_SUBFOLDING)
+    if folds is None:
+        folds = ()
+    if (not isinstance(folds, (list, tuple)) or
+            not all(isinstance(f, int) and not isinstance(f, bool) and 0 < f <= 32 for f in folds)
+            or sum(folds) > 32):
+        raise ValueError(f"{where}['subfolding'] must be a list of positive lengths (e.g. [2, 2])")
+    result["subfolding"] = tuple(folds)
+    if protocol == "s3":
+        result["secure"] = _bool(spec.get("secure", False))
+    return result
+
+
+def _stores(value: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of store name -> store settings")
+    return {name: store_spec(name, spec) for name, spec in value.items()}
+
+
 def _verify_policy(value: Any) -> str:
     if value in ("always", "remote"):  # the names of earlier versions: both hash-checked something
         return "hash"
@@ -124,9 +179,36 @@ SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "store-timeout": (30.0, _positive_float),
     "store-retries": (3, _count(0)),
     "transfer-threads": (8, _count(1)),
-    "safemode": (False, _bool),
+    "safemode": (True, _bool),
     "verify-reads": ("hash", _verify_policy),
+    "stores": ({}, _stores),
+    "loglevel": (None, lambda v: _level(v)),
+    "fetch_format": ("array", lambda v: _choice(v, ("array", "frame"))),
+    "display.limit": (12, _count(1)),
 }
+
+#: DataJoint 0.14's keys djfs has no use for: accepted (a ``dj_local_conf.json`` written by DataJoint loads),
+#: kept as given, and named in one warning. Keys in ``SCHEMA`` are DataJoint's too but used.
+DATAJOINT_KEYS = {"connection.charset", "database.use_tls", "display.width", "display.show_tuple_count",
+                  "enable_python_native_blobs", "add_hidden_timestamp", "filepath_checksum_size_limit",
+                  "filepath_checksum_size_limit_insert", "cache", "custom", "query_cache", "plugin",
+                  "database.prefix", "download_path"}
+
+
+def _choice(value: Any, choices: tuple) -> Any:
+    if value not in choices:
+        raise ValueError(f"must be one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def _level(value: Any) -> str | None:
+    """A logging level name; setting it sets the level of djfs's loggers, as DataJoint's does for its own."""
+    if value is None:
+        return None
+    value = _choice(str(value).upper(), ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+    logging.getLogger("djfs").setLevel(value)
+    return value
+
 
 SECRET_KEYS = re.compile(r"(password|token|secret)", re.IGNORECASE)
 ENVIRONMENT = {"DJ_HOST": "database.host", "DJ_PORT": "database.port",
@@ -136,6 +218,8 @@ ENVIRONMENT = {"DJ_HOST": "database.host", "DJ_PORT": "database.port",
 def _validator(key: str) -> tuple[Any, Callable[[Any], Any]]:
     if key in SCHEMA:
         return SCHEMA[key]
+    if key in DATAJOINT_KEYS:
+        return None, lambda value: value
     if _STORE_KEY.match(key):
         return None, (_location if key.startswith("external-location") else _optional_string)
     raise ConfigError(f"unknown configuration key {key!r}; known keys: {', '.join(sorted(SCHEMA))}, "
@@ -144,6 +228,15 @@ def _validator(key: str) -> tuple[Any, Callable[[Any], Any]]:
 
 def is_secret(key: str) -> bool:
     return bool(SECRET_KEYS.search(key))
+
+
+def _masked(key: str, value: Any) -> Any:
+    """``value`` with secrets masked, also inside nested settings (DataJoint's ``stores`` hold ``secret_key``)."""
+    if is_secret(key) and value is not None:
+        return MASK
+    if isinstance(value, dict):
+        return {k: _masked(str(k), v) for k, v in value.items()}
+    return value
 
 
 class Config(MutableMapping):
@@ -162,11 +255,26 @@ class Config(MutableMapping):
         return self._values[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        self._set(key, value)
+        self._warn_ignored([key])
+
+    def _warn_ignored(self, keys: list[str]) -> None:
+        """One warning naming the DataJoint keys djfs ignores, each named once per configuration."""
+        warned = self.__dict__.setdefault("_warned", set())
+        ignored = sorted(k for k in keys if k in DATAJOINT_KEYS and k not in SCHEMA and k not in warned)
+        if ignored:
+            warned.update(ignored)
+            warnings.warn(f"djfs ignores these DataJoint settings (djfs has no such feature): {', '.join(ignored)}",
+                          stacklevel=3)
+
+    def _set(self, key: str, value: Any) -> None:
         _, validate = _validator(key)
         try:
             self._values[key] = validate(value)
         except (TypeError, ValueError) as error:
             shown = MASK if is_secret(key) else repr(value)
+            if key == "stores":  # a mapping holding secrets: the error names the store and key instead
+                raise ConfigError(f"bad configuration key 'stores': {error}") from None
             raise ConfigError(f"bad value {shown} for configuration key {key!r}: {error}") from None
 
     def __delitem__(self, key: str) -> None:
@@ -180,8 +288,7 @@ class Config(MutableMapping):
         return len(self._values)
 
     def masked(self) -> dict[str, Any]:
-        return {key: (MASK if is_secret(key) and value is not None else value)
-                for key, value in self._values.items()}
+        return {key: _masked(key, value) for key, value in self._values.items()}
 
     def __repr__(self) -> str:
         return f"Config({self.masked()!r})"
@@ -197,7 +304,8 @@ class Config(MutableMapping):
         if not isinstance(values, dict):
             raise ConfigError(f"configuration file {os.fspath(path)!r} must hold a JSON object")
         for key, value in values.items():
-            self[key] = value
+            self._set(key, value)
+        self._warn_ignored(list(values))
 
     def load_environment(self, environ: dict[str, str] | None = None) -> None:
         environ = os.environ if environ is None else environ
@@ -223,6 +331,31 @@ class Config(MutableMapping):
         """The location, account and token of the default store ('') or a named one."""
         suffix = f"-{store}" if store else ""
         return {part: self[f"external-{part}{suffix}"] for part in ("location", "account", "token")}
+
+
+class LazyConfig(Config):
+    """``djfs.config``: read from the file and the environment on first use, not when djfs is imported, so an
+    import never fails over a configuration file and a command can report its problem in one line."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] | None = None
+
+    @property
+    def _values(self) -> dict[str, Any]:
+        if self._loaded is None:
+            self._loaded = {}  # a failing load leaves the built-in defaults, and raises again next time
+            try:
+                loaded = load_default()
+            except ConfigError:
+                self._loaded = None
+                raise
+            self._loaded = loaded._values
+            self.__dict__["_warned"] = loaded.__dict__.get("_warned", set())
+        return self._loaded
+
+    @_values.setter
+    def _values(self, values: dict[str, Any]) -> None:
+        self._loaded = values
 
 
 def load_default() -> Config:

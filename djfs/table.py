@@ -7,24 +7,21 @@ method runs against that restricted set. Through ``TableMeta`` the same methods 
 
 from __future__ import annotations
 
-import datetime
-import decimal
-import json
 import logging
-import math
-import numbers
-import re
+import sys
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import blob
-from .condition import Not, Where, make_condition, sql_value
+from . import external_dj
+from .codec import DEFAULT, encode
+from .condition import Where, sql_value
 from .errors import DataError, DjfsError, DuplicateError, QueryError
-from .fetch import Fetch, Fetch1
-from .heading import Attribute, Heading
+from .expression import QueryExpression
+from .heading import Heading
+from .naming import class_name, master_of
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -35,7 +32,8 @@ log = logging.getLogger(__name__)
 #: names that, read on a table class, act on a fresh instance (``Mouse.insert1`` as in DataJoint)
 CLASS_METHODS = {"insert", "insert1", "delete", "delete_quick", "drop", "drop_quick", "describe", "fetch",
                  "fetch1", "heading", "restrict", "primary_key", "make_sql", "children", "parents",
-                 "external", "keys", "populate", "key_source", "full_table_name", "table_name", "where"}
+                 "external", "keys", "populate", "key_source", "full_table_name", "table_name", "where",
+                 "proj", "aggr", "aggregate", "join", "head", "tail", "query_name", "foreign_keys"}
 STATEMENT_SHARE = 0.75  # of max_allowed_packet one INSERT statement may fill
 
 
@@ -52,6 +50,18 @@ class TableMeta(type):
 
     def __sub__(cls, condition: Any) -> "Table":
         return cls() - condition
+
+    def __xor__(cls, condition: Any) -> "Table":
+        return cls() ^ condition
+
+    def __mul__(cls, other: Any) -> QueryExpression:
+        return cls() * other
+
+    def __matmul__(cls, other: Any) -> QueryExpression:
+        return cls() @ other
+
+    def __add__(cls, other: Any) -> QueryExpression:
+        return cls() + other
 
     def __len__(cls) -> int:
         return len(cls())
@@ -70,7 +80,7 @@ class TableMeta(type):
         return repr(cls()) if database else super().__repr__()
 
 
-class Table(metaclass=TableMeta):
+class Table(QueryExpression, metaclass=TableMeta):
     """Base of all table classes; the schema decorator sets ``database`` and ``connection``."""
 
     database: str | None = None
@@ -109,57 +119,17 @@ class Table(metaclass=TableMeta):
     def external(self) -> "ExternalTable":
         return self._schema.external
 
-    # -- restriction
-    def _copy(self) -> "Table":
-        other = object.__new__(type(self))
-        other._restrictions = list(self._restrictions)
-        return other
-
-    def restrict(self, condition: Any) -> "Table":
-        result = self._copy()
-        result._restrictions.append(make_condition(self, condition))
-        return result
-
-    def __and__(self, condition: Any) -> "Table":
-        return self.restrict(condition)
-
-    def __sub__(self, condition: Any) -> "Table":
-        return self.restrict(Not(condition))
-
     @property
-    def where(self) -> Where:
-        return Where.all(self._restrictions)
+    def query_name(self) -> str:
+        return self.full_table_name
 
-    def make_sql(self, columns: str | None = None) -> tuple[str, tuple]:
-        where = self.where
-        columns = columns or ", ".join(f"`{n}`" for n in self.heading.names)
-        return f"SELECT {columns} FROM {self.full_table_name} WHERE {where.sql}", where.args
+    def from_clause(self) -> tuple[str, tuple]:
+        return self.full_table_name, ()
 
-    def __len__(self) -> int:
-        sql, args = self.make_sql("COUNT(*)")
-        return int(self.connection.query(sql, args).fetchone()[0])
-
-    def __bool__(self) -> bool:
-        sql, args = self.make_sql("1")
-        return self.connection.query(sql + " LIMIT 1", args).fetchone() is not None
-
-    def __contains__(self, item: Any) -> bool:
-        return bool(self & item)
-
-    def __iter__(self):
-        return iter(self.fetch("KEY"))
-
-    def keys(self) -> list[dict]:
-        return self.fetch("KEY")
-
-    # -- fetch
-    @property
-    def fetch(self) -> Fetch:
-        return Fetch(self)
-
-    @property
-    def fetch1(self) -> Fetch1:
-        return Fetch1(self)
+    def _find_external(self, database: str) -> "ExternalTable | None":
+        if database == self.database and self._schema is not None:
+            return self._schema.external
+        return None
 
     # -- insert
     def insert1(self, row: Any, **kwargs: Any) -> None:
@@ -188,8 +158,10 @@ class Table(metaclass=TableMeta):
         for row in rows:
             self._check_required(row)
         externals = [n for n in names if heading[n].is_external]
-        pending = self.external.prepare(self, rows, externals) if externals else None
-        encoded = [[self._encode(heading[n], row.get(n), pending, index) for n in names]
+        objects = [n for n in names if heading[n].is_external or heading[n].datajoint_kind]
+        pending = external_dj.prepare(self, rows, objects) if objects else None
+        encoded = [[encode(heading[n], row.get(n), f"{self.full_table_name}.{n}",
+                           lambda index=index, n=n: pending.hash_of(index, n)) for n in names]
                    for index, row in enumerate(rows)]
         if pending is None:
             self._insert_rows(rows, names, encoded, None, replace, skip_duplicates, externals)
@@ -210,17 +182,17 @@ class Table(metaclass=TableMeta):
             first = heading.primary_key[0]
             suffix = f" ON DUPLICATE KEY UPDATE `{first}` = `{first}`"
         columns = ", ".join(f"`{n}`" for n in names)
-        placeholder = "(" + ", ".join(["%s"] * len(names)) + ")"
         with self.connection.transaction():
             if pending is not None:
                 if replace:
                     self._mark_replaced_externals(rows, externals)
                 pending.commit()
             for batch in self._batches(encoded, names):
-                sql = (f"{verb} INTO {self.full_table_name} ({columns}) VALUES "
-                       + ", ".join([placeholder] * len(batch)) + suffix)
+                values = ", ".join("(" + ", ".join("DEFAULT" if v is DEFAULT else "%s" for v in row) + ")"
+                                   for row in batch)
+                sql = f"{verb} INTO {self.full_table_name} ({columns}) VALUES {values}{suffix}"
                 try:
-                    self.connection.query(sql, [v for row in batch for v in row],
+                    self.connection.query(sql, [v for row in batch for v in row if v is not DEFAULT],
                                           context=f"insert into {self.full_table_name}")
                 except DuplicateError as error:
                     raise DuplicateError(f"{error} — use skip_duplicates=True or replace=True to allow it") \
@@ -232,6 +204,9 @@ class Table(metaclass=TableMeta):
     def _row_list(rows: Any) -> list:
         if isinstance(rows, np.ndarray) and rows.dtype.names:
             return list(rows)
+        if type(rows).__name__ == "DataFrame" and hasattr(rows, "to_dict"):  # pandas, e.g. from fetch(format="frame")
+            named_index = any(name is not None for name in rows.index.names)
+            return (rows.reset_index() if named_index else rows).to_dict("records")
         if isinstance(rows, Mapping):
             raise DataError("insert takes a list of rows; use insert1 for a single dict")
         return list(rows)
@@ -265,66 +240,12 @@ class Table(metaclass=TableMeta):
                 continue
             raise DataError(f"{self.full_table_name}: missing value for attribute {attribute.name!r}")
 
-    def _encode(self, attribute: Attribute, value: Any, pending: Any, index: int) -> Any:
-        """One value as the driver binds it, checked against its attribute's type."""
-        where = f"{self.full_table_name}.{attribute.name}"
-        if value is None or (isinstance(value, float) and math.isnan(value) and attribute.nullable):
-            if value is not None or attribute.nullable or attribute.default is not None:
-                return None
-            if not attribute.nullable:
-                raise DataError(f"{where} can't be NULL")
-        if attribute.is_external:
-            return pending.hash_of(index, attribute.name)
-        if attribute.is_blob:
-            return blob.pack(value)
-        if attribute.is_json:
-            try:
-                return json.dumps(value, default=_json_default)
-            except (TypeError, ValueError) as error:
-                raise DataError(f"{where}: value is not JSON-serializable: {error}") from None
-        if attribute.is_uuid:
-            try:
-                return sql_value(attribute, value)
-            except QueryError:
-                raise DataError(f"{where}: {value!r} is not a UUID") from None
-        if isinstance(value, np.generic):
-            value = value.item()
-        base = attribute.base_sql_type
-        if attribute.type == "bool":
-            if not isinstance(value, (bool, int, np.bool_)):
-                raise DataError(f"{where}: expected a bool, got {type(value).__name__}")
-            return int(value)
-        if re.match(r"^(tiny|small|medium|big)?int", base):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                if isinstance(value, float) and value.is_integer():
-                    return int(value)
-                raise DataError(f"{where}: expected an integer, got {value!r}")
-            return int(value)
-        if base.startswith(("float", "double", "real", "decimal")):
-            if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
-                raise DataError(f"{where}: expected a number, got {value!r}")
-            if isinstance(value, float) and math.isnan(value):
-                raise DataError(f"{where}: NaN can't be stored in a non-nullable attribute")
-            return value
-        if base.startswith(("char", "varchar", "enum", "tinytext", "text", "mediumtext", "longtext")):
-            if not isinstance(value, str):
-                raise DataError(f"{where}: expected a string, got {type(value).__name__}")
-            return value
-        if base.startswith(("date", "time", "year")):
-            if not isinstance(value, (str, int, datetime.date, datetime.time, datetime.timedelta,
-                                      np.datetime64)):
-                raise DataError(f"{where}: expected a date/time, got {type(value).__name__}")
-            if isinstance(value, np.datetime64):
-                value = value.astype("datetime64[us]").item()
-            return value
-        return value
-
     def _batches(self, rows: list[list], names: list[str]) -> Iterable[list[list]]:
         """Rows grouped so that no INSERT statement exceeds the server's ``max_allowed_packet``."""
         limit = int(self.connection.max_allowed_packet() * STATEMENT_SHARE)
         batch, size = [], 0
         for row in rows:
-            row_size = 64 + sum(2 * len(v) + 8 if isinstance(v, (bytes, str)) else 24 for v in row)
+            row_size = 64 + sum(2 * len(v) + 8 if isinstance(v, (bytes, str)) else 24 for v in row)  # noqa
             if row_size > limit:
                 big = max(range(len(row)), key=lambda i: len(row[i]) if isinstance(row[i], (bytes, str)) else 0)
                 raise DataError(f"{self.full_table_name}.{names[big]}: a value of {row_size} bytes exceeds the "
@@ -354,7 +275,7 @@ class Table(metaclass=TableMeta):
     def _mark_replaced_externals(self, rows: list[dict], externals: list[str]) -> None:
         key = self.primary_key
         restricted = self & [{k: row[k] for k in key} for row in rows if all(k in row for k in key)]
-        self.external.mark_deleted(restricted, externals)
+        self.external.mark_deleted(self.full_table_name, restricted.where, externals)
 
     # -- delete and drop
     def children(self) -> list[tuple[str, str, list[str], list[str]]]:
@@ -368,15 +289,51 @@ class Table(metaclass=TableMeta):
             (self.database, self.table_name)).fetchall()
         return [f"`{schema}`.`{table}`" for schema, table in rows if not table.startswith("~")]
 
+    def foreign_keys(self) -> list[tuple[str, str, list[str], list[str]]]:
+        """This table's foreign keys to other tables: (database, table, columns, referenced columns)."""
+        rows = self.connection.query(
+            "SELECT referenced_table_schema, referenced_table_name, constraint_name, column_name, "
+            "referenced_column_name FROM information_schema.key_column_usage WHERE table_schema = %s AND "
+            "table_name = %s AND referenced_table_name IS NOT NULL ORDER BY constraint_name, ordinal_position",
+            (self.database, self.table_name)).fetchall()
+        grouped: dict[tuple[str, str, str], tuple[list[str], list[str]]] = {}
+        for schema, parent, constraint, column, referenced in rows:
+            if not parent.startswith("~"):
+                columns, references = grouped.setdefault((schema, parent, constraint), ([], []))
+                columns.append(column)
+                references.append(referenced)
+        return [(schema, parent, cols, refs) for (schema, parent, _), (cols, refs) in grouped.items()]
+
     def delete_quick(self) -> int:
         """Delete the restricted rows of this table only (fails if other rows depend on them)."""
         with self.connection.transaction():
             return _delete_rows(self.connection, self.database, self.table_name, self.where, cascade=False)
 
-    def delete(self, safemode: bool | None = None) -> int:
-        """Delete the restricted rows and, in the same transaction, every row that depends on them."""
-        with self.connection.transaction():
-            count = _delete_rows(self.connection, self.database, self.table_name, self.where, cascade=True)
+    def delete(self, safemode: bool | None = None, force_parts: bool = False) -> int:
+        """Delete the restricted rows and, in the same transaction, every row that depends on them.
+
+        With ``safemode`` (the ``safemode`` setting unless given) the counts per table are shown and the
+        deletion is committed only if the user types ``yes``; without a terminal to ask on, it is refused.
+        Rows of a part table go only with their master's, unless ``force_parts`` (DataJoint's rule)."""
+        safemode = check_safemode(safemode, f"delete from {self.full_table_name}")
+        counts: dict[str, int] = {}
+        try:
+            with self.connection.transaction():
+                count = _delete_rows(self.connection, self.database, self.table_name, self.where, cascade=True,
+                                     counts=counts)
+                if not force_parts:
+                    _check_parts_with_masters(counts)
+                if safemode:
+                    for table, deleted in counts.items():
+                        if deleted:
+                            print(f"Deleting {deleted} rows from {table}")
+                    if not count:
+                        print("Nothing to delete.")
+                    elif not confirm("Commit deletes?"):
+                        raise _Cancelled
+        except _Cancelled:
+            print("Deletes cancelled.")
+            return 0
         log.info("deleted %d rows from %s", count, self.full_table_name)
         return count
 
@@ -384,11 +341,20 @@ class Table(metaclass=TableMeta):
         self.connection.query(f"DROP TABLE IF EXISTS {self.full_table_name}")
         type(self)._heading = None
 
-    def drop(self) -> None:
-        """Drop this table and the tables that depend on it, children first."""
+    def drop(self, safemode: bool | None = None) -> None:
+        """Drop this table and the tables that depend on it, children first (asking first in safemode)."""
         if self._restrictions:
             raise DjfsError("drop() applies to a whole table, not to a restriction")
+        safemode = check_safemode(safemode, f"drop {self.full_table_name}")
         order = _dependents_first(self.connection, self.database, self.table_name)
+        if safemode:
+            for database, table in reversed(order):
+                full = f"`{database}`.`{table}`"
+                rows = self.connection.query(f"SELECT COUNT(*) FROM {full}").fetchone()[0]
+                print(f"{full} ({rows} rows)")
+            if not confirm("Proceed?"):
+                print("Drop cancelled.")
+                return
         for database, table in order:
             with self.connection.transaction():
                 _delete_rows(self.connection, database, table, Where("TRUE"), cascade=False)
@@ -396,14 +362,25 @@ class Table(metaclass=TableMeta):
         type(self)._heading = None
 
     def describe(self, printout: bool = False) -> str:
-        """The table's definition, regenerated from the server."""
+        """The table's definition, regenerated from the server (foreign keys as ``-> Parent``)."""
         heading = self.heading
         lines = [f"# {heading.comment}"] if heading.comment else []
+        by_column = {}
+        for fk in self.foreign_keys():
+            for column in fk[2]:
+                by_column.setdefault(column, fk)
+        shown: set[int] = set()
         separated = False
         for attribute in heading:
             if not attribute.in_key and not separated:
                 lines.append("---")
                 separated = True
+            fk = by_column.get(attribute.name)
+            if fk is not None:
+                if id(fk) not in shown:
+                    shown.add(id(fk))
+                    lines.append(self._reference_line(fk, attribute.nullable))
+                continue
             default = ""
             if attribute.nullable:
                 default = " = null"
@@ -412,9 +389,11 @@ class Table(metaclass=TableMeta):
                     else f" = {attribute.default}"
             kind = attribute.type if attribute.type in ("uuid", "json", "bool", "blob") else attribute.sql_type
             if attribute.is_external:
-                kind = "external" + (f"-{attribute.store}" if attribute.store else "")
+                kind = attribute.external_type
             if attribute.is_blob:
                 kind = attribute.sql_type
+            if attribute.datajoint_kind:
+                kind = attribute.datajoint_kind + (attribute.store or "")
             comment = f"  # {attribute.comment}" if attribute.comment else ""
             lines.append(f"{attribute.name}{default} : {kind}{comment}")
         if not separated:
@@ -424,19 +403,65 @@ class Table(metaclass=TableMeta):
             print(text)
         return text
 
-    def __repr__(self) -> str:
+    def _reference_line(self, fk: tuple[str, str, list[str], list[str]], nullable: bool) -> str:
+        """``-> Parent``, ``-> [nullable] other_schema.Parent``, ``-> Parent.proj(new="old")``."""
+        database, table, columns, references = fk
+        name = class_name(table) if database == self.database else f"{database}.{class_name(table)}"
+        renames = ", ".join(f'{c}="{r}"' for c, r in zip(columns, references) if c != r)
+        return f"-> {'[nullable] ' if nullable else ''}{name}" + (f".proj({renames})" if renames else "")
+
+
+class FreeTable(Table):
+    """A table known by its name alone (no class): parents in key sources, tables found in the database."""
+
+    def __init__(self, connection: "Connection", database: str, table_name: str) -> None:
+        self.connection = connection
+        self.database = database
+        self._table_name = table_name
+        self._free_heading: Heading | None = None
+        self._restrictions = []
+
+    @property
+    def heading(self) -> Heading:
+        if self._free_heading is None:
+            self._free_heading = Heading.load(self.connection, self.database, self._table_name)
+        return self._free_heading
+
+
+def _check_parts_with_masters(counts: dict[str, int]) -> None:
+    """Refuse (rolling back) a delete that removed rows of a part table but none of its master's."""
+    for full_name, deleted in counts.items():
+        database, table = (part.strip("`") for part in full_name.split("`.`"))
+        master = master_of(table)
+        if deleted and master and not counts.get(f"`{database}`.`{master}`"):
+            raise DjfsError(f"Attempt to delete part table {full_name} before deleting from its master "
+                            f"`{database}`.`{master}` first (delete from the master, or pass force_parts=True)")
+
+
+class _Cancelled(Exception):
+    """The user answered no: roll the deletion back."""
+
+
+def check_safemode(safemode: bool | None, what: str, bypass: str = "safemode=False") -> bool:
+    """The effective safemode; refuses when it is on and no terminal can answer the question."""
+    if safemode is None:
+        from . import config
+        safemode = config["safemode"]
+    if safemode and not (sys.stdin is not None and sys.stdin.isatty()):
+        raise DjfsError(f"{what}: safemode is on and stdin is not a terminal, so nobody can confirm; pass "
+                        f"{bypass} (or set djfs.config['safemode'] = False) to go ahead without asking")
+    return bool(safemode)
+
+
+def confirm(question: str) -> bool:
+    """DataJoint's question: only ``yes`` goes ahead; Enter, ``no`` or end of input answers no."""
+    while True:
         try:
-            rows = self.fetch(limit=10, as_dict=True, format_objects=False)
-            count = len(self)
-        except DjfsError as error:
-            return f"<{type(self).__name__}: {error}>"
-        names = self.heading.names
-        lines = [f"{self.full_table_name}  ({count} rows)", "  ".join(names)]
-        for row in rows:
-            lines.append("  ".join("=OBJ=" if self.heading[n].holds_object else str(row[n]) for n in names))
-        if count > len(rows):
-            lines.append("...")
-        return "\n".join(lines)
+            answer = input(f"{question} [yes, No]: ").strip().lower()
+        except EOFError:
+            return False
+        if answer in ("yes", "no", ""):
+            return answer == "yes"
 
 
 def _hashable(value: Any) -> Any:
@@ -445,16 +470,6 @@ def _hashable(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return value.bytes
     return value
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (datetime.date, datetime.time, uuid.UUID, decimal.Decimal)):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _children(connection: "Connection", database: str, table: str):
@@ -472,25 +487,30 @@ def _children(connection: "Connection", database: str, table: str):
 
 
 def _delete_rows(connection: "Connection", database: str, table: str, where: Where, cascade: bool,
-                 depth: int = 0) -> int:
-    """Delete rows (children first when cascading); their external entries are marked ``deleted``."""
+                 depth: int = 0, counts: dict[str, int] | None = None) -> int:
+    """Delete rows (children first when cascading); their external entries are marked ``deleted``.
+
+    ``counts`` collects the rows deleted per table (parents first, as ``safemode`` shows them)."""
     if depth > 64:
         raise DjfsError("delete cascades deeper than 64 levels: is there a cycle of foreign keys?")
     full = f"`{database}`.`{table}`"
+    if counts is not None:
+        counts.setdefault(full, 0)
     if cascade:
         for child_db, child, columns, references in _children(connection, database, table):
             cols = ", ".join(f"`{c}`" for c in columns)
             refs = ", ".join(f"`{r}`" for r in references)
             child_where = Where(f"({cols}) IN (SELECT {refs} FROM {full} WHERE {where.sql})", where.args)
-            _delete_rows(connection, child_db, child, child_where, cascade=True, depth=depth + 1)
+            _delete_rows(connection, child_db, child, child_where, cascade=True, depth=depth + 1, counts=counts)
     if not table.startswith("~"):
-        heading = Heading.load(connection, database, table)
-        for name in heading.externals:
-            connection.query(
-                f"UPDATE `{database}`.`~external` SET status = 'deleted' WHERE hash IN "
-                f"(SELECT `{name}` FROM {full} WHERE {where.sql})", where.args)
+        externals = Heading.load(connection, database, table).externals
+        if externals:
+            from .external import ExternalTable
+            ExternalTable(connection, database).mark_deleted(full, where, externals)
     cursor = connection.query(f"DELETE FROM {full} WHERE {where.sql}", where.args, context=f"delete from {full}")
-    return cursor.rowcount if depth == 0 else cursor.rowcount
+    if counts is not None:
+        counts[full] += cursor.rowcount
+    return cursor.rowcount
 
 
 def _dependents_first(connection: "Connection", database: str, table: str) -> list[tuple[str, str]]:

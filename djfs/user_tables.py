@@ -11,29 +11,19 @@ from typing import Any
 
 from . import autopopulate
 from .errors import DeclarationError
+from .naming import BASE_NAME, PART_NAME, class_name, to_camel_case, to_snake_case  # noqa: F401 - re-exported
 from .table import Table
-
-CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
-
-
-def to_snake_case(name: str) -> str:
-    """``TwoPhotonScan`` → ``two_photon_scan``; refuses names that aren't CamelCase."""
-    if not CLASS_NAME.match(name):
-        raise DeclarationError(f"table class name {name!r} must be CamelCase (letters and digits, "
-                               "starting with a capital)")
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def to_camel_case(name: str) -> str:
-    """``two_photon_scan`` → ``TwoPhotonScan``."""
-    return "".join(part.capitalize() for part in name.split("_") if part)
-
 
 class UserTable(Table):
     tier_prefix = ""
+    #: regular expression of this tier's table names (DataJoint's), for classes made from the database
+    tier_regexp = BASE_NAME
+    _spawned_name: str | None = None  # the table's name when the class was made from the database
 
     @classmethod
     def make_table_name(cls) -> str:
+        if cls.__dict__.get("_spawned_name"):
+            return cls._spawned_name
         return cls.tier_prefix + to_snake_case(cls.__name__)
 
 
@@ -51,12 +41,13 @@ class AutoPopulate(UserTable):
     """Tables filled by ``populate()``, which calls ``make(key)`` for every key of ``key_source`` not yet in."""
 
     @property
-    def key_source(self) -> list[dict]:
-        return autopopulate.key_source(self)
+    def key_source(self) -> Any:
+        """The keys ``make`` is called with (those not yet in the table): override it with any query."""
+        return autopopulate.default_key_source(self)
 
-    def populate(self, restriction: Any = None, suppress_errors: bool = False,
-                 max_calls: int | None = None) -> list:
-        return autopopulate.populate(self, restriction, suppress_errors, max_calls)
+    def populate(self, *restrictions: Any, **options: Any) -> dict:
+        """See ``djfs.autopopulate.populate`` (DataJoint's arguments and result)."""
+        return autopopulate.populate(self, *restrictions, **options)
 
 
 class Imported(AutoPopulate):
@@ -75,15 +66,25 @@ class Part(UserTable):
 
     @classmethod
     def make_table_name(cls) -> str:
+        if cls.__dict__.get("_spawned_name"):
+            return cls._spawned_name
         if cls.master is None:
             raise DeclarationError(f"part table {cls.__name__} must be nested in its master's class")
         return cls.master.make_table_name() + "__" + to_snake_case(cls.__name__)
 
 
 TIER_PREFIXES = {"": "Manual", "#": "Lookup", "_": "Imported", "__": "Computed"}
+#: DataJoint's table names: tier by prefix; ``<master>__<part>`` is a part table
+TIERS: list[tuple[str, type]] = [("#" + BASE_NAME, Lookup), ("__" + BASE_NAME, Computed), ("_" + BASE_NAME, Imported),
+                                 (BASE_NAME, Manual)]
 
 
-def class_name(table_name: str) -> str:
-    """The DataJoint class name of a MySQL table name: ``__scan__roi`` → ``Scan.Roi``."""
-    stripped = table_name.lstrip("#_")
-    return ".".join(to_camel_case(part) for part in stripped.split("__"))
+def tier_of(table_name: str) -> tuple[type, str | None, str | None]:
+    """(tier class, master table, part name) of a table name; (None, None, None) if not DataJoint's."""
+    for pattern, tier in TIERS:
+        if re.fullmatch(pattern, table_name):
+            return tier, None, None
+    part = re.fullmatch(PART_NAME, table_name)
+    if part:
+        return Part, part.group("master"), part.group("part")
+    return None, None, None

@@ -137,7 +137,7 @@ def bench_s3_parallel(server, connection, repeat: int, port: int | None = None) 
         rows = [{"movie_id": i, "frames": a} for i, a in enumerate(arrays)]
         loop_in.append(timed(lambda: [Movie.insert1(row) for row in rows]))
         loop_out.append(timed(lambda: [(Movie & {"movie_id": i}).fetch1("frames") for i in range(len(rows))]))
-        Movie.delete()
+        Movie.delete(safemode=False)
         schema.external.gc()
         name2 = name + "p"
         server.create_bucket(name2.replace("_", "-"))

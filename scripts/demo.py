@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The demo: a small two-photon pipeline in djfs, mounted read-only and read through numpy.
+"""The demo: a small two-photon pipeline in djfs, mounted read-only and read through numpy and tifffile.
 
 Run through ``scripts/demo`` (which installs what is needed).  State lives in ``./.djfs-demo``:
 the MariaDB data, the file store, the cache and the mount point.  ``--clean`` removes it first.
@@ -78,10 +78,10 @@ def main() -> int:
     @schema
     class AlignedMovie(djfs.Imported):
         definition = """
-        # motion-aligned movies (external: kept in the file store, not in MySQL)
+        # motion-aligned movies (kept in the file store, not in MySQL)
         -> Scan
         ---
-        movie : external       # frames x height x width, float32
+        movie : npy@           # frames x height x width, float32: a real .npy, frames contiguous (+ a .tif view)
         mean_image : longblob  # small: kept in MySQL
         """
 
@@ -94,6 +94,9 @@ def main() -> int:
             mask : longblob
             """
 
+    if AlignedMovie.heading["movie"].serialization != "npy":
+        print("this demo's tables are from an older djfs (movie was `external`): run scripts/demo --clean")
+        return 1
     rng = np.random.default_rng(0)
     Mouse.insert([{"mouse_id": 1, "genotype": "GCaMP6s", "dob": "2026-01-05"},
                   {"mouse_id": 2, "genotype": "GCaMP8m", "dob": None}], skip_duplicates=True)
@@ -138,6 +141,7 @@ def main() -> int:
         print(f"shape {frames.shape}, mean {frames.mean():+.4f}; identical to fetch: "
               f"{np.array_equal(frames, movie[100:110, 64:128, 64:128])}")
         assert np.array_equal(frames, movie[100:110, 64:128, 64:128])
+        show_tiff(path.with_suffix(".tif"), movie)
     finally:
         if not args.keep_mounted:
             subprocess.run([sys.executable, "-m", "djfs.cli", "umount", str(mountpoint)], check=True)
@@ -147,6 +151,24 @@ def main() -> int:
             print(f"\nmounted at {mountpoint}; database on port {server.port}; "
                   f"stop with: djfs umount {mountpoint}; scripts/dbserver stop")
     return 0
+
+
+def show_tiff(path: Path, movie: np.ndarray) -> None:
+    """The movie's TIFF view, as Fiji/ImageJ or any TIFF reader sees it: a stack, read frame by frame."""
+    import tifffile
+
+    print(f"\n$ ls -l {path.parent}")
+    print(subprocess.run(["ls", "-l", str(path.parent)], capture_output=True, text=True, check=True).stdout)
+    with tifffile.TiffFile(path) as tif:
+        metadata = tif.imagej_metadata or {}
+        print(f">>> tifffile.TiffFile('{path}')")
+        print(f"ImageJ hyperstack: {tif.is_imagej}, frames={metadata.get('frames')}, series shape "
+              f"{tif.series[0].shape}, dtype {tif.series[0].dtype}, {len(tif.pages)} pages (IFDs)")
+        frames = tif.asarray(key=range(100, 110))
+    print(f">>> tif.asarray(key=range(100, 110)): shape {frames.shape}, identical to fetch: "
+          f"{np.array_equal(frames, movie[100:110])}")
+    assert np.array_equal(frames, movie[100:110])
+    print("(open the same file in Fiji: File > Import > TIFF Virtual Stack, or drag it in: a 300-frame stack)")
 
 
 if __name__ == "__main__":

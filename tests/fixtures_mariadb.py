@@ -26,9 +26,11 @@ def mariadb(tmp_path_factory):
 
 @pytest.fixture
 def db_config(mariadb):
-    """djfs.config pointed at the session's server (restored after the test)."""
+    """djfs.config pointed at the session's server (restored after the test); safemode off, as tests have no
+    one to answer its questions (tests of safemode turn it on)."""
     with djfs.config.override(**{"database.host": mariadb.host, "database.port": mariadb.port,
-                                 "database.user": mariadb.user, "database.password": mariadb.password}):
+                                 "database.user": mariadb.user, "database.password": mariadb.password,
+                                 "safemode": False}):
         djfs.conn(reset=True)
         yield djfs.config
 

@@ -127,3 +127,45 @@ def test_memo_serves_last_known_values_only_to_lookups_while_the_database_is_dow
         memo.get("k", down, stale_ok=False)
     with pytest.raises(Unavailable):
         memo.get("other", down, stale_ok=True)
+
+
+def test_memo_keeps_a_value_for_as_long_as_its_version():
+    memo = Memo(ttl=None)
+    loads = []
+
+    def load(value):
+        def run():
+            loads.append(value)
+            return value
+        return run
+    assert memo.get("k", load("a"), stale_ok=False, version=1) == "a"
+    assert memo.get("k", load("b"), stale_ok=False, version=1) == "a"  # same version: not loaded again
+    assert memo.get("k", load("c"), stale_ok=False, version=2) == "c"  # the table changed: loaded again
+    assert loads == ["a", "c"]
+    assert memo.fresh("k", 2) == "c" and memo.fresh("k", 1) is None
+
+
+def test_memo_weighs_values_and_expires_by_value():
+    memo = Memo(ttl=None, maxsize=10, stale_size=10, size=len)
+    assert memo.get("big", lambda: "x" * 11, stale_ok=False) == "x" * 11  # heavier than the cache: not kept
+    assert memo.fresh("big") is None and memo.stale("big") is None
+    memo.get("a", lambda: "y" * 6, stale_ok=False)
+    memo.get("b", lambda: "z" * 6, stale_ok=False)   # evicts "a": together they'd weigh 12
+    assert memo.fresh("a") is None and memo.fresh("b") == "z" * 6
+    timed = Memo(ttl=lambda value: value[1])
+    assert timed.get("short", lambda: ("s", 0.0), stale_ok=False) == ("s", 0.0)
+    assert timed.get("long", lambda: ("l", 60.0), stale_ok=False) == ("l", 60.0)
+    assert timed.fresh("short") is None and timed.fresh("long") == ("l", 60.0)
+
+
+@pytest.mark.parametrize("values", [{}, {"a": 1}, {"s": "ü \"q\" \\ \n", "n": None, "f": 2.5, "b": True},
+                                    {"doc": '{"x": [1, {"y": 2}]}', "k": 3}, {"doc": "[]"}])
+def test_row_json_is_the_indented_json_of_the_row(values):
+    import json
+
+    from djfs.heading import Heading
+    kinds = {"doc": ("longtext", "json"), "b": ("tinyint", "bool"), "f": ("double", None)}
+    heading = Heading({name: attribute(name, *kinds.get(name, ("varchar(64)", None))) for name in values})
+    document = views.row_json(heading, values)
+    expected = {name: json.loads(value) if name == "doc" else value for name, value in values.items()}
+    assert document == (json.dumps(expected, indent=2, ensure_ascii=False) + "\n").encode()

@@ -101,3 +101,65 @@ def test_parse_size(text, expected):
 def test_counts_must_be_sane(key, value):
     with pytest.raises(ConfigError, match=key):
         Config()[key] = value
+
+
+def datajoint_saved_config(dj_module, path):
+    """A configuration file exactly as DataJoint's own ``dj.config.save()`` writes it."""
+    dj_module.config.save(str(path))
+    return json.loads(path.read_text())
+
+
+def test_a_datajoint_config_file_loads_with_one_warning(tmp_path):
+    import datajoint
+    path = tmp_path / "dj_local_conf.json"
+    saved = datajoint_saved_config(datajoint, path)
+    assert "connection.charset" in saved and "display.width" in saved
+    config = Config()
+    with pytest.warns(UserWarning) as caught:
+        config.load(path)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "connection.charset" in message and "display.width" in message and "enable_python_native_blobs" in message
+    assert "safemode" not in message and "loglevel" not in message  # djfs uses these
+    assert config["safemode"] is True and config["fetch_format"] == "array" and config["display.limit"] == 12
+    assert config["connection.charset"] == ""
+    with pytest.warns(UserWarning, match="custom"):
+        config["custom"] = {"lab": "x"}
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config["connection.charset"] = "utf8"  # warned once already
+    with pytest.raises(ConfigError, match="unknown configuration key 'display.limt'"):
+        config["display.limt"] = 3  # typos are still caught
+    config["custom"] = {"lab": "x", "archive": {"access_key": "AK", "secret_key": "SK-very-secret"}}
+    assert "SK-very-secret" not in repr(config) and "AK" in repr(config)
+
+
+def test_datajoint_keys_djfs_uses(tmp_path):
+    import logging
+    try:
+        config = Config({"safemode": False, "fetch_format": "frame", "display.limit": 3, "loglevel": "warning"})
+        assert (config["safemode"], config["fetch_format"], config["display.limit"], config["loglevel"]) == \
+            (False, "frame", 3, "WARNING")
+        assert logging.getLogger("djfs").level == logging.WARNING
+    finally:
+        logging.getLogger("djfs").setLevel(logging.NOTSET)
+    with pytest.raises(ConfigError, match="fetch_format"):
+        config["fetch_format"] = "table"
+
+
+def test_configuration_is_read_on_first_use_not_at_import(tmp_path):
+    """``import djfs`` next to a broken configuration file works; the first use reports the problem."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    (tmp_path / "dj_local_conf.json").write_text(json.dumps({"database.port": "not a port"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJ_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    script = ("import djfs\nprint('imported')\ntry:\n    djfs.config['database.port']\n"
+              "except djfs.ConfigError as error:\n    print('first use:', error)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "imported" in result.stdout and "first use: bad value 'not a port'" in result.stdout

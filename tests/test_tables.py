@@ -315,11 +315,267 @@ def test_populate_calls_make_for_missing_keys(schema):
 
     Subject.insert([(1,), (2,), (3,)])
     assert len(Score.key_source) == 6
-    errors = Score.populate(suppress_errors=True)
-    assert [(key["subject"], key["method"]) for key, _ in errors] == [(3, "slow")]
+    result = Score.populate(suppress_errors=True)
+    assert result["success_count"] == 5
+    assert [(key["subject"], key["method"], message) for key, message in result["error_list"]] == \
+        [(3, "slow", "RuntimeError: failed halfway")]
     assert len(Score) == 5 and (3, "slow") not in set(zip(*Score.fetch("subject", "method")))  # rolled back
-    assert Score.key_source == [{"subject": 3, "method": "slow"}]
-    Score.populate({"subject": 1})  # nothing left for subject 1
+    assert (Score.key_source - Score).fetch("KEY") == [{"subject": 3, "method": "slow"}]  # as DataJoint: all keys
+    assert Score.populate({"subject": 1}, "method = 'fast'") == {"success_count": 0, "error_list": []}
     assert len(Score.calls) == 6
+    with pytest.raises(djfs.DjfsError, match="order"):
+        Score.populate(order="sideways")
     with pytest.raises(RuntimeError, match="halfway"):
         Score.populate()
+
+
+# -- bugs of issue 9: each test failed before its fix -----------------------------------------------------
+
+
+def test_populate_uses_the_tables_own_key_source(schema):
+    @schema
+    class Subject(djfs.Manual):
+        definition = """
+        subject : int
+        ---
+        notes = "" : varchar(16)
+        """
+
+    @schema
+    class Rig(djfs.Lookup):
+        definition = """
+        rig : varchar(8)
+        ---
+        notes = "" : varchar(16)
+        """
+        contents = [("a", "first"), ("b", "second")]
+
+    @schema
+    class Both(djfs.Computed):
+        definition = """
+        -> Subject
+        -> Rig
+        """
+
+        def make(self, key):
+            self.insert1(key)
+
+    @schema
+    class Some(djfs.Computed):
+        definition = """
+        -> Subject
+        """
+
+        @property
+        def key_source(self):
+            return Subject & "subject < 3"
+
+        def make(self, key):
+            self.insert1(key)
+
+    Subject.insert([(1, "x"), (2, "y"), (3, "z")])
+    # parents sharing the secondary attribute's name 'notes' still combine: the key source joins primary keys
+    assert len(Both.key_source) == 6
+    assert Both.populate(order="reverse", max_calls=2)["success_count"] == 2
+    assert Both.fetch("KEY", order_by="KEY") == [{"subject": 3, "rig": "a"}, {"subject": 3, "rig": "b"}]
+    Both.populate(keys=[{"subject": 1, "rig": "b"}])
+    assert {"subject": 1, "rig": "b"} in Both and len(Both) == 3
+    Both.populate(display_progress=True)
+    assert len(Both) == 6
+    Some.populate()
+    assert sorted(Some.fetch("subject")) == [1, 2]
+
+
+def test_failed_make_leaves_nothing_when_it_is_the_first_external_insert(schema, schema_name, connection, backend):
+    """A new process (a new Schema object on existing tables) whose first external insert happens inside
+    make(): no DDL runs in the transaction, so the master row goes away with the failure."""
+    backend(schema)
+
+    @schema
+    class Source(djfs.Manual):
+        definition = "source : int"
+
+    def classes(target):
+        class Result(djfs.Computed):
+            definition = """
+            -> Source
+            ---
+            value : external
+            """
+
+            def make(self, key):
+                self.insert1({**key, "value": np.arange(10)})
+                raise RuntimeError("make failed after its insert")
+
+        return target(Result, context={"Source": Source})
+
+    classes(schema)
+    Source.insert1((1,))
+    fresh = djfs.Schema(schema_name, connection=connection)  # as another process would open it
+    backend(fresh)
+    Result = classes(fresh)
+    with pytest.raises(RuntimeError, match="make failed"):
+        Result.populate()
+    assert len(Result) == 0
+
+
+def test_ddl_is_refused_inside_a_transaction(connection, schema_name, schema):
+    with pytest.raises(QueryError, match="DDL"):
+        with connection.transaction():
+            connection.query(f"CREATE TABLE `{schema_name}`.`t` (i int PRIMARY KEY)")
+    assert "t" not in schema.list_tables()
+
+
+def test_none_for_an_attribute_with_a_default_sends_default(lab):
+    Mouse = lab["Mouse"]
+    Mouse.insert1({"mouse_id": 1, "species": "mouse", "sex": None, "weight": None, "dob": None})
+    assert Mouse.fetch1("sex", "weight", "dob") == ("unknown", 20.5, None)
+    with pytest.raises(DataError, match="species"):
+        Mouse.insert1({"mouse_id": 2, "species": None})
+
+
+def test_describe_shows_foreign_keys(lab):
+    text = lab["Session"].describe()
+    assert "-> Mouse" in text and "mouse_id" not in text
+    assert "-> Species" in lab["Mouse"].describe()
+    assert "-> Analysis" in lab["Analysis"].Roi.describe()
+
+
+def test_deleted_rows_mark_their_external_entries_with_the_time(schema, connection, backend):
+    backend(schema)
+
+    @schema
+    class Movie(djfs.Manual):
+        definition = """
+        movie : int
+        ---
+        frames : external
+        """
+
+    Movie.insert1((1, np.arange(5)))
+    external = f"`{schema.database}`.`~external`"
+    connection.query(f"UPDATE {external} SET timestamp = '2001-01-01 00:00:00'")
+    (Movie & {"movie": 1}).delete()
+    status, stamp = connection.query(f"SELECT status, timestamp FROM {external}").fetchone()
+    assert status == "deleted" and stamp.year > 2001
+
+
+SAFEMODE_SCRIPT = """
+import sys, djfs
+lab = djfs.VirtualModule("lab", sys.argv[1])
+{action}
+print("left:", len(lab.Mouse), len(lab.Session))
+"""
+
+
+def _run_on_terminal(script: str, answer: str | None, env: dict) -> tuple[int, str]:
+    """Run ``script`` with a real terminal (a pty) as stdin and stdout; type ``answer`` at the question."""
+    import os
+    import subprocess
+    import sys
+    import time
+    primary, secondary = os.openpty()
+    process = subprocess.Popen([sys.executable, "-c", script[0], *script[1:]], stdin=secondary, stdout=secondary,
+                               stderr=secondary, env=env, close_fds=True)
+    os.close(secondary)
+    output, deadline, answered = b"", time.monotonic() + 60, False
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # EIO: the program ended and the terminal closed
+            break
+        if not chunk:
+            break
+        output += chunk
+        if answer is not None and not answered and b"[yes, No]:" in output:
+            os.write(primary, answer.encode() + b"\n")
+            answered = True
+    os.close(primary)
+    return process.wait(timeout=30), output.decode(errors="replace")
+
+
+def _run_without_terminal(script: str, database: str, env: dict):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", script, database], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+@pytest.fixture
+def safemode_env(lab, mariadb):
+    import os
+    lab["Mouse"].insert([(1, "mouse", None, "F", 20.0), (2, "rat", None, "M", 21.0)])
+    lab["Session"].insert([{"mouse_id": 1, "session": s} for s in (1, 2, 3)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJ_")}
+    env.update(DJ_HOST=mariadb.host, DJ_PORT=str(mariadb.port), DJ_USER=mariadb.user or "",
+               DJ_PASS=mariadb.password or "", PYTHONPATH=os.pathsep.join(filter(None, [
+                   os.path.dirname(os.path.dirname(djfs.__file__)), os.environ.get("PYTHONPATH")])))
+    return env
+
+
+@pytest.mark.parametrize("answer, left", [("yes", "left: 1 0"), ("no", "left: 2 3")])
+def test_safemode_delete_asks_on_a_terminal(lab, safemode_env, answer, left):
+    script = SAFEMODE_SCRIPT.format(action='(lab.Mouse & {"mouse_id": 1}).delete()')
+    code, output = _run_on_terminal([script, lab["Mouse"].database], answer, safemode_env)
+    assert code == 0, output
+    assert "Deleting 1 rows from" in output and "Deleting 3 rows from" in output  # counts per table
+    assert left in output
+    assert len(lab["Mouse"]) == int(left.split()[1])
+
+
+def test_safemode_drop_asks_on_a_terminal(lab, safemode_env, schema):
+    script = SAFEMODE_SCRIPT.format(action="lab.Session.drop()")
+    code, output = _run_on_terminal([script, lab["Mouse"].database], "no", safemode_env)
+    assert code == 0, output
+    assert "session` (3 rows)" in output and "Drop cancelled" in output
+    assert "session" in schema.list_tables()
+
+
+def test_safemode_refuses_without_a_terminal(lab, safemode_env):
+    script = SAFEMODE_SCRIPT.format(action='(lab.Mouse & {"mouse_id": 1}).delete()')
+    result = _run_without_terminal(script, lab["Mouse"].database, safemode_env)
+    assert result.returncode != 0 and "stdin is not a terminal" in result.stderr
+    assert len(lab["Session"]) == 3
+    script = SAFEMODE_SCRIPT.format(action='(lab.Mouse & {"mouse_id": 1}).delete(safemode=False)')
+    result = _run_without_terminal(script, lab["Mouse"].database, safemode_env)
+    assert result.returncode == 0 and "left: 1 0" in result.stdout, result.stderr
+
+
+def test_safemode_schema_drop(lab, safemode_env, schema_name, connection):
+    script = SAFEMODE_SCRIPT.format(action="lab.schema.drop()")
+    result = _run_without_terminal(script, schema_name, safemode_env)
+    assert result.returncode != 0 and "pass force=True" in result.stderr
+    code, output = _run_on_terminal([script.replace("print(", "0 and print("), schema_name], "yes", safemode_env)
+    assert code == 0 and "session` (3 rows)" in output, output
+    assert connection.query("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+                            (schema_name,)).fetchone() is None
+
+
+def test_part_rows_go_only_with_their_master(lab):
+    lab["Mouse"].insert1({"mouse_id": 1, "species": "mouse"})
+    lab["Session"].insert1({"mouse_id": 1, "session": 1})
+    lab["Trace"].insert1({"mouse_id": 1, "session": 1, "trace": np.arange(3)})
+    lab["Analysis"].insert1({"mouse_id": 1, "session": 1, "score": 1.0})
+    Roi = lab["Analysis"].Roi
+    Roi.insert([{"mouse_id": 1, "session": 1, "roi": r, "uid": uuid.uuid4(), "flag": 0} for r in range(2)])
+    with pytest.raises(djfs.DjfsError, match="before deleting from its master"):
+        (Roi & {"roi": 0}).delete()
+    assert len(Roi) == 2  # rolled back
+    assert (Roi & {"roi": 0}).delete(force_parts=True) == 1
+    (lab["Analysis"] & {"session": 1}).delete()
+    assert len(Roi) == 0 and len(lab["Analysis"]) == 0
+
+
+def test_spawn_missing_classes(lab, schema_name, connection):
+    context = {"Mouse": lab["Mouse"]}
+    djfs.Schema(schema_name, connection=connection, create_schema=False).spawn_missing_classes(context)
+    assert context["Mouse"] is lab["Mouse"]  # classes already there are left alone
+    assert issubclass(context["Species"], djfs.Lookup) and issubclass(context["Trace"], djfs.Imported)
+    assert issubclass(context["Analysis"], djfs.Computed) and issubclass(context["Session"], djfs.Manual)
+    assert context["Analysis"].Roi.master is context["Analysis"] and "Roi" not in context
+    assert sorted(context["Species"].fetch("species")) == ["mouse", "rat"]
+    context["Mouse"].insert1({"mouse_id": 1, "species": "rat"})
+    context["Session"].insert1({"mouse_id": 1, "session": 1})
+    assert len(lab["Session"] * context["Mouse"].proj()) == 1
+    with pytest.raises(djfs.DjfsError, match="does not exist"):
+        djfs.VirtualModule("nothing", "djfs_no_such_schema")

@@ -10,7 +10,8 @@ blob, connection):
 
 ``paths``       primary-key values <-> directory names (reversible percent-encoding)
 ``views``       how one stored value becomes one file (.npy range-mapped, .bin raw bytes, .blob, row.json)
-``tree``        path -> (schema, table, key, file); all SQL of the view; paging by key; TTL caches
+``tree``        path -> (schema, table, key, file); all SQL of the view; paging by key; caches kept while a
+                table's change probe says it is unchanged
 ``reader``      bytes of stored objects: cache files, blocks, streaming read-ahead, single flight
 ``operations``  thin mfusepy Operations over tree + reader; everything else is EROFS
 ``mount``       options, the daemon, mounting in the background, unmounting (also stale mounts)

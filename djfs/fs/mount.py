@@ -14,8 +14,9 @@ file_mode=, dir_mode=  0444, 0555  permission bits shown (octal)
 entry_timeout=         1           seconds the kernel trusts a name (libfuse option)
 attr_timeout=          1           seconds the kernel trusts attributes (libfuse option)
 negative_timeout=      0           seconds the kernel remembers a missing name (libfuse option)
-listing_timeout=       1           seconds a listing or a row's metadata is reused; new and deleted rows show up
-                                   or vanish within listing_timeout + entry_timeout
+listing_timeout=       1           seconds between two checks that a table is unchanged (listings and rows are
+                                   reused while it is); new, changed and deleted rows show up or vanish within
+                                   listing_timeout + entry_timeout
 heading_timeout=       30          seconds a table's heading is reused
 catalog_timeout=       10          seconds a path lookup may reuse the lists of schemas and tables (listing them
                                    refreshes them); new tables show up in listings within listing_timeout
@@ -30,7 +31,7 @@ store_retries=         config      retries per store request (``store-retries``)
 failure_ttl=           1           seconds a failed block read fails fast before the store is asked again
 db_timeout=            10          seconds per SQL query
 sql_threads=           4           database connections of the mount
-page_size=             10000       rows per listing query
+page_size=             10000       rows per listing query (with every column their files need)
 read_buf=              1           let libfuse read cache files itself (0: copy through Python)
 splice=                0           splice cache-file data into /dev/fuse
 read_ahead_kb=         1024        kernel read-ahead of the mount (root only; 0 keeps the kernel's 128)
@@ -388,7 +389,7 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     from .. import config
 
     mfusepy = load_mfusepy(options.libfuse)  # before operations imports it: see djfs.fs.libfuse
-    from .operations import Operations
+    from .operations import FileSystem, Operations
 
     _apply_config(config, options)
     _tune_malloc(options.block_size)
@@ -407,7 +408,7 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     if debug:
         fuse_options["debug"] = True
     log.info("mounting %s with %s (cache %s)", mountpoint, describe(mfusepy), config["cache-location"])
-    mfusepy.FUSE(operations, mountpoint, raw_fi=True, **fuse_options)
+    FileSystem(operations, mountpoint, raw_fi=True, **fuse_options)
     return 0
 
 

@@ -8,6 +8,9 @@
   hash for external values and from the path for everything else.
 * ``read_buf`` hands libfuse the cache file's descriptor and position for data that lies in a cache file, so the
   bytes go from the page cache to the kernel without passing through Python; everything else is copied once.
+* ``readdir`` (``FileSystem``, libfuse 3) hands the kernel every entry's attributes (readdirplus), so a listing
+  also answers its entries' stats; there is no opendir/releasedir, and ``security.*``/``system.*`` xattrs answer
+  EOPNOTSUPP: ``ls -lR`` costs about one call per directory, not several per entry.
 * Every write-like operation answers EROFS; store and database trouble answer EIO; unknown paths ENOENT.
 """
 
@@ -32,6 +35,7 @@ from ..errors import BlobError, DjfsError
 from ..settings import Config
 from ..stores import configured_store
 from . import views
+from .datajoint_files import DataJointFiles
 from .libfuse import describe, load_mfusepy
 from .reader import Handle, MemoryHandle, Piece, Reader, Stats, StoredObject, join
 from .tree import Database, DatabaseError, Node, NotFound, Tree, Unavailable
@@ -101,6 +105,50 @@ def _read_only(*_: Any, **__: Any) -> int:
     raise mfusepy.FuseOSError(errno.EROFS)
 
 
+FUSE_READDIR_PLUS = 1 << 0   # libfuse 3: the kernel asks for the entries' attributes (readdirplus)
+FUSE_FILL_DIR_PLUS = 1 << 1  # libfuse 3: this entry's attributes are complete
+
+
+class FileSystem(mfusepy.FUSE):
+    """mfusepy's FUSE with readdirplus: mfusepy (3.1) hands libfuse only an entry's type and inode; when the
+    kernel asks for attributes, this hands over all of them, so listing a directory also answers the stats of
+    its entries (``ls -l``, ``ls -lR``, ``find -size``) without one getattr round trip per entry.
+
+    Entries go with offsets (their index + 1): libfuse before 3.17 drops the attributes of entries given
+    without one.  The kernel then asks for the listing a buffer at a time; ``Operations.directory`` keeps it
+    meanwhile, so it is built once per listing."""
+
+    _pinned: set[int] = set()  # libfuse threads whose Python thread state is kept
+
+    def _wrapper(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Every call, on libfuse's own threads: keep each such thread's Python thread state from one call to
+        the next (one ``PyGILState_Ensure`` never released) instead of Python creating and destroying one per
+        call (ctypes callbacks on foreign threads): a fifth of the daemon's CPU time in ``ls -lR``."""
+        thread = threading.get_ident()
+        if thread not in self._pinned:
+            ctypes.pythonapi.PyGILState_Ensure()
+            self._pinned.add(thread)
+        return super()._wrapper(func, *args, **kwargs)
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        decoded = "/" if path is None else path.decode(self.encoding, self.errors)
+        operations = self.operations
+        entries = operations.directory(decoded, offset)
+        plus = bool(flags & FUSE_READDIR_PLUS)
+        entry = mfusepy.c_stat()
+        for index in range(offset, len(entries)):
+            name, spec = entries[index]
+            ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
+            complete = FUSE_FILL_DIR_PLUS if plus and name not in (".", "..") else 0
+            if complete:
+                mfusepy.set_st_attrs(entry, operations.entry_attributes(decoded, name, spec), use_ns=self.use_ns)
+            else:  # the kernel keeps only the type and the inode
+                entry.st_mode, entry.st_ino = operations.entry_type(decoded, name, spec)
+            if filler(buf, name.encode(self.encoding, self.errors), entry, index + 1, complete) != 0:
+                break
+        return 0
+
+
 class Operations(mfusepy.Operations):
     """The read-only view; see the module docstring."""
 
@@ -112,11 +160,14 @@ class Operations(mfusepy.Operations):
         self.config = config
         self.stats = Stats()
         self._tree: Tree | None = None
+        self._datajoint: DataJointFiles | None = None
         self._reader: Reader | None = None
         self._database: Database | None = None
         self._handles: dict[int, Handle] = {}
         self._numbers = itertools.count(1)
         self._identities: LRUCache = LRUCache(maxsize=100_000)  # path -> content identity at its last open
+        # path -> its entries while FileSystem.readdir_fuse_3 hands them out (bounded in entries: a reader may stop)
+        self._directories: LRUCache = LRUCache(maxsize=2_000_000, getsizeof=len)
         self._lock = threading.Lock()
 
     # -- life cycle ------------------------------------------------------------------------------------------
@@ -125,10 +176,11 @@ class Operations(mfusepy.Operations):
         """libfuse has mounted (and, in the background, forked): only now start threads and connections."""
         options = self.options
         self._database = Database(self.config, threads=options.sql_threads, timeout=options.db_timeout)
+        cache = open_cache(self.config["cache-location"], self.config["cache-size"])
+        self._datajoint = DataJointFiles(self.config, cache, self.stats)
         self._tree = Tree(self._database, schemas=options.schemas, listing_timeout=options.listing_timeout,
                           heading_timeout=options.heading_timeout, catalog_timeout=options.catalog_timeout,
-                          page_size=options.page_size)
-        cache = open_cache(self.config["cache-location"], self.config["cache-size"])
+                          page_size=options.page_size, datajoint=self._datajoint)
         self._reader = Reader(cache, block_size=options.block_size, part_size=options.part_size,
                               whole_max=options.whole_max, readahead=options.readahead,
                               threads=options.prefetch_threads, memory=options.block_memory,
@@ -183,6 +235,8 @@ class Operations(mfusepy.Operations):
         self._handles.clear()
         if self._reader is not None:
             self._reader.close()
+        if self._datajoint is not None:
+            self._datajoint.close()
         if self._database is not None:
             self._database.close()
 
@@ -199,23 +253,28 @@ class Operations(mfusepy.Operations):
     # -- metadata --------------------------------------------------------------------------------------------
 
     def _attributes(self, node: Node) -> dict[str, Any]:
-        options = self.options
-        mtime = int(node.mtime * 1e9)
-        attributes = {"st_uid": options.uid, "st_gid": options.gid, "st_atime": mtime, "st_mtime": mtime,
-                      "st_ctime": mtime}
         if node.is_dir:
-            attributes.update(st_mode=stat.S_IFDIR | options.dir_mode, st_nlink=2, st_size=0,
-                              st_ino=self._directory_inode(node.path))
-        else:
-            assert node.file is not None
-            size = node.file.size
-            attributes.update(st_mode=stat.S_IFREG | options.file_mode, st_nlink=1, st_size=size,
-                              st_ino=node.file.ino, st_blocks=(size + 511) // 512)
-        attributes["st_blksize"] = 1 << 20  # tools (cat, cp) read in st_blksize pieces: ask for big reads
-        return attributes
+            return self._directory_attributes(node.path, node.mtime)
+        assert node.file is not None
+        return self._file_attributes(node.file)
+
+    def _directory_attributes(self, path: str, mtime: float) -> dict[str, Any]:
+        return self._owned(mtime, st_mode=stat.S_IFDIR | self.options.dir_mode, st_nlink=2, st_size=0,
+                           st_ino=self._directory_inode(path))
+
+    def _file_attributes(self, spec: views.FileSpec) -> dict[str, Any]:
+        return self._owned(spec.mtime, st_mode=stat.S_IFREG | self.options.file_mode, st_nlink=1,
+                           st_size=spec.size, st_ino=spec.ino, st_blocks=(spec.size + 511) // 512)
+
+    def _owned(self, mtime: float, **attributes: Any) -> dict[str, Any]:
+        nanoseconds = int(mtime * 1e9)
+        # tools (cat, cp) read in st_blksize pieces: ask for big reads
+        return {"st_uid": self.options.uid, "st_gid": self.options.gid, "st_atime": nanoseconds,
+                "st_mtime": nanoseconds, "st_ctime": nanoseconds, "st_blksize": 1 << 20, **attributes}
 
     @_fuse_errors
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        self.stats.add("getattrs")
         return self._attributes(self.tree.lookup(path))
 
     @_fuse_errors
@@ -225,20 +284,49 @@ class Operations(mfusepy.Operations):
         self.tree.lookup(path)
         return 0
 
-    @_fuse_errors
-    def opendir(self, path: str) -> int:
-        if not self.tree.lookup(path).is_dir:
-            raise mfusepy.FuseOSError(errno.ENOTDIR)
-        return 0
+    # No opendir or releasedir: each would cost a Python call per directory (``ls -lR`` opens every row's), and
+    # the kernel already refuses to list a file (ENOTDIR); a path that is gone fails in readdir (ENOENT).
+    opendir = releasedir = None  # type: ignore[assignment]
 
     @_fuse_errors
-    def readdir(self, path: str, fh: int) -> list:
-        # with use_ino, an entry's inode must be given here too (an entry with inode 0 is skipped)
-        entries: list = [(".", {"st_mode": stat.S_IFDIR, "st_ino": self._directory_inode(path)}, 0),
-                         ("..", {"st_mode": stat.S_IFDIR, "st_ino": self._directory_inode(os.path.dirname(path))}, 0)]
-        for name, is_dir, inode in self.tree.list(path):
-            entries.append((name, {"st_mode": stat.S_IFDIR if is_dir else stat.S_IFREG, "st_ino": inode}, 0))
+    def directory(self, path: str, offset: int = 0, keep: bool = True) -> list[tuple[str, views.FileSpec | None]]:
+        """A directory's entries (name, file spec or None for a directory), dots first.  Listed afresh when
+        read from the start, else (``keep``) kept while the kernel reads them a buffer at a time, and let go at
+        the end."""
+        with self._lock:
+            entries = None if offset == 0 else self._directories.get(path)
+        if entries is None:
+            self.stats.add("readdirs")
+            entries = [(".", None), ("..", None), *self.tree.list(path)]
+        with self._lock:
+            if keep and offset < len(entries):
+                try:
+                    self._directories[path] = entries
+                except ValueError:  # more entries than the bound: listed again for each buffer
+                    pass
+            else:
+                self._directories.pop(path, None)
         return entries
+
+    def entry_attributes(self, path: str, name: str, spec: views.FileSpec | None) -> dict[str, Any]:
+        """The attributes of one entry of directory ``path`` (complete: readdirplus hands them to the kernel)."""
+        if spec is not None:
+            return self._file_attributes(spec)
+        return self._directory_attributes(f"{path.rstrip('/')}/{name}", self.tree.started)
+
+    def entry_type(self, path: str, name: str, spec: views.FileSpec | None) -> tuple[int, int]:
+        """(type, inode) of one entry of directory ``path``: all a plain readdir tells the kernel (with use_ino,
+        an entry's inode must be given: an entry with inode 0 is skipped)."""
+        if spec is not None:
+            return stat.S_IFREG, spec.ino
+        if name in (".", ".."):
+            return stat.S_IFDIR, self._directory_inode(path if name == "." else os.path.dirname(path))
+        return stat.S_IFDIR, self._directory_inode(f"{path.rstrip('/')}/{name}")
+
+    def readdir(self, path: str, fh: int) -> list:
+        """Every entry with its type and inode, for mfusepy (libfuse 2)."""
+        return [(name, dict(zip(("st_mode", "st_ino"), self.entry_type(path, name, spec))), 0)
+                for name, spec in self.directory(path, 0, False)]
 
     @staticmethod
     def _directory_inode(path: str) -> int:
@@ -253,6 +341,10 @@ class Operations(mfusepy.Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if path == "/" and name == STATS_XATTR:
             return json.dumps(self.stats_snapshot(), sort_keys=True).encode()
+        if name.startswith(("security.", "system.")):
+            # "not supported" rather than "not set": ls -l then stops asking, for this mount, for the SELinux label
+            # and the ACL of every entry (two round trips per entry otherwise)
+            raise mfusepy.FuseOSError(errno.EOPNOTSUPP)
         raise mfusepy.FuseOSError(ENODATA)
 
     def listxattr(self, path: str) -> list[str]:
@@ -298,6 +390,8 @@ class Operations(mfusepy.Operations):
             return MemoryHandle(spec.content), spec.identity
         if spec.source == "inline":
             return self._open_inline(node, spec)
+        if spec.source == "datajoint":
+            return self._datajoint.open(self.reader, self.tree, node, spec)
         return self._open_external(node, spec)
 
     def _open_inline(self, node: Node, spec: views.FileSpec) -> tuple[Handle, str]:
@@ -321,7 +415,7 @@ class Operations(mfusepy.Operations):
         obj = StoredObject(hashing.object_id(hash_, bytes(entry["origin"])), int(entry["size"]), store,
                            hashing.object_path(hash_))
         if spec.data_offset is not None:
-            return self.reader.open_stored(obj, spec.header, spec.data_offset, spec.size), hash_
+            return self.reader.open_stored(obj, views.file_header(spec), spec.data_offset, spec.size), hash_
 
         def decode(file: BinaryIO) -> None:
             views.render(spec.kind, spec.header, self.reader.whole(obj), spec.size, file)

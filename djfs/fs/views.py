@@ -11,6 +11,8 @@ rules are applied here to the blob's first bytes):
                  file, kept across mounts) and served from there.
 ``<attr>.bin``   ``bytes`` values, raw.
 ``<attr>.blob``  anything else, as the *uncompressed* serialized blob (``djfs.blob.unpack`` and DataJoint read it).
+``<attr>.tif``   beside the ``.npy`` of a 2-D or 3-D array stored in C order (``npy@``): an uncompressed TIFF whose
+                 generated header (``djfs.fs.tiff``) points into the stored frames, for Fiji/ImageJ and libtiff.
 ``row.json``     the row's other attributes as a JSON object.
 
 Sizes are exact and known without touching a store: external views record ``view_size``; an in-MySQL blob's
@@ -19,6 +21,7 @@ view is computed from ``LENGTH()`` and its first bytes (inflating a few hundred 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import hashlib
@@ -32,12 +35,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .. import blob
+from .. import blob, npy
 from ..errors import CorruptObjectError
 from ..external import View
 from ..heading import Heading
+from . import tiff
 
-EXTENSIONS = {"npy": ".npy", "bytes": ".bin", "blob": ".blob"}
+EXTENSIONS = {"npy": ".npy", "bytes": ".bin", "blob": ".blob", "tif": ".tif"}
 ROW_FILE = "row.json"
 #: bytes of an in-MySQL blob fetched with each row's metadata: enough for any array header (64 dims)
 PREFIX_BYTES = 1024
@@ -69,6 +73,49 @@ class FileSpec:
     data_offset: int | None = None   # where the file's data starts in the stored bytes, if a plain range
     content: bytes | None = None     # row.json
     error: str = ""                  # set when the value can't be served (bad hash, no entry): EIO on open
+    transient: bool = False          # the error may pass (a store not answering): never kept, asked again
+
+
+# -- the TIFF view -------------------------------------------------------------------------------------------
+
+
+def _tiff_layout(spec: FileSpec) -> tiff.TiffLayout | None:
+    """The TIFF layout of an external ``.npy`` file whose frames are row-major and contiguous, else None."""
+    if spec.kind != "npy" or spec.source != "external" or spec.data_offset is None:
+        return None
+    try:
+        header = npy.read_header(spec.header)
+    except CorruptObjectError:
+        return None
+    data = math.prod(header.shape) * header.dtype.itemsize
+    if header.fortran_order or header.size != len(spec.header) or data != spec.size - len(spec.header):
+        return None  # another layout, or a header that does not describe the file: no TIFF view
+    return tiff.layout(header.dtype, header.shape)
+
+
+def tiff_file(spec: FileSpec) -> FileSpec | None:
+    """The ``<attr>.tif`` beside an ``<attr>.npy`` in C order (2-D or 3-D), reading the same stored bytes.
+
+    Its header (the IFDs: ~150 bytes a frame) is made when the file is opened (``file_header``), not kept with
+    the row's listing."""
+    layout = _tiff_layout(spec)
+    if layout is None or spec.attribute is None:
+        return None
+    return dataclasses.replace(spec, name=file_name(spec.attribute, "tif"), kind="tif", size=layout.size,
+                               ino=inode_of(spec.identity, "tif"), header=b"")
+
+
+def file_header(spec: FileSpec) -> bytes:
+    """The bytes a file shows before its range of the stored object."""
+    if spec.kind != "tif":
+        return spec.header
+    assert spec.entry is not None
+    npy_file = dataclasses.replace(spec, kind="npy", header=bytes(spec.entry["view_header"] or b""),
+                                   size=int(spec.entry["view_size"]))
+    layout = _tiff_layout(npy_file)
+    if layout is None or layout.size != spec.size:
+        raise CorruptObjectError(f"{spec.name}: the stored value no longer has a TIFF view")
+    return layout.header()
 
 
 # -- describing serialized blobs ----------------------------------------------------------------------------
@@ -170,7 +217,15 @@ def _json_value(attribute, value: Any) -> Any:
 def row_json(heading: Heading, values: dict[str, Any]) -> bytes:
     """``row.json``: the attributes that are not files, in heading order (dates as text, binary as hex)."""
     document = {name: _json_value(heading[name], value) for name, value in values.items()}
-    return (json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    if not document or any(isinstance(value, (dict, list)) for value in document.values()):
+        text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
+    else:  # json.dumps(indent=2)'s text, from the C encoder (indent= takes the pure-Python one): ls -lR makes
+        # thousands of these
+        text = "{\n" + ",\n".join(f"  {_encode(name)}: {_encode(value)}" for name, value in document.items()) + "\n}"
+    return (text + "\n").encode("utf-8")
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 
 # -- inode numbers --------------------------------------------------------------------------------------------

@@ -37,18 +37,19 @@ import hmac
 import os
 import secrets
 import threading
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from cachetools import LRUCache
 
 from ..errors import StoreError
-from .base import MAX_KEY_LENGTH, ObjectInfo, Store, is_valid_key, validate_key, validate_prefix
+from .base import MAX_KEY_LENGTH, NAME_KEYS, ObjectInfo, Store, is_valid_key, validate_key, validate_prefix
 from .file import FileStore
 from .s3 import S3Store, validate_bucket
 
 __all__ = ["Store", "ObjectInfo", "FileStore", "S3Store", "open_store", "parse_location", "validate_key",
            "validate_prefix", "is_valid_key", "validate_bucket", "validate_folder", "clear_store_cache",
+           "open_datajoint_store", "datajoint_prefix",
            "MAX_KEY_LENGTH", "configured_store", "store_settings"]
 
 _SCHEMES = {"file": None, "s3": "https", "s3+https": "https", "s3+http": "http"}
@@ -176,6 +177,50 @@ def configured_store(config, name: str, folder: str, schema: str | None = None) 
     return open_store(spec["location"], folder, spec["account"], spec["token"],
                       timeout=config["store-timeout"], retries=config["store-retries"],
                       max_concurrency=config["transfer-threads"])
+
+
+def datajoint_prefix(location: str) -> str:
+    """The key prefix DataJoint 0.12-0.14 gives an S3 store's ``location``: the path de-rooted (a leading '/' or
+    '\\', a Windows drive such as ``C:\\`` dropped) and '/'-separated (``'/dj\\raw'`` -> ``'dj/raw'``)."""
+    parts = PureWindowsPath(location).parts
+    if location and parts and ("\\" in parts[0] or ":" in parts[0]):
+        parts = parts[1:]
+    return "/".join(parts)
+
+
+def open_datajoint_store(spec: dict, *, timeout: float = 30.0, retries: int = 3, max_concurrency: int = 8) -> Store:
+    """The store of one of DataJoint's ``stores`` (a spec checked by ``settings.store_spec``), accepting DataJoint's
+    object names as keys: ``file`` at ``location`` (relative to the working directory, as in DataJoint); ``s3`` at
+    ``http[s]://<endpoint>`` (``secure``), bucket ``bucket``, keys under ``location`` de-rooted."""
+    key = ("datajoint", spec["protocol"], spec.get("location"), spec.get("endpoint"), spec.get("bucket"),
+           spec.get("secure"), _fingerprint(spec.get("access_key")), _fingerprint(spec.get("secret_key")),
+           float(timeout), int(retries), int(max_concurrency), os.getpid())
+    if spec["protocol"] == "file":
+        key += (os.getcwd(),)
+    with _cache_lock:
+        store = _cache.get(key)
+    if store is not None:
+        return store
+    if spec["protocol"] == "file":
+        root = Path(spec["location"]).absolute()
+        if not root.is_dir():
+            raise LocationError(f"the location {os.fspath(root)!r} of a DataJoint file store is not a directory")
+        store = FileStore(root, keys=NAME_KEYS)
+    else:
+        if spec.get("proxy_server"):
+            raise LocationError("DataJoint's proxy_server is not supported: set HTTPS_PROXY/HTTP_PROXY instead")
+        endpoint = spec["endpoint"]
+        if "/" in endpoint or "@" in endpoint:
+            raise LocationError(f"an S3 endpoint is host:port, not {endpoint[:100]!r}")
+        try:
+            store = S3Store(spec["bucket"], datajoint_prefix(spec["location"]),
+                            f"{'https' if spec.get('secure') else 'http'}://{endpoint}", None,
+                            spec["access_key"], spec["secret_key"], timeout=timeout, retries=retries,
+                            max_concurrency=max_concurrency, keys=NAME_KEYS)
+        except ValueError as error:
+            raise LocationError(str(error)) from None
+    with _cache_lock:
+        return _cache.setdefault(key, store)
 
 
 def _fingerprint(secret: str | None) -> str | None:

@@ -40,14 +40,6 @@ _KEY = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")
 _PREFIX = re.compile(r"^(?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-]*$")
 
 
-def validate_key(key: object) -> str:
-    """Return ``key`` if it is a safe object key, else raise ``ValueError`` (the key is shown, truncated)."""
-    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH or not _KEY.match(key):
-        raise ValueError(f"invalid object key {repr(key)[:100]}: a key is '/'-separated segments of "
-                         "[A-Za-z0-9_-], without leading '/' or '..'")
-    return key
-
-
 def validate_prefix(prefix: object) -> str:
     """A listing prefix: '' or a key's beginning (it may end with '/' or in the middle of a segment)."""
     if not isinstance(prefix, str) or len(prefix) > MAX_KEY_LENGTH or not _PREFIX.match(prefix):
@@ -56,8 +48,35 @@ def validate_prefix(prefix: object) -> str:
     return prefix
 
 
-def is_valid_key(key: str) -> bool:
-    return len(key) <= MAX_KEY_LENGTH and bool(_KEY.match(key))
+#: DataJoint 0.12-0.14's own object names (``<hex>.<attachment name>``, a filepath's relative path) are any
+#: characters but '/', '\\', NUL and control characters, and no segment starts with '.': so no '.' or '..'
+#: segment can escape the store, and no temporary file of ours (hidden names) is ever taken for an object.
+_NAME_SEGMENT = r"[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]*"
+_NAME = re.compile(rf"^{_NAME_SEGMENT}(?:/{_NAME_SEGMENT})*$")
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """Which keys a store accepts: djfs's own (``STRICT_KEYS``) or DataJoint's object names (``NAME_KEYS``)."""
+
+    pattern: re.Pattern
+    rule: str
+
+    def is_valid(self, key: object) -> bool:
+        return (isinstance(key, str) and len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_LENGTH
+                and bool(self.pattern.match(key)))
+
+    def validate(self, key: object) -> str:
+        if not self.is_valid(key):
+            raise ValueError(f"invalid object key {repr(key)[:100]}: {self.rule}")
+        return key  # type: ignore[return-value]
+
+
+STRICT_KEYS = KeyRule(_KEY, "a key is '/'-separated segments of [A-Za-z0-9_-], without leading '/' or '..'")
+NAME_KEYS = KeyRule(_NAME, "a key is '/'-separated names without '\\\\', NUL or control characters, none of "
+                           "them starting with '.'")
+validate_key = STRICT_KEYS.validate
+is_valid_key = STRICT_KEYS.is_valid
 
 
 MAX_IO = 1 << 30  # bytes per read/pread/write call: Linux caps one call near 2 GiB
@@ -143,8 +162,26 @@ class ObjectInfo:
     mtime: float  # POSIX timestamp
 
 
+class Staged(ABC):
+    """A temporary object written by ``Store.stage``: named by ``publish``, or removed by ``discard`` (or when
+    it is garbage-collected unpublished)."""
+
+    size: int
+
+    @abstractmethod
+    def publish(self, key: str) -> None:
+        """Make it the object ``key``, atomically (replacing one already there)."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Remove it; nothing happens if it was published or removed already."""
+
+
 class Store(ABC):
     """An external store: a flat namespace of immutable objects named by validated keys."""
+
+    #: the keys this store accepts (a store of DataJoint's ``stores`` accepts DataJoint's object names)
+    keys: KeyRule = STRICT_KEYS
 
     @abstractmethod
     def put(self, key: str, data: Data, size: int | None = None) -> None:
@@ -172,6 +209,13 @@ class Store(ABC):
 
     def prepare(self) -> None:
         """Set up what the first request would (clients, credentials), so that request is not slower."""
+
+    def stage(self, data: Data, size: int | None, observe: Callable[[memoryview], object]) -> "Staged | None":
+        """Write ``data`` as a hidden temporary object while ``observe`` sees every chunk, for an object whose
+        name is known only once all its bytes were seen (a content hash): one pass over the data instead of
+        two.  ``Staged.publish(key)`` names it.  None when the backend can't rename cheaply (S3): the caller
+        then reads the data twice."""
+        return None
 
     def open_range(self, key: str, offset: int = 0, length: int | None = None) -> "RangeStream":
         """A stream of the bytes from ``offset`` (``length`` of them, or to the end), read piece by piece:

@@ -12,16 +12,20 @@ objects where nobody else can see them.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import CorruptObjectError, StoreError
-from .base import MAX_IO, Data, Filled, ObjectInfo, Store, as_chunks, check_size, pread_all, is_valid_key, validate_key, validate_prefix
+from .base import (MAX_IO, STRICT_KEYS, Data, Filled, KeyRule, ObjectInfo, Staged, Store, as_chunks, check_size,
+                   pread_all, validate_prefix)
 
 READ_STEP = 4 << 20  # pieces of a read whose progress is reported (hashing overlaps the next piece's read)
 
@@ -29,18 +33,19 @@ READ_STEP = 4 << 20  # pieces of a read whose progress is reported (hashing over
 class FileStore(Store):
     """Objects are files ``<root>/<key>``."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, keys: KeyRule = STRICT_KEYS) -> None:
         root = Path(root)
         if not root.is_absolute():
             raise ValueError(f"a file store needs an absolute path, not {os.fspath(root)!r}")
         self.root = root
         self._root = os.fspath(root)
+        self.keys = keys
 
     def describe(self) -> str:
         return f"file://{self._root}"
 
     def _path(self, key: str) -> str:
-        return os.path.join(self._root, validate_key(key))
+        return os.path.join(self._root, self.keys.validate(key))
 
     def _fail(self, action: str, key: str, error: OSError) -> StoreError:
         return StoreError(f"can't {action} {key!r} in {self.describe()}: {error.strerror or error}")
@@ -58,14 +63,12 @@ class FileStore(Store):
     def put(self, key: str, data: Data, size: int | None = None) -> None:
         path = self._path(key)
         directory, name = os.path.split(path)
-        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
             try:
-                fd = os.open(temporary, flags, 0o666)
+                fd, temporary = _temporary(directory, name)
             except FileNotFoundError:
                 self._make_directory(directory)
-                fd = os.open(temporary, flags, 0o666)
+                fd, temporary = _temporary(directory, name)
         except OSError as error:
             if isinstance(error, StoreError):
                 raise
@@ -75,7 +78,7 @@ class FileStore(Store):
                 written = 0
                 for chunk in as_chunks(data):  # errors raised by the caller's stream pass through unchanged
                     try:
-                        written += _write_all(fd, chunk)
+                        written += _write_all(fd, chunk, written)
                     except OSError as error:
                         raise self._fail("write", key, error) from error
                 check_size(written, size, key, self)
@@ -99,6 +102,40 @@ class FileStore(Store):
             _fsync_directory(directory)
         except OSError as error:
             raise self._fail("write", key, error) from error
+
+    def stage(self, data: Data, size: int | None, observe: Callable[[memoryview], object]) -> "StagedFile":
+        """Write ``data`` to a hidden file in the store's folder, fsynced, while ``observe`` sees each chunk.
+
+        Each chunk is written on a helper thread while ``observe`` (a hash) reads it here: both release the
+        GIL, so an insert costs about the slower of the two instead of their sum.  ``publish`` renames the file
+        to its key (same file system: atomic); a file never published is removed when discarded or dropped."""
+        try:
+            self._make_directory(self._root)
+            fd, path = _temporary(self._root, "staged")
+        except OSError as error:
+            if isinstance(error, StoreError):
+                raise
+            raise self._fail("write", "(staged object)", error) from error
+        staged = StagedFile(self, path)
+        try:
+            written = 0
+            with os.fdopen(fd, "wb", buffering=0) as file, ThreadPoolExecutor(1, "djfs-stage") as writer:
+                for chunk in as_chunks(data):
+                    writing = writer.submit(_write_all, file.fileno(), chunk, written)
+                    observe(chunk)
+                    written += writing.result()  # the producer may reuse the chunk once we ask for the next
+                check_size(written, size, "(staged object)", self)
+                os.fsync(file.fileno())
+        except OSError as error:
+            staged.discard()
+            if isinstance(error, StoreError):
+                raise
+            raise self._fail("write", "(staged object)", error) from error
+        except BaseException:
+            staged.discard()
+            raise
+        staged.size = written
+        return staged
 
     # -- reading --------------------------------------------------------------------------------------------
 
@@ -197,7 +234,7 @@ class FileStore(Store):
         # sorting a directory as "name/" yields keys in plain lexicographic order, as S3 lists them
         for name, is_directory in sorted(entries, key=lambda entry: entry[0] + "/" if entry[1] else entry[0]):
             key = f"{relative}/{name}" if relative else name
-            if not is_valid_key(key):
+            if not self.keys.is_valid(key):
                 continue
             if is_directory:
                 if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
@@ -210,16 +247,82 @@ class FileStore(Store):
                 yield ObjectInfo(key, info.st_size, info.st_mtime)
 
 
+class StagedFile(Staged):
+    """A fsynced hidden file in a file store's folder, waiting for its key."""
+
+    def __init__(self, store: FileStore, path: str) -> None:
+        self.store = store
+        self.path = path
+        self.size = 0
+        self._remove = weakref.finalize(self, _unlink_quietly, path)  # an unpublished file never lingers
+
+    def publish(self, key: str) -> None:
+        final = self.store._path(key)
+        directory = os.path.dirname(final)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            os.replace(self.path, final)
+            self._remove.detach()
+            _fsync_directory(directory)
+            _fsync_directory(os.path.dirname(self.path))
+        except OSError as error:
+            raise self.store._fail("write", key, error) from error
+
+    def discard(self) -> None:
+        self._remove()
+
+
+def _temporary(directory: str, name: str) -> tuple[int, str]:
+    """A new hidden file (names starting with '.' are never keys, so never listed); its descriptor and path."""
+    path = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), path
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _is_file(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-def _write_all(fd: int, chunk: memoryview) -> int:
-    """Write a whole chunk: os.write may write less than asked."""
+def _write_all(fd: int, chunk: memoryview, offset: int) -> int:
+    """Write a whole chunk (os.write may write less than asked) that lands at ``offset``, and start writing it
+    to the disk now rather than at the final fsync."""
     position = 0
     while position < len(chunk):
         position += os.write(fd, chunk[position:position + MAX_IO])
+    _start_writeback(fd, offset, position)
     return position
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Linux's sync_file_range(SYNC_FILE_RANGE_WRITE): queue these dirty pages for writing, without waiting.
+
+    Left alone, the kernel keeps up to a tenth of memory dirty and writes it all at the final fsync, so the disk
+    idles while an object is produced, then the writer waits for all of it.  Started chunk by chunk, the disk
+    works while the data is still being hashed and written: a 1 GiB insert measured 0.9 s instead of 2.6 s (a
+    plain write+fsync of the same bytes: 1.2 s).  Only a hint: failures (a file system without it) are ignored.
+    """
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _fsync_directory(directory: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import CorruptObjectError, MissingObjectError, StoreError
-from .base import Data, Filled, ObjectInfo, RangeStream, Store, as_chunks, check_size, is_valid_key, validate_key, validate_prefix
+from .base import STRICT_KEYS, Data, Filled, KeyRule, ObjectInfo, RangeStream, Store, as_chunks, check_size, validate_prefix
 
 MiB = 1 << 20
 MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller parts (except the last one)
@@ -113,10 +113,12 @@ class S3Store(Store):
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str | None = None,
                  access_key: str | None = None, secret_key: str | None = None, timeout: float = 30.0,
                  retries: int = 3, max_concurrency: int = 8, *, multipart_threshold: int = 64 * MiB,
-                 part_size: int = 16 * MiB, addressing_style: str | None = None) -> None:
+                 part_size: int = 16 * MiB, addressing_style: str | None = None,
+                 keys: KeyRule = STRICT_KEYS) -> None:
         self.bucket = validate_bucket(bucket)
+        self.keys = keys
         prefix = prefix.strip("/")
-        self.prefix = validate_key(prefix) if prefix else ""
+        self.prefix = keys.validate(prefix) if prefix else ""
         if endpoint_url is not None:
             parts = urlsplit(endpoint_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -199,7 +201,7 @@ class S3Store(Store):
         return session.client("s3", endpoint_url=self.endpoint_url, config=config)
 
     def _key(self, key: str) -> str:
-        validate_key(key)
+        self.keys.validate(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _scrub(self, text: str) -> str:
@@ -518,7 +520,7 @@ class S3Store(Store):
                 return
             for item in page.get("Contents", ()):
                 key = item["Key"][len(base):]
-                if is_valid_key(key):
+                if self.keys.is_valid(key):
                     yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp())
 
     def __repr__(self) -> str:

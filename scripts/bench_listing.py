@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""Speed of listings through the djfs mount against the physical limits measured in the same run (not a test).
+
+Starts its own MariaDB, stores a table of 10,000 rows with one ``external`` value each on a file store (so 20,000
+files: ``frames.npy`` and ``row.json`` per row) and a table of 100,000 rows at one key level, and prints, each the
+median of a few repetitions on a fresh mount, with the SQL queries the daemon ran (``user.djfs.stats``) and its
+resident memory:
+
+1. ``ls -lR`` of the 10,000-row table, cold (fresh mount) and warm (right after);  goals <= 3 s and <= 1 s;
+2. ``ls`` of the 100,000-row table (fresh mount);  goal: a few seconds;
+3. the daemon's RSS growth over all of it;  goal: well under 100 MiB;
+
+against the same SQL the mount runs (its pages and its change probe), sent directly with pymysql, ``ls -lR`` /
+``ls`` of an equivalent real directory tree on local disk, and ``ls -lR`` of the same tree served from memory by a
+Python FUSE file system with djfs's own readdirplus (the ceiling of FUSE through mfusepy on this machine).
+
+Usage: python scripts/bench_listing.py [--repeat 3] [-o mount_option ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MiB = 1 << 20
+ROWS = 10_000
+ITEMS = 100_000
+SCHEMA = "bench_listing"
+
+
+def memory_main(mountpoint: str) -> None:
+    """The ceiling of any Python FUSE file system here: the same tree (10,000 directories of two files) served
+    from a dict by djfs's own ``FileSystem`` (readdirplus, no opendir, no xattrs), no SQL, no cache."""
+    import errno
+    import stat as stat_module
+
+    from djfs.fs.libfuse import load_mfusepy
+    mfusepy = load_mfusepy()
+    from djfs.fs.operations import FileSystem
+
+    directory = {"st_mode": stat_module.S_IFDIR | 0o555, "st_nlink": 2}
+    tree: dict[str, list[tuple[str, dict]]] = {"/": [("Trial", directory)], "/Trial": []}
+    for i in range(ROWS):
+        tree["/Trial"].append((f"trial={i}", directory))
+        tree[f"/Trial/trial={i}"] = [(name, {"st_mode": stat_module.S_IFREG | 0o444, "st_nlink": 1, "st_size": size})
+                                     for name, size in (("frames.npy", 192), ("row.json", 20))]
+    attributes = {f"{base}/{name}".replace("//", "/"): value for base, entries in tree.items()
+                  for name, value in entries}
+    attributes["/"] = directory
+
+    class Memory(mfusepy.Operations):
+        use_ns = True
+        opendir = releasedir = None
+
+        def readdir(self, path: str, fh: int) -> list:  # libfuse 2 only (FileSystem answers libfuse 3)
+            return [".", "..", *(name for name, _ in tree[path])]
+
+        def getattr(self, path: str, fh=None) -> dict:
+            if path not in attributes:
+                raise mfusepy.FuseOSError(errno.ENOENT)
+            return attributes[path]
+
+        def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+            raise mfusepy.FuseOSError(errno.EOPNOTSUPP)
+
+        def directory(self, path: str, offset: int = 0) -> list:
+            return [(".", None), ("..", None), *tree[path]]
+
+        def entry_attributes(self, path: str, name: str, value) -> dict:
+            return value
+
+        def entry_type(self, path: str, name: str, value) -> tuple[int, int]:
+            return (value or directory)["st_mode"], 0
+
+    FileSystem(Memory(), mountpoint, foreground=True, ro=True, fsname="memory")
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def drop_page_cache() -> bool:
+    """Forget clean pages, dentries and inodes (root only): 'cold' local listings then read the disk."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3")
+        return True
+    except OSError:
+        return False
+
+
+class Bench:
+    def __init__(self, root: Path, options: list[str]) -> None:
+        self.root = root
+        self.options = options
+
+    def setup(self) -> None:
+        import djfs
+        from djfs.testing.mariadb import MariaDBServer
+
+        print(f"starting MariaDB in {self.root} ...", flush=True)
+        self.db = MariaDBServer(self.root / "mariadb").start()
+        (self.root / "store").mkdir()
+        settings = {"database.host": self.db.host, "database.port": self.db.port, "database.user": self.db.user,
+                    "database.password": self.db.password, "external-location": f"file://{self.root / 'store'}",
+                    "cache-location": str(self.root / "cache"), "progress": False}
+        for key, value in settings.items():
+            djfs.config[key] = value
+        config_file = self.root / "config.json"
+        config_file.write_text(json.dumps({key: value for key, value in settings.items()
+                                           if not key.startswith("database.")}))
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith(("DJ_", "AWS_"))}
+        self.env.update(DJ_HOST=self.db.host, DJ_PORT=str(self.db.port), DJ_USER=self.db.user,
+                        DJ_PASS=self.db.password or "", DJ_CONFIG=str(config_file))
+        self.connection = djfs.conn(reset=True)
+        schema = djfs.Schema(SCHEMA, connection=self.connection)
+        schema.set_external_storage("bench")
+
+        @schema
+        class Trial(djfs.Manual):
+            definition = """
+            trial : int
+            ---
+            frames : external
+            """
+
+        @schema
+        class Item(djfs.Lookup):
+            definition = """
+            item : int
+            ---
+            value : int
+            """
+        print(f"storing {ROWS} external values and {ITEMS} plain rows ...", flush=True)
+        rng = np.random.default_rng(0)
+        Trial.insert([{"trial": i, "frames": rng.random(16, dtype=np.float32)} for i in range(ROWS)])
+        self.connection.query("SET SESSION max_recursive_iterations = %s", (ITEMS + 1,))
+        self.connection.query(f"INSERT INTO `{SCHEMA}`.`#item` (item, value) WITH RECURSIVE n(i) AS (SELECT 0 "
+                              f"UNION ALL SELECT i + 1 FROM n WHERE i < %s) SELECT i, 2 * i FROM n", (ITEMS - 1,))
+
+    # -- the mount
+    def mount(self) -> tuple[str, subprocess.Popen]:
+        from bench_mount import wait_mounted
+        mountpoint = tempfile.mkdtemp(prefix="mnt-", dir=self.root)
+        options = ",".join([f"schemas={SCHEMA}", *self.options])
+        process = subprocess.Popen([sys.executable, "-m", "djfs.cli", "mount", "-f", mountpoint, "-o", options,
+                                    "--log-file", str(self.root / "daemon.log")], env=self.env)
+        wait_mounted(mountpoint, process)
+        return mountpoint, process
+
+    @staticmethod
+    def queries(mountpoint: str) -> int:
+        return json.loads(os.getxattr(mountpoint, "user.djfs.stats")).get("sql_queries", 0)
+
+    def through_mount(self) -> dict[str, float]:
+        from bench_mount import unmount
+        mountpoint, process = self.mount()
+        try:
+            trials, items = (os.path.join(mountpoint, SCHEMA, name) for name in ("Trial", "Item"))
+            os.listdir(os.path.join(mountpoint, SCHEMA))  # the catalog: not what is measured
+            start_rss = rss(process.pid)
+            q0 = self.queries(mountpoint)
+            cold = timed(["ls", "-lR", trials])
+            q1 = self.queries(mountpoint)
+            warm = timed(["ls", "-lR", trials])
+            q2 = self.queries(mountpoint)
+            flat = timed(["ls", items])
+            q3 = self.queries(mountpoint)
+            lines = subprocess.run(["ls", "-lR", trials], capture_output=True, text=True, check=True).stdout
+            assert sum(line.startswith("-") for line in lines.splitlines()) == 2 * ROWS
+            assert len(os.listdir(items)) == ITEMS
+            return {"cold": cold, "warm": warm, "flat": flat, "cold_queries": q1 - q0, "warm_queries": q2 - q1,
+                    "flat_queries": q3 - q2, "rss_growth": rss(process.pid) - start_rss}
+        finally:
+            unmount(mountpoint, process)
+
+    # -- the limits
+    def sql_directly(self) -> dict[str, float]:
+        """The pages and probes the mount runs for the two tables, sent with pymysql on one connection."""
+        import pymysql
+
+        from djfs.fs.tree import Table, probe_sql
+        from djfs.heading import Heading
+        connection = pymysql.connect(host=self.db.host, port=self.db.port, user=self.db.user,
+                                     password=self.db.password or "", autocommit=True)
+        result = {}
+        try:
+            for label, name, key in (("trials", "trial", "trial"), ("items", "#item", "item")):
+                table = Table(SCHEMA, name, Heading.load(self.connection, SCHEMA, name))
+                columns, joins, layout = table.row_select
+                page = (f"SELECT {', '.join(columns)} FROM {table.sql_name} AS t {' '.join(joins)} "
+                        f"{{where}} ORDER BY t.`{key}` LIMIT 10001")
+                start = time.perf_counter()
+                with connection.cursor() as cursor:
+                    cursor.execute(probe_sql(table))
+                    cursor.fetchall()
+                    probe = time.perf_counter() - start
+                    last = None
+                    while True:
+                        cursor.execute(page.format(where="" if last is None else f"WHERE t.`{key}` > %s"),
+                                       () if last is None else (last,))
+                        rows = cursor.fetchall()
+                        if len(rows) <= 10_000:
+                            break
+                        last = rows[9_999][0]
+                result[label] = time.perf_counter() - start
+                result[label + "_probe"] = probe
+        finally:
+            connection.close()
+        return result
+
+    def in_memory(self) -> dict[str, float]:
+        """``ls -lR`` through a Python FUSE file system serving the same tree from memory (``memory_main``)."""
+        from bench_mount import unmount, wait_mounted
+        mountpoint = tempfile.mkdtemp(prefix="memory-", dir=self.root)
+        process = subprocess.Popen([sys.executable, __file__, "--memory", mountpoint])
+        wait_mounted(mountpoint, process)
+        try:
+            cold = timed(["ls", "-lR", os.path.join(mountpoint, "Trial")])
+            warm = timed(["ls", "-lR", os.path.join(mountpoint, "Trial")])
+            return {"cold": cold, "warm": warm}
+        finally:
+            unmount(mountpoint, process)
+
+    def local_tree(self) -> Path:
+        """The same layout on local disk: 10,000 directories of two files of the mount's sizes, and 100,000
+        empty directories."""
+        local = self.root / "local"
+        if not local.exists():
+            trials = local / "Trial"
+            for i in range(ROWS):
+                directory = trials / f"trial={i}"
+                directory.mkdir(parents=True)
+                (directory / "frames.npy").write_bytes(b"\0" * 192)
+                (directory / "row.json").write_bytes(b"\0" * 20)
+            for i in range(ITEMS):
+                (local / "Item" / f"item={i}").mkdir(parents=True)
+        return local
+
+    def local(self) -> dict[str, float]:
+        local = self.local_tree()
+        dropped = drop_page_cache()
+        cold = timed(["ls", "-lR", str(local / "Trial")])
+        warm = timed(["ls", "-lR", str(local / "Trial")])
+        drop_page_cache()
+        flat = timed(["ls", str(local / "Item")])
+        return {"cold": cold, "warm": warm, "flat": flat, "dropped": dropped}
+
+    def close(self) -> None:
+        if getattr(self, "db", None) is not None:
+            self.db.stop()
+
+
+def medians(runs: list[dict]) -> dict:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions per measurement (median)")
+    parser.add_argument("-o", dest="options", action="append", default=[], help="extra djfs mount options")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--memory", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory:
+        memory_main(args.memory)
+        return 0
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    root = Path(tempfile.mkdtemp(prefix="djfs-bench-listing-"))
+    bench = Bench(root, args.options)
+    try:
+        bench.setup()
+        mounts, sqls, locals_, memories = [], [], [], []
+        for _ in range(args.repeat):
+            mounts.append(bench.through_mount())
+            sqls.append(bench.sql_directly())
+            locals_.append(bench.local())
+            memories.append(bench.in_memory())
+        mount, sql, local, memory = medians(mounts), medians(sqls), medians(locals_), medians(memories)
+    finally:
+        bench.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def line(name: str, seconds: float, goal: str, verdict: bool, detail: str) -> None:
+        print(f"  {name:<38} {seconds:7.2f} s  (goal {goal:>7}) [{'ok' if verdict else 'MISSED'}]  {detail}")
+    print()
+    print(f"medians of {args.repeat} runs, each on a fresh mount; 'local' = the same tree on local disk"
+          + ("" if local["dropped"] else " (page cache not dropped: not root)"))
+    line(f"ls -lR {ROWS} rows, cold", mount["cold"], "<= 3 s", mount["cold"] <= 3,
+         f"{mount['cold_queries']:.0f} SQL queries; the same SQL directly {sql['trials']:.2f} s; "
+         f"local disk {local['cold']:.2f} s; Python FUSE from memory {memory['cold']:.2f} s")
+    line(f"ls -lR {ROWS} rows, warm", mount["warm"], "<= 1 s", mount["warm"] <= 1,
+         f"{mount['warm_queries']:.0f} SQL queries (probe {sql['trials_probe'] * 1000:.1f} ms); "
+         f"local disk {local['warm']:.2f} s; Python FUSE from memory {memory['warm']:.2f} s")
+    line(f"ls {ITEMS} rows", mount["flat"], "<= 5 s", mount["flat"] <= 5,
+         f"{mount['flat_queries']:.0f} SQL queries; the same SQL directly {sql['items']:.2f} s "
+         f"(probe {sql['items_probe'] * 1000:.1f} ms); local disk {local['flat']:.2f} s")
+    growth = mount["rss_growth"] / MiB
+    print(f"  {'daemon RSS growth over all of it':<38} {growth:7.1f} MiB (goal < 100 MiB) "
+          f"[{'ok' if growth < 100 else 'MISSED'}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Listings through a real mount: paging past a page, 100,000 rows at one level, readdirplus, and freshness.
+
+Every row change here is made by another connection (the test process's own), as a colleague's pipeline would.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import djfs
+from djfs import blob
+from djfs.fs import paths
+from fixtures_fuse import errno_of, wait_for
+
+FAST = ["listing_timeout=0.3", "entry_timeout=0.2", "attr_timeout=0.2", "negative_timeout=0"]
+SUBJECTS = [f"s{index:02d}" for index in range(23)] + ["a/b", "ü z", "%41"]
+ROWS = 100_000
+
+
+@pytest.fixture(scope="module")
+def lab(mariadb, tmp_path_factory):
+    """Two tables in MySQL only: one with two key levels and files per row, one with 100,000 rows."""
+    settings = {"database.host": mariadb.host, "database.port": mariadb.port, "database.user": mariadb.user,
+                "database.password": mariadb.password,
+                "cache-location": str(tmp_path_factory.mktemp("listing") / "cache")}
+    with djfs.config.override(**settings):
+        connection = djfs.conn(reset=True)
+        name = f"djfs_listing_{os.getpid()}"
+        schema = djfs.Schema(name, connection=connection)
+
+        @schema
+        class Session(djfs.Manual):
+            definition = """
+            subject : varchar(32)
+            session : int
+            ---
+            note = "" : varchar(64)
+            trace = null : longblob
+            """
+
+        @schema
+        class Item(djfs.Lookup):
+            definition = """
+            item : int
+            ---
+            value : int
+            """
+
+        Session.insert([dict(subject=subject, session=number, note=f"{subject}/{number}",
+                             trace=np.arange(number + 1, dtype=np.int32))
+                        for subject in SUBJECTS for number in range(7)])
+        # one statement for 100,000 rows: the test stays fast
+        connection.query("SET SESSION max_recursive_iterations = %s", (ROWS + 1,))
+        connection.query(f"INSERT INTO `{name}`.`#item` (item, value) WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL "
+                         f"SELECT i + 1 FROM n WHERE i < %s) SELECT i, i * 3 FROM n", (ROWS - 1,))
+        yield SimpleNamespace(name=name, Session=Session, Item=Item, connection=connection, settings=settings)
+        connection.query(f"DROP DATABASE IF EXISTS `{name}`")
+    djfs.conn(reset=True)
+
+
+def subject_dir(lab, subject: str) -> str:
+    return paths.component(lab.Session.heading["subject"], subject)
+
+
+def expected_tree(lab) -> dict[str, list[str]]:
+    with djfs.config.override(**lab.settings):
+        keys = lab.Session.fetch("subject", "session", as_dict=True)
+    tree: dict[str, list[str]] = {}
+    for key in keys:
+        tree.setdefault(subject_dir(lab, key["subject"]), []).append(f"session={key['session']}")
+    return {subject: sorted(sessions) for subject, sessions in tree.items()}
+
+
+def test_every_level_pages_past_a_tiny_page_size(lab, mounts):
+    """page_size=4: every level takes several pages (this gave EIO from the second page on before the fix)."""
+    mount = mounts.mount({}, FAST + [f"schemas={lab.name}", "page_size=4"])
+    table = mount.path(lab.name, "Session")
+    expected = expected_tree(lab)
+    assert sorted(os.listdir(table)) == sorted(expected)
+    for subject, sessions in expected.items():
+        assert sorted(os.listdir(table / subject)) == sessions
+        assert sorted(os.listdir(table / subject / "session=6")) == ["row.json", "trace.npy"]
+    document = json.loads((table / subject_dir(lab, "a/b") / "session=3" / "row.json").read_bytes())
+    assert document == {"subject": "a/b", "session": 3, "note": "a/b/3"}
+    assert np.load(table / subject_dir(lab, "ü z") / "session=5" / "trace.npy").tolist() == list(range(6))
+
+
+def ls_recursive(path) -> list[str]:
+    return subprocess.run(["ls", "-lR", str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_ls_lR_costs_queries_per_page_not_per_row_and_no_getattr_per_entry(lab, mounts):
+    mount = mounts.mount({}, ["listing_timeout=30", "entry_timeout=30", "attr_timeout=30",
+                              f"schemas={lab.name}", "page_size=50"])
+    table = mount.path(lab.name, "Session")
+    os.listdir(mount.path(lab.name))
+    before = mount.stats()
+    lines = ls_recursive(table)
+    after = mount.stats()
+    files = [line for line in lines if line.startswith("-")]
+    rows = sum(len(sessions) for sessions in expected_tree(lab).values())
+    assert len(files) == 2 * rows
+    assert all(line.split()[4] != "0" for line in files)  # sizes: row.json and trace.npy are never empty
+    queries = after["sql_queries"] - before["sql_queries"]
+    pages = 1 + sum(-(-(7 + 1) // 50) for _ in SUBJECTS)  # the subjects' page, then one per subject
+    assert queries <= pages + 3, (queries, pages)  # + the table's probe (and its heading)
+    # readdirplus: the listing gave the kernel every entry's attributes; ls did not stat them one by one
+    getattrs = after.get("getattrs", 0) - before.get("getattrs", 0)
+    assert getattrs < rows // 4, getattrs
+    # listed again while unchanged: only the probe may reach the database, and the rows come from memory
+    before = mount.stats()
+    assert ls_recursive(table) == lines
+    after = mount.stats()
+    assert after["sql_queries"] - before["sql_queries"] <= 1
+
+
+def test_one_hundred_thousand_rows_at_one_level(lab, mounts):
+    mount = mounts.mount({}, FAST + [f"schemas={lab.name}"])
+    table = mount.path(lab.name, "Item")
+    os.listdir(mount.path(lab.name))
+    before = mount.stats()
+    names = os.listdir(table)
+    after = mount.stats()
+    assert len(names) == ROWS and len(set(names)) == ROWS
+    assert set(names) == {f"item={index}" for index in range(ROWS)}
+    queries = after["sql_queries"] - before["sql_queries"]
+    assert queries <= ROWS // 10_000 + 1 + 3, queries  # pages (+1 to learn the last one ended) + probe, heading
+    row = table / f"item={ROWS - 1}" / "row.json"
+    assert json.loads(row.read_bytes()) == {"item": ROWS - 1, "value": 3 * (ROWS - 1)}
+    assert os.stat(table / "item=12345").st_nlink == 2
+
+
+def test_changes_made_elsewhere_show_up_and_unchanged_tables_are_not_listed_again(lab, mounts):
+    mount = mounts.mount({}, FAST + [f"schemas={lab.name}"])
+    table = mount.path(lab.name, "Session")
+    subject = table / subject_dir(lab, "s05")
+    row = subject / "session=2" / "row.json"
+    assert json.loads(row.read_bytes())["note"] == "s05/2"
+    sessions = sorted(os.listdir(subject))
+    time.sleep(0.5)
+    before = mount.stats()
+    assert sorted(os.listdir(subject)) == sessions
+    after = mount.stats()
+    assert after["sql_queries"] - before["sql_queries"] <= 1  # the probe at most: the listing was reused
+
+    other = lab.connection  # another connection than the daemon's
+    with djfs.config.override(**lab.settings):
+        other.query(f"INSERT INTO `{lab.name}`.`session` (subject, session, note) VALUES (%s, %s, %s)",
+                    ("s05", 99, "late"))
+    assert wait_for(lambda: "session=99" in os.listdir(subject), timeout=5)
+    assert json.loads((subject / "session=99" / "row.json").read_bytes())["note"] == "late"
+
+    with djfs.config.override(**lab.settings):
+        other.query(f"UPDATE `{lab.name}`.`session` SET note = %s WHERE subject = %s AND session = %s",
+                    ("edited", "s05", 2))
+    assert wait_for(lambda: json.loads(row.read_bytes())["note"] == "edited", timeout=5)
+
+    trace = subject / "session=3" / "trace.npy"
+    size = trace.stat().st_size
+    with djfs.config.override(**lab.settings):  # only a blob kept in the table changes: UPDATE_TIME tells
+        other.query(f"UPDATE `{lab.name}`.`session` SET trace = %s WHERE subject = %s AND session = %s",
+                    (blob.pack(np.arange(100, dtype=np.int32)), "s05", 3))
+    assert wait_for(lambda: trace.stat().st_size != size, timeout=5)
+    assert np.load(trace).tolist() == list(range(100))
+
+    with djfs.config.override(**lab.settings):
+        other.query(f"DELETE FROM `{lab.name}`.`session` WHERE subject = %s AND session IN (%s, %s)",
+                    ("s05", 99, 4))
+    assert wait_for(lambda: sorted(os.listdir(subject)) == [s for s in sessions if s != "session=4"], timeout=5)
+    assert wait_for(lambda: not (subject / "session=4").exists(), timeout=5)
+    assert errno_of(os.listdir, subject / "session=4") == errno.ENOENT
+
+
+def test_no_extended_attributes_but_the_stats(lab, mounts):
+    """SELinux labels and ACLs are 'not supported' (ls -l then stops asking per entry), other names 'not set'."""
+    mount = mounts.mount({}, FAST + [f"schemas={lab.name}"])
+    row = mount.path(lab.name, "Session", subject_dir(lab, "s01"), "session=1")
+    for path in (row, row / "row.json"):
+        for name in ("security.selinux", "system.posix_acl_access"):
+            assert errno_of(os.getxattr, path, name) == errno.EOPNOTSUPP
+        assert errno_of(os.getxattr, path, "user.djfs.stats") == errno.ENODATA
+    assert "sql_queries" in mount.stats()
+
+
+def test_the_change_probe_sees_every_change_the_mount_shows_and_nothing_else(db_config, connection, schema_name):
+    """Against the real server: inserts, deletes, updates of each kind of column change the token; reads and
+    changes of bytes the mount reads afresh at open (a blob's tail) don't."""
+    from djfs.fs.tree import Database, Table, Tree
+    from djfs.heading import Heading
+    connection.query(f"CREATE DATABASE `{schema_name}`")
+    connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, a varchar(8) COLLATE utf8mb4_bin, "
+                     f"b varchar(8) COLLATE utf8mb4_general_ci, doc longtext, data longblob, PRIMARY KEY (k))")
+    connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (1, NULL, 'x', '{{}}', %s), (2, 'p', 'q', NULL, NULL)",
+                     (b"head" + b"\0" * 4000 + b"tail",))
+    database = Database(djfs.config)
+    try:
+        tree = Tree(database)
+        table = Table(schema_name, "t", Heading.load(connection, schema_name, "t"))
+        token = tree.probe(table)[0]
+        assert tree.probe(table)[0] == token  # unchanged: the same token
+
+        def changed(sql: str, args=()) -> bool:
+            nonlocal token
+            connection.query(sql.format(t=f"`{schema_name}`.`t`"), args)
+            before, token = token, tree.probe(table)[0]
+            return token != before
+        assert changed("INSERT INTO {t} (k) VALUES (3)")
+        assert changed("DELETE FROM {t} WHERE k = 3")
+        assert changed("UPDATE {t} SET a = 'x', b = NULL WHERE k = 1")  # the same text, another column
+        assert changed("UPDATE {t} SET doc = '[1]' WHERE k = 1")
+        assert changed("UPDATE {t} SET data = %s WHERE k = 1", (b"HEAD" + b"\0" * 4000 + b"tail",))  # a header
+        assert changed("UPDATE {t} SET data = %s WHERE k = 1", (b"HEAD" + b"\0" * 4001 + b"tail",))  # a size
+        assert changed("UPDATE {t} SET k = 5 WHERE k = 2")
+        assert not changed("UPDATE {t} SET data = %s WHERE k = 1", (b"HEAD" + b"\0" * 4001 + b"TAIL",))
+        assert not changed("SELECT * FROM {t}")
+    finally:
+        database.close()
