@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark of external storage, as ratios against the physical limit measured in the same run.
 
-1. 20 x 8 MiB float32 arrays through the file store: insert vs raw write+fsync of the same bytes,
-   fetch vs raw read of the same files (goals: >= 0.4x and >= 0.6x).
+1. 20 x 8 MiB float32 arrays through the file store: insert vs raw write+fsync of the same bytes (goal >= 0.4x);
+   fetch vs a raw read of the same stored files: hash-verified (the default; goal >= 0.8x), ``verify-reads =
+   size``, through an empty cache (cold; goal >= 0.8x of the fetch without a cache) and a filled one (warm).
 2. 500 x 64 KiB arrays on S3 (a local s3rver server): one insert/fetch call with parallel transfers vs a
    one-at-a-time loop over the same store (goal: >= 4x), directly and through a relay that plays a remote S3
    (10 ms per request, ~90 MiB/s per connection); bare boto3 (8 threads vs serial) gives the ceiling of each.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import uuid
 from pathlib import Path
@@ -43,11 +43,11 @@ def raw_write(directory: Path, arrays: list[np.ndarray]) -> None:
         write_fsync(directory / f"{i}.raw", array)
 
 
-def raw_read(directory: Path, count: int) -> list[bytearray]:
+def raw_read(paths: list[Path]) -> list[bytearray]:
     """Read every file into its own new buffer, all kept alive, as a fetch of 20 arrays must."""
     buffers = []
-    for i in range(count):
-        with open(directory / f"{i}.raw", "rb", buffering=0) as file:
+    for path in paths:
+        with open(path, "rb", buffering=0) as file:
             buffer = bytearray(os.fstat(file.fileno()).st_size)
             file.readinto(buffer)
             buffers.append(buffer)
@@ -68,30 +68,58 @@ def declare(name: str, connection) -> type:
     return schema, Movie
 
 
-def bench_file_store(root: Path, connection, repeat: int) -> dict[str, float]:
+def bench_file_store(root: Path, connection, repeat: int, results: Results) -> dict[str, float]:
+    """Insert and fetch of 20 x 8 MiB arrays on a file store against a raw write+fsync / raw read of the same
+    bytes; the fetch hash-verified (the default), size-checked only (``verify-reads = size``), through an empty
+    cache (cold: filled in the background) and through the filled cache (warm), each against the raw read of the
+    same stored files in the same repetition (issue 12)."""
     arrays = [np.random.default_rng(i).random(2 * MiB, dtype=np.float32) for i in range(20)]  # 8 MiB each
     total = sum(a.nbytes for a in arrays)
     (root / "store").mkdir()
     djfs.config["external-location"] = f"file://{root / 'store'}"
-    raw_w, raw_r, ins, fet = [], [], [], []
+    times: dict[str, list[float]] = {k: [] for k in ("raw write", "insert", "raw read", "hash", "size", "cold",
+                                                     "warm")}
     for r in range(repeat):
         raw_dir = root / f"raw{r}"
-        raw_w.append(timed(lambda: raw_write(raw_dir, arrays)))
-        raw_r.append(timed(lambda: raw_read(raw_dir, len(arrays))))
+        times["raw write"].append(timed(lambda: raw_write(raw_dir, arrays)))
         schema, Movie = declare(f"bench_file_{r}_{uuid.uuid4().hex[:6]}", connection)
         rows = [{"movie_id": i, "frames": a} for i, a in enumerate(arrays)]
-        ins.append(timed(lambda: Movie.insert(rows)))
-        fetched = []
-        fet.append(timed(lambda: fetched.append(Movie.fetch("frames", order_by="movie_id"))))
-        assert all(np.array_equal(a, b) for a, b in zip(arrays, fetched[0]))
+        times["insert"].append(timed(lambda: Movie.insert(rows)))
+        stored = [path for path in sorted((root / "store").rglob("*")) if path.is_file()
+                  and schema.database.replace("_", "-") in path.parts]
+        assert len(stored) == len(arrays), stored
+
+        def fetch(label: str) -> None:
+            """Time one fetch of all arrays (checked afterwards, outside the timing)."""
+            seconds, got = timed_result(lambda: Movie.fetch("frames", order_by="movie_id"))
+            assert all(np.array_equal(a, b) for a, b in zip(arrays, got))
+            times[label].append(seconds)
+        times["raw read"].append(timed(lambda: raw_read(stored)))
+        with djfs.config.override(**{"verify-reads": "hash", "cache-location": None}):
+            fetch("hash")
+        with djfs.config.override(**{"verify-reads": "size", "cache-location": None}):
+            fetch("size")
+        with djfs.config.override(**{"cache-location": str(root / f"cache{r}")}):
+            cache = schema.external.cache()
+            fetch("cold")
+            cache.flush()
+            fetch("warm")
+            cache.clear()
         schema.drop(force=True)
-    result = {"raw write+fsync MB/s": total / statistics.median(raw_w) / 1e6,
-              "insert MB/s": total / statistics.median(ins) / 1e6,
-              "raw read MB/s": total / statistics.median(raw_r) / 1e6,
-              "fetch MB/s": total / statistics.median(fet) / 1e6}
-    result["insert / raw write"] = statistics.median(raw_w) / statistics.median(ins)
-    result["fetch / raw read"] = statistics.median(raw_r) / statistics.median(fet)
-    return result
+    m = {k: median(v) for k, v in times.items()}
+    rate = {k: f"{total / m[k] / 1e6:.0f} MB/s" for k in m}
+    results.at_least("file store insert vs raw write+fsync", m["raw write"] / m["insert"], 0.4,
+                     f"insert {rate['insert']}, raw write+fsync {rate['raw write']}")
+    results.at_least("file store fetch (hash-verified) vs raw read", m["raw read"] / m["hash"], 0.8,
+                     f"fetch {rate['hash']}, raw read {rate['raw read']}")
+    results.at_least("file store fetch, verify-reads=size vs raw read", m["raw read"] / m["size"], None,
+                     f"fetch {rate['size']}")
+    results.at_least("file store fetch, cold cache vs raw read", m["raw read"] / m["cold"], None,
+                     f"fetch {rate['cold']}")
+    results.at_least("file store fetch, cold cache vs no cache", m["hash"] / m["cold"], 0.8,
+                     "the cache is filled after the caller has its values")
+    results.at_least("file store fetch, warm cache vs raw read", m["raw read"] / m["warm"], None,
+                     f"fetch {rate['warm']} (every cache block checked)")
 
 
 def bench_s3_parallel(server, connection, repeat: int, port: int | None = None) -> dict[str, float]:
@@ -137,10 +165,10 @@ def bench_s3_parallel(server, connection, repeat: int, port: int | None = None) 
             Bucket=bucket, Key=str(i), Body=payloads[i]), range(len(payloads)))) + list(pool.map(
             lambda i: client.get_object(Bucket=bucket, Key=str(i))["Body"].read(), range(len(payloads)))))
     return {"raw boto3 8 threads / serial": raw_serial / raw_parallel,
-            "loop insert s": statistics.median(loop_in), "parallel insert s": statistics.median(par_in),
-            "loop fetch s": statistics.median(loop_out), "parallel fetch s": statistics.median(par_out),
-            "insert speed-up": statistics.median(loop_in) / statistics.median(par_in),
-            "fetch speed-up": statistics.median(loop_out) / statistics.median(par_out)}
+            "loop insert s": median(loop_in), "parallel insert s": median(par_in),
+            "loop fetch s": median(loop_out), "parallel fetch s": median(par_out),
+            "insert speed-up": median(loop_in) / median(par_in),
+            "fetch speed-up": median(loop_out) / median(par_out)}
 
 
 def bench_remote_fetch(server, connection, repeat: int, size: int, results: Results, delay: float) -> None:
@@ -182,6 +210,20 @@ def bench_remote_fetch(server, connection, repeat: int, size: int, results: Resu
                      f"one GET {mib / one:.0f} MiB/s")
 
 
+def bench_many_small(s3, connection, args: argparse.Namespace) -> None:
+    """Section 2: many small values, directly and through the relay."""
+    print(f"## S3 ({args.s3}), 500 x 64 KiB arrays: one call vs one-at-a-time loop")
+    for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2)).items():
+        print(f"{key:>28}: {value:10.2f}")
+    remote = RemoteS3(s3, delay=args.latency)
+    print(f"## the same through a relay playing a remote S3: {remote.describe()}")
+    try:
+        for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2), remote.relay.port).items():
+            print(f"{key:>28}: {value:10.2f}")
+    finally:
+        remote.close()
+
+
 def main() -> None:
     from djfs.settings import parse_size
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,7 +231,12 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=REMOTE_DELAY, help="seconds per request added by the relay")
     parser.add_argument("--s3", default="s3rver", choices=["s3rver", "moto"], help="the S3 server (default s3rver)")
     parser.add_argument("--fetch-size", default="1GiB", help="size of the remote fetch1 value (0: skip it)")
+    parser.add_argument("--sections", default="file,s3,remote",
+                        help="which to run: file (file store), s3 (many small values), remote (one large value)")
     args = parser.parse_args()
+    sections = {name.strip() for name in args.sections.split(",") if name.strip()}
+    if not sections <= {"file", "s3", "remote"}:
+        parser.error(f"unknown sections: {', '.join(sorted(sections - {'file', 's3', 'remote'}))}")
     djfs.config["progress"] = False
     with tempfile.TemporaryDirectory(prefix="djfs-bench-", dir=os.environ.get("BENCH_DIR")) as tmp, \
             MariaDBServer(Path(tmp) / "db") as db:
@@ -197,22 +244,14 @@ def main() -> None:
         try:
             connection = djfs.Connection(db.host, db.port, db.user, db.password)
             print(f"# external storage benchmark, medians of {args.repeat} runs")
-            print("## file store, 20 x 8 MiB float32 arrays")
-            for key, value in bench_file_store(Path(tmp), connection, args.repeat).items():
-                print(f"{key:>28}: {value:10.2f}")
-            print(f"## S3 ({args.s3}), 500 x 64 KiB arrays: one call vs one-at-a-time loop")
-            for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2)).items():
-                print(f"{key:>28}: {value:10.2f}")
-            remote = RemoteS3(s3, delay=args.latency)
-            print(f"## the same through a relay playing a remote S3: {remote.describe()}")
-            try:
-                for key, value in bench_s3_parallel(s3, connection, max(1, args.repeat // 2),
-                                                    remote.relay.port).items():
-                    print(f"{key:>28}: {value:10.2f}")
-            finally:
-                remote.close()
+            if "file" in sections:
+                results = Results()
+                bench_file_store(Path(tmp), connection, args.repeat, results)
+                results.print("## file store, 20 x 8 MiB float32 arrays")
+            if "s3" in sections:
+                bench_many_small(s3, connection, args)
             size = parse_size(args.fetch_size)
-            if size:
+            if size and "remote" in sections:
                 results = Results()
                 bench_remote_fetch(s3, connection, max(1, args.repeat // 2), size, results, args.latency)
                 results.print(f"## remote S3, one large value, medians of {max(1, args.repeat // 2)}")

@@ -308,8 +308,11 @@ class Lab:
         """An empty cache from now on, for the library and new mounts: a new directory (the library keeps one
         cache instance per location, which must not see its directory vanish), the old one removed."""
         import shutil
+
+        from djfs.cache import open_cache
         if self.cache is None:
             return
+        open_cache(self.cache, self.settings["cache-size"]).flush()  # the library's background fills, done first
         shutil.rmtree(self.cache, ignore_errors=True)
         self._caches += 1
         self.cache = self.root / f"cache-{self._caches}"

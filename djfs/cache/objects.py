@@ -312,7 +312,12 @@ class ObjectCache:
         def write() -> None:
             if keep is None or keep():
                 self.put_block(oid, index, block_size, data)
-        self._later(len(data), write, f"block {index} of {oid.key}", done, self.max_pending // 4)
+        self._later(len(data), write, f"block {index} of {oid.key}", done, self.max_block_pending)
+
+    @property
+    def max_block_pending(self) -> int:
+        """Bytes of blocks that may wait for the background writer (a quarter of ``max_pending``)."""
+        return self.max_pending // 4
 
     def put_sums(self, oid: ObjectId, size: int, sums: list[int]) -> None:
         """Record the block checksums of an object's bytes that matched its content digest."""

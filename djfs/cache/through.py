@@ -31,8 +31,9 @@ def read_object(store: Store, key: str, oid: ObjectId, size: int, cache: ObjectC
         data = cache.get_object(oid, size)
         if data is not None:
             return data
-    data, sums = fetch_verified(store, key, oid, size, verify)
-    if cache is not None and file_size(size) <= cache.max_size:
+    caching = cache is not None and file_size(size) <= cache.max_size
+    data, sums = fetch_verified(store, key, oid, size, verify, sums=caching)
+    if caching:
         cache.put_object_later(oid, data, sums)
     return data
 

@@ -20,12 +20,12 @@ listing_timeout=       1           seconds between two checks that a table is un
 heading_timeout=       30          seconds a table's heading is reused
 catalog_timeout=       10          seconds a path lookup may reuse the lists of schemas and tables (listing them
                                    refreshes them); new tables show up in listings within listing_timeout
-block_size=            1MiB        unit of reads from the store and of partial caching (a multiple of 256KiB)
+block_size=            256KiB      unit of reads from the store and of partial caching (a multiple of 256KiB)
 part_size=             8MiB        one ranged GET of a sequential reader's read-ahead
 whole_max=             64MiB       objects up to this size are cached whole (verified) on first open
 readahead=             8           parts a sequential reader's read-ahead may have in flight ahead of it
 prefetch_threads=      8           ranged GETs of read-ahead in flight at once (all readers together)
-block_memory=          256MiB      blocks kept in memory (besides the disk cache)
+block_memory=          256MiB      blocks kept in memory (also those waiting for their disk-cache write)
 store_timeout=         config      seconds per store request (``store-timeout``)
 store_retries=         config      retries per store request (``store-retries``)
 failure_ttl=           1           seconds a failed block read fails fast before the store is asked again
@@ -69,6 +69,7 @@ from .libfuse import LibfuseError, describe, load_mfusepy, parse_version, resolv
 
 log = logging.getLogger(__name__)
 
+KiB = 1 << 10
 MiB = 1 << 20
 START_TIMEOUT = 30.0
 
@@ -127,7 +128,7 @@ class MountOptions:
     listing_timeout: float = 1.0
     heading_timeout: float = 30.0
     catalog_timeout: float = 10.0
-    block_size: int = 1 * MiB
+    block_size: int = 256 * KiB
     part_size: int = 8 * MiB
     whole_max: int = 64 * MiB
     readahead: int = 8

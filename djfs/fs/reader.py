@@ -10,7 +10,7 @@ libfuse's buffer:
   hands libfuse the file descriptor and position (no copy through Python);
 * **small object** (``<= whole_max``): filled whole into the cache on first open, verified against its content
   digest while it streams in; one download however many threads or processes open it;
-* **large object**: read by blocks of ``block_size`` (1 MiB).  A miss fetches just the blocks the read needs
+* **large object**: read by blocks of ``block_size`` (256 KiB).  A miss fetches just the blocks the read needs
   (one ranged GET per run of missing blocks), so scattered reads cost about what they ask for, and misses of
   several threads (several preads, an mmap's page faults) are in flight at once.  Every block is single-flight
   (``SingleFlight``): however many readers want it, it is fetched once.  Blocks stay in a bounded memory LRU and
@@ -319,7 +319,7 @@ class _Abandon(Exception):
 class Reader:
     """Shared by all handles of a mount: the block flights and memory, the part pool, the cache."""
 
-    def __init__(self, cache: ObjectCache, *, block_size: int = 1 * MiB, part_size: int = 8 * MiB,
+    def __init__(self, cache: ObjectCache, *, block_size: int = 256 * 1024, part_size: int = 8 * MiB,
                  whole_max: int = 64 * MiB, readahead: int = 8, threads: int = 8, memory: int = 256 * MiB,
                  failure_ttl: float = 1.0, part_retries: int = 2, verify: bool = True,
                  stats: Stats | None = None) -> None:
@@ -335,7 +335,10 @@ class Reader:
         self.stats = stats or Stats()
         self._lock = threading.Lock()
         self._flights: SingleFlight[tuple[str, int], bytes] = SingleFlight()
-        self._memory: LRUCache = LRUCache(maxsize=max(4 * block_size, memory), getsizeof=len)
+        # ``memory`` bounds the blocks this reader holds: those in the LRU and those only its disk writes still
+        # hold (evicted before they were written), at most the cache's pending block writes
+        self._memory: LRUCache = LRUCache(maxsize=max(4 * block_size, memory - cache.max_block_pending),
+                                          getsizeof=len)
         self._unwritten: dict[tuple[str, int], bytes] = {}   # blocks queued for the disk cache
         self._failures: TTLCache = TTLCache(maxsize=10_000, ttl=failure_ttl)
         self._sums: LRUCache = LRUCache(maxsize=4096)        # key -> block sums, or False: none recorded

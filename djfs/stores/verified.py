@@ -22,10 +22,10 @@ from .base import Store
 class _InOrder:
     """Hashes a buffer in order on its own thread as ranges of it are reported filled (in any order)."""
 
-    def __init__(self, oid: ObjectId, view: memoryview) -> None:
+    def __init__(self, oid: ObjectId, view: memoryview, sums: bool = True) -> None:
         self._view = view
         self.state = oid.hasher()
-        self.sums = hashing.BlockSums()
+        self.sums = hashing.BlockSums() if sums else None
         self._ready: dict[int, int] = {}
         self._position = 0
         self._stopped = False
@@ -66,7 +66,8 @@ class _InOrder:
                 start = self._position
             piece = self._view[start:end]  # hashing releases the GIL: the store keeps reading meanwhile
             self.state.update(piece)
-            self.sums.update(piece)
+            if self.sums is not None:
+                self.sums.update(piece)
             with self._cond:
                 self._position = end
 
@@ -85,17 +86,17 @@ class _InOrder:
         self._thread.join()
 
 
-def fetch_verified(store: Store, key: str, oid: ObjectId, size: int, verify: bool = True) -> \
-        tuple[bytearray, list[int]]:
-    """The whole object and its block checksums; checked against its digest unless ``verify`` is False (then
-    only its size is checked, by the store)."""
+def fetch_verified(store: Store, key: str, oid: ObjectId, size: int, verify: bool = True, sums: bool = True) -> \
+        tuple[bytearray, list[int] | None]:
+    """The whole object and its block checksums (None unless ``sums``: only a cache needs them); checked against
+    its digest unless ``verify`` is False (then only its size is checked, by the store)."""
     buffer = bytearray(size)
     view = memoryview(buffer)
     if not verify:
         if size:
             store.get_into(key, view)
-        return buffer, hashing.sums_of(view)
-    checker = _InOrder(oid, view)
+        return buffer, hashing.sums_of(view) if sums else None
+    checker = _InOrder(oid, view, sums)
     try:
         if size:
             store.get_into(key, view, checker.filled)
@@ -105,7 +106,7 @@ def fetch_verified(store: Store, key: str, oid: ObjectId, size: int, verify: boo
     if checker.finish() != size or not oid.matches(checker.state):
         raise CorruptObjectError(f"object {key!r} in {store.describe()} does not match its content digest "
                                  f"({oid.key}): corrupted or replaced")
-    return buffer, checker.sums.finish()
+    return buffer, checker.sums.finish() if checker.sums is not None else None
 
 
 def check_range(store: Store, key: str, sums: list[int] | None, offset: int, data: bytes, size: int) -> None:
