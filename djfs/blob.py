@@ -524,7 +524,7 @@ def _column_major_pieces(array: np.ndarray, limit: int) -> Iterator[memoryview]:
             yield flat[start : start + limit]
         return
     slab = max(limit, SLAB_SIZE) if array.ndim == 3 else limit
-    for whole in _prefetched(_slab_jobs(array, little, slab)):
+    for whole in prefetched(_slab_jobs(array, little, slab)):
         for start in range(0, len(whole), limit):
             yield whole[start : start + limit]
         del whole  # the caller's pieces alone keep this slab alive while the next one is made
@@ -545,7 +545,7 @@ def _slab_jobs(array: np.ndarray, little: np.dtype, limit: int) -> Iterator[Call
         yield functools.partial(_fortran_bytes, array[..., start : start + step], little)
 
 
-def _prefetched(jobs: Iterator[Callable[[], memoryview]]) -> Iterator[memoryview]:
+def prefetched(jobs: Iterator[Callable[[], memoryview]]) -> Iterator[memoryview]:
     """The results of ``jobs`` in order, each computed on a helper thread while the previous one is consumed.
 
     numpy and hashlib/os.write release the GIL for large buffers, so transposing the next slab overlaps the
