@@ -25,8 +25,8 @@ remote (the same server through ``djfs.testing.relay``: 10 ms per request, ~90 M
 
 movies (issue 11; a float32 (T, 512, 512) C-order movie of the same size):
 11. insert as ``npy@`` and as ``external`` into a file store  vs  a plain write+fsync of the same bytes into the
-    same folder (goals >= 0.8x and >= 0.5x): rounds interleaved, sync + page cache dropped before each run, the
-    median of the rounds' ratios, CPU seconds beside;
+    same folder (goals >= 0.8x and >= 0.5x): at least 5 rounds interleaved, sync + page cache dropped before each
+    run, the median of the rounds' ratios, CPU seconds beside;
 12. bytes fetched reading 10 frames from the middle of the ``npy@`` value on S3 through a fresh mount, from its
     ``.npy`` (numpy memory map) and its ``.tif`` (tifffile) (goal <= 2% of the object + 16 MiB).
 
@@ -323,6 +323,7 @@ def aligned(offsets: list[int], size: int, block: int) -> list[tuple[int, int]]:
 # -- movies (issue 11): insert of a (T, Y, X) C-order movie, and 10 of its frames read through the mount ------
 
 MOVIE_SIDE = 512  # a movie is (T, 512, 512) float32: T frames of 1 MiB
+INSERT_ROUNDS = 5  # at least: a round takes seconds, and a neighbour's burst must spoil 3 of them to count
 
 
 def movie_of(size: int) -> np.ndarray:
@@ -352,8 +353,8 @@ def declare_movie_table(connection, kind: str, folder: str):
 def movie_inserts(lab: Lab, movie: np.ndarray, repeat: int, results: Results) -> None:
     """Insert as ``npy@`` and as ``external`` into a file store  vs  a plain write+fsync of the same bytes into
     the same folder of the same file system, under the same conditions: a first run of each not counted, then
-    rounds interleaved (the order rotating), ``sync`` and the page cache dropped before each run, at least 3
-    rounds; the verdict is the median of each round's ratio (a neighbour's load drifting between rounds cancels
+    rounds interleaved (the order rotating), ``sync`` and the page cache dropped before each run, at least
+    ``INSERT_ROUNDS`` rounds; the verdict is the median of each round's ratio (a neighbour's load drifting between rounds cancels
     out), with wall and CPU seconds beside."""
     import time
 
@@ -390,7 +391,7 @@ def movie_inserts(lab: Lab, movie: np.ndarray, repeat: int, results: Results) ->
         try:
             for kind in kinds:  # a first run of each, not counted: whichever ran first was 2-4x slower
                 run(kind, timed_run=False)
-            for round_ in range(max(3, repeat)):
+            for round_ in range(max(INSERT_ROUNDS, repeat)):
                 for kind in kinds[round_ % 3:] + kinds[:round_ % 3]:
                     run(kind)
         finally:
