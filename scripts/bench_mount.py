@@ -31,7 +31,8 @@ movies (issue 11; a float32 (T, 512, 512) C-order movie of the same size):
     ``.npy`` (numpy memory map) and its ``.tif`` (tifffile) (goal <= 2% of the object + 16 MiB).
 
 Run as root (or with FUSE available):
-    python scripts/bench_mount.py [--size 1GiB] [--repeat 3] [--sections local,remote,movies] [-o mount_option=value]
+    python scripts/bench_mount.py [--size 1GiB] [--repeat 3] [--sections local,remote,movies]
+                                  [-o mount_option=value]
 """
 
 from __future__ import annotations
@@ -354,8 +355,8 @@ def movie_inserts(lab: Lab, movie: np.ndarray, repeat: int, results: Results) ->
     """Insert as ``npy@`` and as ``external`` into a file store  vs  a plain write+fsync of the same bytes into
     the same folder of the same file system, under the same conditions: a first run of each not counted, then
     rounds interleaved (the order rotating), ``sync`` and the page cache dropped before each run, at least
-    ``INSERT_ROUNDS`` rounds; the verdict is the median of each round's ratio (a neighbour's load drifting between rounds cancels
-    out), with wall and CPU seconds beside."""
+    ``INSERT_ROUNDS`` rounds; the verdict is the median of each round's ratio (a neighbour's load drifting
+    between rounds cancels out), with wall and CPU seconds beside."""
     import time
 
     from benchlib import write_fsync
