@@ -21,10 +21,11 @@ DataJoint's blob.  The stored object is::
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,22 +64,28 @@ class NpyPacked:
             for start in range(0, len(flat), limit):
                 yield flat[start:start + limit]
             return
-        yield from _c_order_pieces(array, limit)  # a strided view: C order, copied in bounded pieces
+        # a strided view: C order, copied in bounded pieces, the next one on a helper thread while this is used
+        yield from blob.prefetched(_c_order_jobs(array, limit))
 
 
-def _c_order_pieces(array: np.ndarray, limit: int) -> Iterator[memoryview]:
-    """The C-order bytes of a non-contiguous array, in copies of at most ``limit`` bytes (one item at least)."""
+def _c_order_jobs(array: np.ndarray, limit: int) -> Iterator[Callable[[], memoryview]]:
+    """Jobs that each copy the next piece of a non-contiguous array's C-order bytes (at most ``limit`` bytes, one
+    item at least)."""
     if array.nbytes <= limit or array.ndim == 0:
-        yield memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        yield functools.partial(_c_order_bytes, array)
         return
     row = array[0].nbytes if array.ndim > 1 else array.itemsize
     if row > limit and array.ndim > 1:
         for index in range(array.shape[0]):
-            yield from _c_order_pieces(array[index], limit)
+            yield from _c_order_jobs(array[index], limit)
         return
     step = max(1, limit // row)
     for start in range(0, array.shape[0], step):
-        yield memoryview(np.ascontiguousarray(array[start:start + step]).reshape(-1).view(np.uint8))
+        yield functools.partial(_c_order_bytes, array[start:start + step])
+
+
+def _c_order_bytes(array: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
 
 
 def serialize(value: object, where: str = "npy@") -> NpyPacked:

@@ -23,8 +23,16 @@ remote (the same server through ``djfs.testing.relay``: 10 ms per request, ~90 M
 9. the daemon's CPU per GiB of the cold read  vs  s3transfer's in-process CPU (goal: at most twice);
 10. the daemon's RSS growth under 8 concurrent cold streams  vs  its memory bound (block_memory + heap slack).
 
+movies (issue 11; a float32 (T, 512, 512) C-order movie of the same size):
+11. insert as ``npy@`` and as ``external`` into a file store  vs  a plain write+fsync of the same bytes into the
+    same folder (goals >= 0.8x and >= 0.5x): at least 5 rounds interleaved, sync + page cache dropped before each
+    run, the median of the rounds' ratios, CPU seconds beside;
+12. bytes fetched reading 10 frames from the middle of the ``npy@`` value on S3 through a fresh mount, from its
+    ``.npy`` (numpy memory map) and its ``.tif`` (tifffile) (goal <= 2% of the object + 16 MiB).
+
 Run as root (or with FUSE available):
-    python scripts/bench_mount.py [--size 1GiB] [--repeat 3] [--sections local,remote] [-o mount_option=value]
+    python scripts/bench_mount.py [--size 1GiB] [--repeat 3] [--sections local,remote,movies]
+                                  [-o mount_option=value]
 """
 
 from __future__ import annotations
@@ -313,6 +321,142 @@ def aligned(offsets: list[int], size: int, block: int) -> list[tuple[int, int]]:
             for offset in offsets]
 
 
+# -- movies (issue 11): insert of a (T, Y, X) C-order movie, and 10 of its frames read through the mount ------
+
+MOVIE_SIDE = 512  # a movie is (T, 512, 512) float32: T frames of 1 MiB
+INSERT_ROUNDS = 5  # at least: a round takes seconds, and a neighbour's burst must spoil 3 of them to count
+
+
+def movie_of(size: int) -> np.ndarray:
+    """The benchmark's movie: float32 (T, Y, X) in C order (numpy's, suite2p's, CaImAn's convention)."""
+    frames = max(20, size // (MOVIE_SIDE * MOVIE_SIDE * 4))
+    return np.random.default_rng(0).random((frames, MOVIE_SIDE, MOVIE_SIDE), dtype=np.float32)
+
+
+def declare_movie_table(connection, kind: str, folder: str):
+    """A fresh schema whose ``Recording.movie`` is of type ``kind``, its ``~external`` declared (once per schema
+    in real life: not part of an insert's cost)."""
+    import djfs
+    schema = djfs.Schema(f"bench_movies_{kind.strip('@')}_{uuid.uuid4().hex[:8]}", connection=connection)
+    schema.set_external_storage(folder)
+
+    class Recording(djfs.Manual):
+        definition = f"""
+        rec : int
+        ---
+        movie : {kind}
+        """
+    schema(Recording, context={})
+    schema.external.declare()
+    return schema, Recording
+
+
+def movie_inserts(lab: Lab, movie: np.ndarray, repeat: int, results: Results) -> None:
+    """Insert as ``npy@`` and as ``external`` into a file store  vs  a plain write+fsync of the same bytes into
+    the same folder of the same file system, under the same conditions: a first run of each not counted, then
+    rounds interleaved (the order rotating), ``sync`` and the page cache dropped before each run, at least
+    ``INSERT_ROUNDS`` rounds; the verdict is the median of each round's ratio (a neighbour's load drifting
+    between rounds cancels out), with wall and CPU seconds beside."""
+    import time
+
+    from benchlib import write_fsync
+
+    import djfs
+    from djfs.stores import clear_store_cache
+    store = lab.root / "movie-store"
+    store.mkdir(exist_ok=True)
+    kinds = ("raw", "npy@", "external")
+    wall: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
+
+    def run(kind: str, timed_run: bool = True) -> None:
+        folder = f"f{uuid.uuid4().hex[:8]}"  # every run writes into a new folder of the store
+        schema, table = declare_movie_table(lab.connection, kind, folder) if kind != "raw" else (None, None)
+        (store / folder).mkdir()
+        work = (lambda: write_fsync(store / folder / "raw", movie)) if table is None else \
+            (lambda: table.insert1({"rec": 1, "movie": movie}))
+        drop_page_cache()  # sync, then clean pages dropped: no run pays for the previous one's writeback
+        start_cpu = time.process_time()  # every thread of this process (the insert's helpers too)
+        seconds, _ = timed(work)
+        if timed_run:
+            wall[kind].append(seconds)
+            cpu[kind].append(time.process_time() - start_cpu)
+        if schema is not None:
+            schema.drop(force=True)
+        shutil.rmtree(store / folder)
+
+    load = os.getloadavg()[0]
+    with djfs.config.override(**{"external-location": f"file://{store}", "external-account": None,
+                                 "external-token": None}):
+        clear_store_cache()
+        try:
+            for kind in kinds:  # a first run of each, not counted: whichever ran first was 2-4x slower
+                run(kind, timed_run=False)
+            for round_ in range(max(INSERT_ROUNDS, repeat)):
+                for kind in kinds[round_ % 3:] + kinds[:round_ % 3]:
+                    run(kind)
+        finally:
+            clear_store_cache()
+    load = f"load average {load:.1f}-{os.getloadavg()[0]:.1f}"
+    raw = wall["raw"]
+    for kind, goal in (("npy@", 0.8), ("external", 0.5)):
+        ratios = [r / t for r, t in zip(raw, wall[kind])]
+        results.at_least(f"insert as {kind} vs raw write+fsync", median(ratios), goal,
+                         f"median of rounds {', '.join(f'{x:.2f}' for x in ratios)}; wall "
+                         f"{median(wall[kind]):.2f} s vs {median(raw):.2f} s (runs "
+                         f"{', '.join(f'{t:.2f}' for t in wall[kind])} vs {', '.join(f'{t:.2f}' for t in raw)}); "
+                         f"CPU {median(cpu[kind]):.2f} s vs {median(cpu['raw']):.2f} s; {load}")
+
+
+def movie_frames(lab: Lab, movie: np.ndarray, repeat: int, results: Results) -> None:
+    """10 frames from the middle of the movie stored as ``npy@`` on S3, read through fresh mounts with an empty
+    cache, from ``movie.npy`` (numpy's memory map) and from ``movie.tif`` (tifffile): the bytes the daemon
+    fetched against 2% of the object + 16 MiB."""
+    lab.use(lab.s3.location("bench"))
+    schema, table = declare_movie_table(lab.connection, "npy@", lab.s3.create_bucket(f"movies-{uuid.uuid4().hex[:12]}"))
+    table.insert1({"rec": 1, "movie": movie})
+    (size,) = lab.connection.query(f"SELECT size FROM {schema.external.full_table_name}").fetchone()
+    limit = 0.02 * int(size) + 16 * MiB
+    middle = movie.shape[0] // 2
+    wanted = slice(middle, middle + 10)
+
+    def read(how: str) -> dict:
+        lab.clear_cache()
+        mountpoint, process = lab.mount([f"schemas={schema.database}"])
+        try:
+            directory = Path(mountpoint, schema.database, table.__name__, "rec=1")
+            if how == "npy":
+                mapped = np.load(directory / "movie.npy", mmap_mode="r")
+                seconds, frames = timed(lambda: np.array(mapped[wanted]))
+                del mapped  # the memory map holds the file open
+            else:
+                import tifffile
+                with tifffile.TiffFile(directory / "movie.tif") as tif:
+                    seconds, frames = timed(lambda: tif.asarray(key=range(wanted.start, wanted.stop)))
+            if not np.array_equal(frames, movie[wanted]):
+                raise AssertionError(f"frames read through the .{how} differ from the movie")
+            return {**mount_stats(mountpoint), "seconds": seconds, "read": frames.nbytes}
+        finally:
+            unmount(mountpoint, process)
+
+    for how in ("npy", "tif"):
+        runs = [read(how) for _ in range(repeat)]
+        fetched = median(run.get("store_bytes", 0) for run in runs)
+        results.at_most(f"MiB fetched reading 10 frames of the movie's .{how}", fetched / MiB, limit / MiB,
+                        f"{median(run.get('store_requests', 0) for run in runs):.0f} requests for "
+                        f"{runs[0]['read'] / MiB:.1f} MiB of frames ({median(run['seconds'] for run in runs):.2f} s)",
+                        unit="")
+    schema.drop(force=True)
+
+
+def movies_section(lab: Lab, size: int, repeat: int, results: Results) -> None:
+    """Issue 11's goals for a (T, Y, X) C-order movie of ``size`` bytes: inserts, then frames read back."""
+    movie = movie_of(size)
+    print(f"movie: {movie.shape} float32, C order, {movie.nbytes / MiB:.0f} MiB", flush=True)
+    movie_inserts(lab, movie, repeat, results)
+    movie_frames(lab, movie, repeat, results)
+
+
 # -- the sections of the report --------------------------------------------------------------------------------
 
 def local_section(bench: Bench, repeat: int, results: Results) -> None:
@@ -428,8 +572,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1GiB", help="object size (default 1GiB)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions per measurement (median)")
-    parser.add_argument("--sections", default="local,remote",
-                        help="which to run: local (S3 on loopback), remote (through the relay); default both")
+    parser.add_argument("--sections", default="local,remote,movies",
+                        help="which to run: local (S3 on loopback), remote (through the relay), movies (inserts "
+                             "and frame reads of a (T, Y, X) movie); default all")
     parser.add_argument("--s3", default="s3rver", choices=["s3rver", "moto"], help="the S3 server (default s3rver)")
     parser.add_argument("-o", dest="options", action="append", default=[], help="extra djfs mount options")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
@@ -440,8 +585,8 @@ def main() -> int:
         return 0
     from djfs.settings import parse_size
     sections = {name.strip() for name in args.sections.split(",") if name.strip()}
-    if not sections <= {"local", "remote"}:
-        parser.error(f"unknown sections: {', '.join(sorted(sections - {'local', 'remote'}))}")
+    if not sections <= {"local", "remote", "movies"}:
+        parser.error(f"unknown sections: {', '.join(sorted(sections - {'local', 'remote', 'movies'}))}")
 
     root = Path(tempfile.mkdtemp(prefix="djfs-bench-"))
     results = Results()
@@ -449,7 +594,10 @@ def main() -> int:
     try:
         lab.start()
         bench = Bench(lab, parse_size(args.size), args.options)
-        bench.setup()
+        if "movies" in sections:
+            movies_section(lab, parse_size(args.size), args.repeat, results)
+        if sections - {"movies"}:
+            bench.setup()
         if "local" in sections:
             local_section(bench, args.repeat, results)
         if "remote" in sections:
@@ -458,7 +606,7 @@ def main() -> int:
         lab.close()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    results.print(f"object: {bench.object_size / MiB:.0f} MiB, {args.s3}, medians of {args.repeat}")
+    results.print(f"object: {bench.size / MiB:.0f} MiB, {args.s3}, medians of {args.repeat}")
     return 0
 
 

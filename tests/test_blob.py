@@ -924,12 +924,13 @@ def test_property_column_major_pieces_equal_numpy(array: np.ndarray, how: int, c
     """Bounded pieces, any slab and tile size, any layout and byte order: numpy's Fortran-order bytes."""
     array = layouts(array, how)
     expected = np.asfortranarray(array, dtype=array.dtype.newbyteorder("<")).tobytes(order="F")
-    saved = blob._TILE
-    blob._TILE = tile  # tiny tiles exercise every edge of the tiled copy on small arrays
+    saved = blob._TILE, blob._GATHER_BYTES, blob.SLAB_SIZE
+    # tiny tiles, gather groups and slabs exercise every edge of the tiled and the two-copy transposes
+    blob._TILE, blob._GATHER_BYTES, blob.SLAB_SIZE = tile, tile[1] * 16, chunk * tile[0]
     try:
         pieces = [bytes(piece) for piece in blob._column_major_pieces(array, chunk)]
     finally:
-        blob._TILE = saved
+        blob._TILE, blob._GATHER_BYTES, blob.SLAB_SIZE = saved
     assert all(len(piece) <= max(chunk, array.dtype.itemsize) for piece in pieces)
     assert b"".join(pieces) == expected
 

@@ -214,7 +214,8 @@ class Store(ABC):
         """Write ``data`` as a hidden temporary object while ``observe`` sees every chunk, for an object whose
         name is known only once all its bytes were seen (a content hash): one pass over the data instead of
         two.  ``Staged.publish(key)`` names it.  None when the backend can't rename cheaply (S3): the caller
-        then reads the data twice."""
+        then reads the data twice.  A chunk may still be being written after the next one was asked for: the
+        producer must not change a chunk it yielded until ``stage`` returns."""
         return None
 
     def open_range(self, key: str, offset: int = 0, length: int | None = None) -> "RangeStream":

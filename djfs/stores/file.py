@@ -12,6 +12,7 @@ objects where nobody else can see them.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import os
@@ -27,6 +28,7 @@ from ..errors import CorruptObjectError, StoreError
 from .base import (MAX_IO, STRICT_KEYS, Data, Filled, KeyRule, ObjectInfo, Staged, Store, as_chunks, check_size,
                    pread_all, validate_prefix)
 
+STAGE_WRITES_AHEAD = 2  # chunks a staged write may lag behind the hash (bounded memory: the chunks it holds)
 READ_STEP = 4 << 20  # pieces of a read whose progress is reported (hashing overlaps the next piece's read)
 
 
@@ -106,9 +108,14 @@ class FileStore(Store):
     def stage(self, data: Data, size: int | None, observe: Callable[[memoryview], object]) -> "StagedFile":
         """Write ``data`` to a hidden file in the store's folder, fsynced, while ``observe`` sees each chunk.
 
-        Each chunk is written on a helper thread while ``observe`` (a hash) reads it here: both release the
-        GIL, so an insert costs about the slower of the two instead of their sum.  ``publish`` renames the file
-        to its key (same file system: atomic); a file never published is removed when discarded or dropped."""
+        A pipeline: chunks are written in order on a helper thread, up to ``STAGE_WRITES_AHEAD`` behind the chunk
+        ``observe`` (a hash) reads here, while the producer makes the next (a blob's column-major copy, on its own
+        thread).  numpy, hashlib and os.write release the GIL, so an insert costs about its slowest stage instead
+        of their sum, and a stall of one (the disk throttling the writer) doesn't stop the others at once.  So
+        the producer must not change a chunk it yielded until the stage returns (fresh buffers, or views of an
+        array the caller keeps).  What is written is what was observed: the same buffer, read by both.
+        ``publish`` renames the file to its key (same file system: atomic); a file never published is removed
+        when discarded or dropped, and a failure anywhere removes it before raising."""
         try:
             self._make_directory(self._root)
             fd, path = _temporary(self._root, "staged")
@@ -118,12 +125,21 @@ class FileStore(Store):
             raise self._fail("write", "(staged object)", error) from error
         staged = StagedFile(self, path)
         try:
-            written = 0
+            written = offset = 0
             with os.fdopen(fd, "wb", buffering=0) as file, ThreadPoolExecutor(1, "djfs-stage") as writer:
-                for chunk in as_chunks(data):
-                    writing = writer.submit(_write_all, file.fileno(), chunk, written)
-                    observe(chunk)
-                    written += writing.result()  # the producer may reuse the chunk once we ask for the next
+                writing: collections.deque = collections.deque()
+                try:
+                    for chunk in as_chunks(data):
+                        writing.append(writer.submit(_write_all, file.fileno(), chunk, offset))
+                        offset += len(chunk)
+                        observe(chunk)
+                        while len(writing) > STAGE_WRITES_AHEAD:
+                            written += writing.popleft().result()
+                    while writing:
+                        written += writing.popleft().result()
+                finally:
+                    for future in writing:  # a failure: the writes not started yet are dropped
+                        future.cancel()
                 check_size(written, size, "(staged object)", self)
                 os.fsync(file.fileno())
         except OSError as error:
