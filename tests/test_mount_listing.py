@@ -208,3 +208,53 @@ def test_the_change_probe_sees_every_change_the_mount_shows_and_nothing_else(db_
         assert not changed("SELECT * FROM {t}")
     finally:
         database.close()
+
+
+def size_of(path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize("libfuse", ["3", "2"])
+def test_changes_made_elsewhere_reach_a_kernel_that_keeps_entries_for_long(lab, mounts, libfuse):
+    """Default kernel timeouts (libfuse 3: 60 s, told to forget what changed; libfuse 2: 1 s): stat-ed and listed
+    paths whose rows change elsewhere show the new size, vanish, or appear within about listing_timeout; with
+    libfuse 3 the kernel meanwhile answers repeated stats itself."""
+    mount = mounts.mount({}, ["listing_timeout=0.3", f"schemas={lab.name}", f"libfuse={libfuse}"])
+    subject_name = "s07" if libfuse == "3" else "s08"
+    subject = mount.path(lab.name, "Session", subject_dir(lab, subject_name))
+    os.listdir(mount.path(lab.name))
+    ls_recursive(subject)  # the kernel holds the subject's rows and their files
+    row, gone, trace = subject / "session=2" / "row.json", subject / "session=5", subject / "session=3" / "trace.npy"
+    sizes = {path: os.stat(path).st_size for path in (row, gone / "row.json", trace)}
+    if libfuse == "3":  # the kernel keeps what it was given past the old 1 s timeouts: no call for a stat
+        time.sleep(1.5)
+        before = mount.stats()
+        assert {path: os.stat(path).st_size for path in sizes} == sizes
+        after = mount.stats()
+        assert after.get("calls.getattr_fuse_3", 0) == before.get("calls.getattr_fuse_3", 0)
+
+    other = lab.connection
+    with djfs.config.override(**lab.settings):
+        other.query(f"UPDATE `{lab.name}`.`session` SET note = %s WHERE subject = %s AND session = %s",
+                    ("a much longer note than before", subject_name, 2))
+        other.query(f"UPDATE `{lab.name}`.`session` SET trace = %s WHERE subject = %s AND session = %s",
+                    (blob.pack(np.arange(50, dtype=np.int32)), subject_name, 3))
+        other.query(f"DELETE FROM `{lab.name}`.`session` WHERE subject = %s AND session = %s", (subject_name, 5))
+        other.query(f"INSERT INTO `{lab.name}`.`session` (subject, session, note) VALUES (%s, %s, %s)",
+                    (subject_name, 70, "new"))
+        other.query(f"CREATE TABLE `{lab.name}`.`extra_{libfuse}` (k int NOT NULL, PRIMARY KEY (k))")
+    assert wait_for(lambda: size_of(row) == sizes[row] + len("a much longer note than before") - len("s07/2"))
+    assert json.loads(row.read_bytes())["note"] == "a much longer note than before"
+    assert wait_for(lambda: size_of(trace) != sizes[trace])
+    assert np.load(trace).tolist() == list(range(50))
+    assert wait_for(lambda: size_of(gone / "row.json") is None and size_of(gone) is None)
+    assert errno_of(os.listdir, gone) == errno.ENOENT
+    assert "session=5" not in os.listdir(subject)
+    assert wait_for(lambda: size_of(subject / "session=70" / "row.json") is not None)
+    assert "session=70" in os.listdir(subject)
+    assert wait_for(lambda: f"Extra{libfuse}" in os.listdir(mount.path(lab.name)))
+    if libfuse == "3":
+        assert mount.stats()["invalidated_paths"] > 0

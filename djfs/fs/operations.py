@@ -36,9 +36,10 @@ from ..settings import Config
 from ..stores import configured_store
 from . import views
 from .datajoint_files import DataJointFiles
-from .libfuse import describe, load_mfusepy
+from .libfuse import can_invalidate, describe, load_mfusepy
 from .reader import Handle, MemoryHandle, Piece, Reader, Stats, StoredObject, join
 from .tree import Database, DatabaseError, Node, NotFound, Tree, Unavailable
+from .watch import Holdings, Watcher
 
 log = logging.getLogger(__name__)
 mfusepy = load_mfusepy()  # libfuse 3 unless chosen otherwise (djfs.fs.libfuse), never mfusepy's own pick
@@ -120,6 +121,12 @@ class FileSystem(mfusepy.FUSE):
 
     _pinned: set[int] = set()  # libfuse threads whose Python thread state is kept
 
+    def __init__(self, operations: Any, mountpoint: str, **options: Any) -> None:
+        self._fuse: int | None = None      # libfuse's ``struct fuse *``, known from ``init`` to ``destroy``
+        self._notify_lock = threading.Lock()
+        self._count = getattr(operations, "count_call", None)
+        super().__init__(operations, mountpoint, **options)
+
     def _wrapper(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
         """Every call, on libfuse's own threads: keep each such thread's Python thread state from one call to
         the next (one ``PyGILState_Ensure`` never released) instead of Python creating and destroying one per
@@ -128,7 +135,33 @@ class FileSystem(mfusepy.FUSE):
         if thread not in self._pinned:
             ctypes.pythonapi.PyGILState_Ensure()
             self._pinned.add(thread)
+        if self._count is not None:
+            self._count(func.__name__)
         return super()._wrapper(func, *args, **kwargs)
+
+    def init_fuse_3(self, conn: Any, config: Any) -> None:
+        """Learn libfuse's ``struct fuse *`` (only a callback's context holds it) and hand the operations the
+        means to invalidate the kernel's entries, before their ``init`` starts anything."""
+        if can_invalidate(mfusepy):
+            self._fuse = mfusepy._libfuse.fuse_get_context().contents.fuse
+            if self._fuse and hasattr(self.operations, "kernel_invalidation"):
+                self.operations.kernel_invalidation(self.invalidate)
+        super().init_fuse_3(conn, config)
+
+    def destroy(self, private_data: Any) -> None:
+        try:
+            super().destroy(private_data)
+        finally:
+            with self._notify_lock:
+                self._fuse = None
+
+    def invalidate(self, path: str) -> int:
+        """Tell the kernel to forget a path's attributes and cached data (a directory's: its cached listing):
+        0, or -ENOENT when neither libfuse nor the kernel holds it.  Never from inside a FUSE callback."""
+        with self._notify_lock:
+            if not self._fuse:
+                return -errno.ESHUTDOWN
+            return _invalidate_path(self._fuse, path.encode(self.encoding, self.errors))
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
         decoded = "/" if path is None else path.decode(self.encoding, self.errors)
@@ -147,6 +180,12 @@ class FileSystem(mfusepy.FUSE):
             if filler(buf, name.encode(self.encoding, self.errors), entry, index + 1, complete) != 0:
                 break
         return 0
+
+
+if can_invalidate(mfusepy):
+    _invalidate_path = mfusepy._libfuse.fuse_invalidate_path
+    _invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    _invalidate_path.restype = ctypes.c_int
 
 
 class Operations(mfusepy.Operations):
@@ -169,6 +208,16 @@ class Operations(mfusepy.Operations):
         # path -> its entries while FileSystem.readdir_fuse_3 hands them out (bounded in entries: a reader may stop)
         self._directories: LRUCache = LRUCache(maxsize=2_000_000, getsizeof=len)
         self._lock = threading.Lock()
+        self._invalidate: Callable[[str], int] | None = None
+        self._watcher: Watcher | None = None
+
+    def count_call(self, name: str) -> None:
+        """One call from libfuse (``FileSystem``), counted per callback in the mount's stats."""
+        self.stats.add("calls." + name)
+
+    def kernel_invalidation(self, invalidate: Callable[[str], int]) -> None:
+        """``FileSystem`` can tell the kernel to forget a path: watch the tables the kernel holds (``watch``)."""
+        self._invalidate = invalidate
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -178,9 +227,15 @@ class Operations(mfusepy.Operations):
         self._database = Database(self.config, threads=options.sql_threads, timeout=options.db_timeout)
         cache = open_cache(self.config["cache-location"], self.config["cache-size"])
         self._datajoint = DataJointFiles(self.config, cache, self.stats)
+        holdings = Holdings() if self._invalidate is not None else None
         self._tree = Tree(self._database, schemas=options.schemas, listing_timeout=options.listing_timeout,
                           heading_timeout=options.heading_timeout, catalog_timeout=options.catalog_timeout,
-                          page_size=options.page_size, datajoint=self._datajoint)
+                          page_size=options.page_size, datajoint=self._datajoint, holdings=holdings)
+        if holdings is not None and self._invalidate is not None:
+            interval = max(options.listing_timeout / 2, 0.05)
+            self._watcher = Watcher(self._tree, holdings, self._invalidate, interval=interval,
+                                    hold=max(options.entry_timeout, options.attr_timeout) + 2 * interval + 1,
+                                    catalog_interval=self._tree.catalog_timeout).start()
         self._reader = Reader(cache, block_size=options.block_size, part_size=options.part_size,
                               whole_max=options.whole_max, readahead=options.readahead,
                               threads=options.prefetch_threads, memory=options.block_memory,
@@ -230,6 +285,8 @@ class Operations(mfusepy.Operations):
             log.info("kernel read-ahead left at its default (%s)", error)
 
     def destroy(self, path: str) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
         for handle in list(self._handles.values()):
             handle.close()
         self._handles.clear()
@@ -355,6 +412,8 @@ class Operations(mfusepy.Operations):
         if self._database is not None:
             counters["sql_queries"] = self._database.queries
         counters["open_handles"] = len(self._handles)
+        if self._watcher is not None:
+            counters["invalidated_paths"] = self._watcher.invalidated
         counters["libfuse"] = describe(mfusepy)
         return counters
 
