@@ -100,11 +100,17 @@ def test_ls_lR_costs_queries_per_page_not_per_row_and_no_getattr_per_entry(lab, 
     # readdirplus: the listing gave the kernel every entry's attributes; ls did not stat them one by one
     getattrs = after.get("getattrs", 0) - before.get("getattrs", 0)
     assert getattrs < rows // 4, getattrs
-    # listed again while unchanged: only the probe may reach the database, and the rows come from memory
+    directories = 1 + len(SUBJECTS) + rows
+    first_readdirs = after.get("calls.readdir_fuse_3", 0) - before.get("calls.readdir_fuse_3", 0)
+    assert first_readdirs >= 2 * directories  # with offsets: each directory's end is asked for by a call
+    # listed again while unchanged: only the probe may reach the database, and the rows come from memory; the
+    # kernel holds every entry, so each listing goes to libfuse whole and libfuse answers its end itself
     before = mount.stats()
     assert ls_recursive(table) == lines
     after = mount.stats()
     assert after["sql_queries"] - before["sql_queries"] <= 1
+    assert after.get("calls.readdir_fuse_3", 0) - before.get("calls.readdir_fuse_3", 0) == directories
+    assert after.get("calls.getattr_fuse_3", 0) == before.get("calls.getattr_fuse_3", 0)
 
 
 def test_one_hundred_thousand_rows_at_one_level(lab, mounts):

@@ -25,6 +25,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from typing import Any, BinaryIO, Callable
 
 from cachetools import LRUCache
@@ -106,6 +107,9 @@ def _read_only(*_: Any, **__: Any) -> int:
     raise mfusepy.FuseOSError(errno.EROFS)
 
 
+FILE_BLOCK = 1 << 20     # st_blksize of files: tools (cat, cp) read in pieces this size
+DIRECTORY_BLOCK = 4096   # ... and of directories (glibc then reads listings 32 KiB at a time)
+ENTRIES_MARGIN = 2.0  # seconds: the kernel's timeouts run from its receipt of a reply, a little after ours
 FUSE_READDIR_PLUS = 1 << 0   # libfuse 3: the kernel asks for the entries' attributes (readdirplus)
 FUSE_FILL_DIR_PLUS = 1 << 1  # libfuse 3: this entry's attributes are complete
 
@@ -166,9 +170,18 @@ class FileSystem(mfusepy.FUSE):
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
         decoded = "/" if path is None else path.decode(self.encoding, self.errors)
         operations = self.operations
+        entry = mfusepy.c_stat()
+        if offset == 0 and operations.entries_held(decoded):
+            # the kernel holds every entry's attributes: hand libfuse the whole listing without offsets; it keeps
+            # it and answers the kernel's next reads (the end of the directory) itself, without a call
+            for name, spec in operations.directory(decoded, 0, False):
+                ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
+                entry.st_mode, entry.st_ino = operations.entry_type(decoded, name, spec)
+                if filler(buf, name.encode(self.encoding, self.errors), entry, 0, 0) != 0:
+                    break
+            return 0
         entries = operations.directory(decoded, offset)
         plus = bool(flags & FUSE_READDIR_PLUS)
-        entry = mfusepy.c_stat()
         for index in range(offset, len(entries)):
             name, spec = entries[index]
             ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
@@ -179,6 +192,9 @@ class FileSystem(mfusepy.FUSE):
                 entry.st_mode, entry.st_ino = operations.entry_type(decoded, name, spec)
             if filler(buf, name.encode(self.encoding, self.errors), entry, index + 1, complete) != 0:
                 break
+        else:
+            if plus:
+                operations.entries_given(decoded)
         return 0
 
 
@@ -210,6 +226,8 @@ class Operations(mfusepy.Operations):
         self._lock = threading.Lock()
         self._invalidate: Callable[[str], int] | None = None
         self._watcher: Watcher | None = None
+        self._entries_hold = 0.0  # seconds the kernel keeps a listing's entries (0: unknown, never relied on)
+        self._given: LRUCache = LRUCache(maxsize=200_000)  # directory -> when its entries were all handed out
 
     def count_call(self, name: str) -> None:
         """One call from libfuse (``FileSystem``), counted per callback in the mount's stats."""
@@ -218,6 +236,27 @@ class Operations(mfusepy.Operations):
     def kernel_invalidation(self, invalidate: Callable[[str], int]) -> None:
         """``FileSystem`` can tell the kernel to forget a path: watch the tables the kernel holds (``watch``)."""
         self._invalidate = invalidate
+        self._entries_hold = min(self.options.entry_timeout, self.options.attr_timeout) - ENTRIES_MARGIN
+
+    def entries_held(self, path: str) -> bool:
+        """Whether the kernel holds the names and attributes of every entry of a directory: its last listing
+        handed them all (readdirplus) within the kernel's timeouts, and nothing of it was invalidated since."""
+        with self._lock:
+            given = self._given.get(path)
+        return given is not None and time.monotonic() - given < self._entries_hold
+
+    def entries_given(self, path: str) -> None:
+        """A listing handed the kernel every entry's attributes (readdirplus) just now."""
+        if self._entries_hold > 0:
+            with self._lock:
+                self._given[path] = time.monotonic()
+
+    def _forget(self, path: str) -> int:
+        """Tell the kernel to forget a path (the watcher's thread only)."""
+        with self._lock:
+            self._given.pop(path, None)
+        assert self._invalidate is not None
+        return self._invalidate(path)
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -233,7 +272,7 @@ class Operations(mfusepy.Operations):
                           page_size=options.page_size, datajoint=self._datajoint, holdings=holdings)
         if holdings is not None and self._invalidate is not None:
             interval = max(options.listing_timeout / 2, 0.05)
-            self._watcher = Watcher(self._tree, holdings, self._invalidate, interval=interval,
+            self._watcher = Watcher(self._tree, holdings, self._forget, interval=interval,
                                     hold=max(options.entry_timeout, options.attr_timeout) + 2 * interval + 1,
                                     catalog_interval=self._tree.catalog_timeout).start()
         self._reader = Reader(cache, block_size=options.block_size, part_size=options.part_size,
@@ -316,8 +355,10 @@ class Operations(mfusepy.Operations):
         return self._file_attributes(node.file)
 
     def _directory_attributes(self, path: str, mtime: float) -> dict[str, Any]:
+        # st_blksize: glibc's readdir sizes its getdents buffer by it, and the kernel allocates (vmalloc) a reply
+        # buffer that size for every FUSE readdir: 1 MiB per row directory doubled the CPU time of ``ls -lR``
         return self._owned(mtime, st_mode=stat.S_IFDIR | self.options.dir_mode, st_nlink=2, st_size=0,
-                           st_ino=self._directory_inode(path))
+                           st_ino=self._directory_inode(path), st_blksize=DIRECTORY_BLOCK)
 
     def _file_attributes(self, spec: views.FileSpec) -> dict[str, Any]:
         return self._owned(spec.mtime, st_mode=stat.S_IFREG | self.options.file_mode, st_nlink=1,
@@ -325,9 +366,8 @@ class Operations(mfusepy.Operations):
 
     def _owned(self, mtime: float, **attributes: Any) -> dict[str, Any]:
         nanoseconds = int(mtime * 1e9)
-        # tools (cat, cp) read in st_blksize pieces: ask for big reads
         return {"st_uid": self.options.uid, "st_gid": self.options.gid, "st_atime": nanoseconds,
-                "st_mtime": nanoseconds, "st_ctime": nanoseconds, "st_blksize": 1 << 20, **attributes}
+                "st_mtime": nanoseconds, "st_ctime": nanoseconds, "st_blksize": FILE_BLOCK, **attributes}
 
     @_fuse_errors
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:

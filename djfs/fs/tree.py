@@ -354,7 +354,10 @@ class Tree:
             heading = self.db.call(lambda connection: Heading.load(connection, schema, table_name))
             if not heading.attributes:
                 raise NotFound(f"{schema}.{table_name}")
-            return Table(schema, table_name, heading)
+            table = Table(schema, table_name, heading)
+            known = self._headings.stale((schema, table_name))
+            # the same heading reloaded is the same table: what was resolved and handed out under it stays valid
+            return known if known == table else table
         return self._headings.get((schema, table_name), load, stale_ok)
 
     # -- change tokens ---------------------------------------------------------------------------------------
