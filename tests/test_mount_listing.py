@@ -264,3 +264,51 @@ def test_changes_made_elsewhere_reach_a_kernel_that_keeps_entries_for_long(lab, 
     assert wait_for(lambda: f"Extra{libfuse}" in os.listdir(mount.path(lab.name)))
     if libfuse == "3":
         assert mount.stats()["invalidated_paths"] > 0
+
+
+def test_the_watcher_has_the_kernel_forget_only_rows_that_changed(db_config, connection, schema_name):
+    """Against the real server, without FUSE: what a listing handed out is compared with the table's rows once
+    they changed; only the rows that vanished or changed (their directories and files) and the table's directory
+    are to be forgotten, unchanged rows are not; a dropped table is forgotten whole, once."""
+    from djfs.fs.tree import Database, Tree
+    from djfs.fs.watch import Holdings, Watcher
+    connection.query(f"CREATE DATABASE `{schema_name}`")
+    connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, note varchar(16), data longblob, "
+                     f"PRIMARY KEY (k))")
+    connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (1, 'a', NULL), (2, 'b', NULL), (3, 'c', %s), "
+                     f"(4, 'd', NULL)", (blob.pack(np.arange(3)),))
+    database = Database(djfs.config)
+    forgotten: list[str] = []
+    try:
+        holdings = Holdings()
+        tree = Tree(database, schemas=[schema_name], listing_timeout=0.05, holdings=holdings)
+        watcher = Watcher(tree, holdings, lambda path: forgotten.append(path) or 0, interval=0.05, hold=60,
+                          catalog_interval=60)
+        base = f"/{schema_name}/T"
+        assert [name for name, _ in tree.list(base)] == ["k=1", "k=2", "k=3", "k=4"]
+        assert sorted(name for name, _ in tree.list(f"{base}/k=3")) == ["data.npy", "row.json"]
+        time.sleep(0.1)
+        watcher.round()
+        assert forgotten == []  # unchanged: nothing to forget
+
+        connection.query(f"UPDATE `{schema_name}`.`t` SET note = 'changed' WHERE k = 2")
+        connection.query(f"DELETE FROM `{schema_name}`.`t` WHERE k = 3")
+        connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (9, 'new', NULL)")
+        time.sleep(0.1)
+        watcher.round()
+        assert set(forgotten) == {base, f"{base}/k=2", f"{base}/k=2/row.json", f"{base}/k=3",
+                                  f"{base}/k=3/row.json", f"{base}/k=3/data.npy"}
+        forgotten.clear()
+        time.sleep(0.1)
+        watcher.round()
+        assert forgotten == []  # synchronised: the same change is not forgotten twice
+
+        connection.query(f"DROP TABLE `{schema_name}`.`t`")
+        time.sleep(0.1)
+        watcher.round()
+        assert {base, f"{base}/k=1", f"{base}/k=2/row.json", f"{base}/k=9"} <= set(forgotten)
+        forgotten.clear()
+        watcher.round()
+        assert forgotten == []
+    finally:
+        database.close()

@@ -10,7 +10,12 @@
   bytes go from the page cache to the kernel without passing through Python; everything else is copied once.
 * ``readdir`` (``FileSystem``, libfuse 3) hands the kernel every entry's attributes (readdirplus), so a listing
   also answers its entries' stats; there is no opendir/releasedir, and ``security.*``/``system.*`` xattrs answer
-  EOPNOTSUPP: ``ls -lR`` costs about one call per directory, not several per entry.
+  EOPNOTSUPP: ``ls -lR`` costs two calls per directory, not several per entry.  The kernel keeps names and
+  attributes for ``entry_timeout``/``attr_timeout`` (60 s with libfuse 3), and is told to forget those of rows
+  that change (``djfs.fs.watch``); a directory whose entries it holds is listed without attributes and without
+  offsets, so libfuse answers the listing's end itself: a second ``ls -lR`` costs one call per directory.
+  (Letting the kernel cache listings, ``cache_readdir``, is out of reach: libfuse 3.14's high-level opendir
+  drops the flag, and without an opendir libfuse's readdir has no handle.)
 * Every write-like operation answers EROFS; store and database trouble answer EIO; unknown paths ENOENT.
 """
 
