@@ -227,13 +227,14 @@ def row_json(heading: Heading, values: dict[str, Any]) -> bytes:
     document = {name: _json_value(heading[name], value) for name, value in values.items()}
     if not document or any(isinstance(value, (dict, list)) for value in document.values()):
         text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
-    else:  # json.dumps(indent=2)'s text, from the C encoder (indent= takes the pure-Python one): ls -lR makes
-        # thousands of these
-        text = "{\n" + ",\n".join(f"  {_encode(name)}: {_encode(value)}" for name, value in document.items()) + "\n}"
+    else:  # json.dumps(indent=2)'s text, from one call of the C encoder (indent= takes the pure-Python one): ls -lR
+        # makes thousands of these
+        text = "{\n  " + _encode_flat(document)[1:-1] + "\n}"
     return (text + "\n").encode("utf-8")
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+#: a flat object's members one per line, as ``indent=2`` lays them out, without the braces' line breaks
+_encode_flat = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",\n  ", ": ")).encode
 
 
 # -- inode numbers --------------------------------------------------------------------------------------------
