@@ -310,5 +310,23 @@ def test_the_watcher_has_the_kernel_forget_only_rows_that_changed(db_config, con
         forgotten.clear()
         watcher.round()
         assert forgotten == []
+
+        # two key levels: a first-level directory whose rows all go is forgotten with its rows and their files
+        connection.query(f"CREATE TABLE `{schema_name}`.`u` (a int NOT NULL, b int NOT NULL, PRIMARY KEY (a, b))")
+        connection.query(f"INSERT INTO `{schema_name}`.`u` VALUES (1, 1), (1, 2), (2, 1)")
+        base = f"/{schema_name}/U"
+        assert [name for name, _ in tree.list(f"/{schema_name}")] == ["U"]  # listing the schema refreshes it
+        tree.list(base)
+        for directory in ("a=1", "a=2"):
+            for row, _ in tree.list(f"{base}/{directory}"):
+                tree.list(f"{base}/{directory}/{row}")
+        time.sleep(0.1)
+        watcher.round()
+        assert forgotten == []
+        connection.query(f"DELETE FROM `{schema_name}`.`u` WHERE a = 1")
+        time.sleep(0.1)
+        watcher.round()
+        assert set(forgotten) == {base, f"{base}/a=1", f"{base}/a=1/b=1", f"{base}/a=1/b=1/row.json",
+                                  f"{base}/a=1/b=2", f"{base}/a=1/b=2/row.json"}
     finally:
         database.close()
