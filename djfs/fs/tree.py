@@ -15,12 +15,12 @@
 Caching: a listing and the rows it brought are kept, and reused for as long as their table is unchanged.  Whether
 it is is asked with one aggregate query per table (``probe_sql``: row count and CRC32 aggregates of what the mount
 shows of the rows), at most once per ``listing_timeout`` seconds, longer for a table whose probe is slow (probing
-takes at most 1/``PROBE_SHARE`` of one connection's time).  Rows
-inserted, deleted or changed elsewhere show up or vanish within ``listing_timeout``: with libfuse 3 the kernel
-keeps what it was handed for long and is told to forget what changed (``holdings``, ``djfs.fs.watch``), with
-libfuse 2 its own short timeouts add to that; nothing unchanged is read twice.  Resolving a path may use the lists of schemas and tables up to
-``catalog_timeout`` old, listing them refreshes them.  Each result is also kept in a bounded "last known" cache
-that ``lookup`` (stat, open) falls back to while the database is unreachable, so files already known stay
+takes at most 1/``PROBE_SHARE`` of one connection's time).  Rows inserted, deleted or changed elsewhere show up or
+vanish within ``listing_timeout``: with libfuse 3 the kernel keeps what it was handed for long and is told to
+forget what changed (``holdings``, ``djfs.fs.watch``), with libfuse 2 its own short timeouts add to that; nothing
+unchanged is read twice.  Resolving a path may use the lists of schemas and tables up to ``catalog_timeout`` old,
+listing them refreshes them.  Each result is also kept in a bounded "last known" cache that ``lookup`` (stat,
+open) falls back to while the database is unreachable, so files already known stay
 readable; ``list`` never falls back (a listing from a dead database would be a lie, it fails with EIO).
 
 Listing the last key level brings, with each page, every column the row directories' files need (the same

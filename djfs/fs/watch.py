@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable
 
-from .tree import NO_FILES, NotFound, Row, Table, Tree, Unavailable
+from .tree import NO_FILES, DatabaseError, NotFound, Row, Table, Tree, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class Watcher:
             return
         try:
             present = set(self.tree.schemas(stale_ok=False))
-        except Unavailable:
+        except (Unavailable, DatabaseError):
             return
         self._forget(f"/{name}" for name in held if name not in present)
 
@@ -177,8 +177,8 @@ class Watcher:
             version = self.tree.version(table, stale_ok=False)
         except NotFound:   # dropped
             return self._everything(key, held)
-        except Unavailable:  # the database is down: the kernel keeps what it has, as lookups would
-            return []
+        except (Unavailable, DatabaseError):  # the database is down: the kernel keeps what it has, as lookups
+            return []                        # would; asked again next round
         with self.holdings._lock:
             if held.version is None or version == held.version:
                 held.version = version if held.version is None else held.version
@@ -192,7 +192,7 @@ class Watcher:
                 now = self.tree.listing(table, values)
             except NotFound:
                 now = {}
-            except Unavailable:
+            except (Unavailable, DatabaseError):
                 return []
             for listing in served:
                 for name, record in listing.items():
@@ -213,7 +213,7 @@ class Watcher:
                     now_row = self.tree.row(table, list(names), values, stale_ok=False)
             except NotFound:
                 now_row = None
-            except Unavailable:
+            except (Unavailable, DatabaseError):
                 return []
             for row in served:
                 gone = [name for name, spec in row.files.items()
