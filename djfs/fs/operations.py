@@ -209,6 +209,20 @@ if can_invalidate(mfusepy):
     _invalidate_path.restype = ctypes.c_int
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _directory_inode(path: str) -> int:
+    """A directory's inode number (a hash of its path): kept, as each listing gives those of ``.``, ``..`` and
+    its subdirectories."""
+    path = path.rstrip("/")
+    return views.inode_of(path) if path else 1
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _dot_inode(path: str, name: str) -> int:
+    """The inode number of ``.`` or ``..`` in directory ``path``."""
+    return _directory_inode(path if name == "." else os.path.dirname(path))
+
+
 class Operations(mfusepy.Operations):
     """The read-only view; see the module docstring."""
 
@@ -422,7 +436,7 @@ class Operations(mfusepy.Operations):
         if spec is not None:
             return stat.S_IFREG, spec.ino
         if name in (".", ".."):
-            return stat.S_IFDIR, self._directory_inode(path if name == "." else os.path.dirname(path))
+            return stat.S_IFDIR, _dot_inode(path, name)
         return stat.S_IFDIR, self._directory_inode(f"{path.rstrip('/')}/{name}")
 
     def readdir(self, path: str, fh: int) -> list:
@@ -432,8 +446,7 @@ class Operations(mfusepy.Operations):
 
     @staticmethod
     def _directory_inode(path: str) -> int:
-        path = path.rstrip("/")
-        return views.inode_of(path) if path else 1
+        return _directory_inode(path)
 
     @_fuse_errors
     def statfs(self, path: str) -> dict[str, int]:

@@ -298,6 +298,19 @@ class Row:
 NO_FILES = Row()  # what a directory of the key levels holds of a row's files
 
 
+@dataclass(frozen=True)
+class _RowListing:
+    """A row directory's listing, valid at ``version`` of ``table`` until ``until`` (monotonic)."""
+
+    table: "Table"
+    version: Hashable
+    names: tuple
+    values: tuple
+    row: Row
+    entries: list
+    until: float
+
+
 class Tree:
     """Resolves and lists paths with SQL; safe to call from many threads."""
 
@@ -323,6 +336,7 @@ class Tree:
         self._exists = Memo(None, maxsize=200_000)
         self._rows = Memo(None, maxsize=50_000)
         self._nodes: LRUCache = LRUCache(maxsize=100_000)  # path -> (table version, Node, Row or None)
+        self._row_listings: LRUCache = LRUCache(maxsize=100_000)  # row directory's path -> _RowListing
         self._lock = threading.Lock()
 
     # -- catalog ---------------------------------------------------------------------------------------------
@@ -518,6 +532,19 @@ class Tree:
     def list(self, path: str) -> list[tuple[str, views.FileSpec | None]]:
         """A directory's entries, (name, the file's spec or None for a directory); fails with Unavailable when
         the database is down."""
+        with self._lock:
+            known = self._row_listings.get(path)
+        if known is not None and time.monotonic() < known.until:
+            # a row directory listed before: reused while its table is unchanged (its catalog, as for lookups, up
+            # to catalog_timeout): a second ``ls -lR`` resolves no path again
+            try:
+                current = self.version(known.table, stale_ok=False)
+            except (Unavailable, NotFound, DatabaseError):
+                current = None  # the full way below says what is wrong
+            if current == known.version:
+                if self.holdings is not None:
+                    self.holdings.row(known.table, self._base(path), current, known.names, known.values, known.row)
+                return known.entries
         node = self.lookup(path)
         if node.kind == "root":
             names: Any = self.schemas(stale_ok=False)
@@ -541,8 +568,13 @@ class Tree:
                 inside = path.rstrip("/").rsplit("/", 1)[-1] + "/"
                 return [(name[len(inside):], spec) for name, spec in row.files.items() if name.startswith(inside)]
             folders = sorted({name.split("/")[0] for name in row.files if "/" in name})
-            return [(name, spec) for name, spec in row.files.items() if "/" not in name] + \
+            entries = [(name, spec) for name, spec in row.files.items() if "/" not in name] + \
                 [(name, None) for name in folders]
+            if version is not None and not row.transient:
+                with self._lock:
+                    self._row_listings[path] = _RowListing(node.table, version, tuple(names), node.values, row,
+                                                           entries, time.monotonic() + self.catalog_timeout)
+            return entries
         else:
             raise NotFound(path)
         return [(name, None) for name in names]
