@@ -209,18 +209,12 @@ if can_invalidate(mfusepy):
     _invalidate_path.restype = ctypes.c_int
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 14)
 def _directory_inode(path: str) -> int:
-    """A directory's inode number (a hash of its path): kept, as each listing gives those of ``.``, ``..`` and
-    its subdirectories."""
+    """A directory's inode number (a hash of its path): kept (~4 MiB at most), as each listing gives those of
+    ``.``, ``..`` and its subdirectories."""
     path = path.rstrip("/")
     return views.inode_of(path) if path else 1
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _dot_inode(path: str, name: str) -> int:
-    """The inode number of ``.`` or ``..`` in directory ``path``."""
-    return _directory_inode(path if name == "." else os.path.dirname(path))
 
 
 class Operations(mfusepy.Operations):
@@ -436,7 +430,7 @@ class Operations(mfusepy.Operations):
         if spec is not None:
             return stat.S_IFREG, spec.ino
         if name in (".", ".."):
-            return stat.S_IFDIR, _dot_inode(path, name)
+            return stat.S_IFDIR, _directory_inode(path if name == "." else os.path.dirname(path))
         return stat.S_IFDIR, self._directory_inode(f"{path.rstrip('/')}/{name}")
 
     def readdir(self, path: str, fh: int) -> list:

@@ -41,7 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, NamedTuple
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
@@ -298,8 +298,7 @@ class Row:
 NO_FILES = Row()  # what a directory of the key levels holds of a row's files
 
 
-@dataclass(frozen=True)
-class _RowListing:
+class _RowListing(NamedTuple):
     """A row directory's listing, valid at ``version`` of ``table`` until ``until`` (monotonic)."""
 
     table: "Table"
