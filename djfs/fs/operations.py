@@ -371,7 +371,7 @@ class Operations(mfusepy.Operations):
         # st_blksize: glibc's readdir sizes its getdents buffer by it, and the kernel allocates (vmalloc) a reply
         # buffer that size for every FUSE readdir: 1 MiB per row directory doubled the CPU time of ``ls -lR``
         return self._owned(mtime, st_mode=stat.S_IFDIR | self.options.dir_mode, st_nlink=2, st_size=0,
-                           st_ino=self._directory_inode(path), st_blksize=DIRECTORY_BLOCK)
+                           st_ino=_directory_inode(path), st_blksize=DIRECTORY_BLOCK)
 
     def _file_attributes(self, spec: views.FileSpec) -> dict[str, Any]:
         return self._owned(spec.mtime, st_mode=stat.S_IFREG | self.options.file_mode, st_nlink=1,
@@ -431,16 +431,12 @@ class Operations(mfusepy.Operations):
             return stat.S_IFREG, spec.ino
         if name in (".", ".."):
             return stat.S_IFDIR, _directory_inode(path if name == "." else os.path.dirname(path))
-        return stat.S_IFDIR, self._directory_inode(f"{path.rstrip('/')}/{name}")
+        return stat.S_IFDIR, _directory_inode(f"{path.rstrip('/')}/{name}")
 
     def readdir(self, path: str, fh: int) -> list:
         """Every entry with its type and inode, for mfusepy (libfuse 2)."""
         return [(name, dict(zip(("st_mode", "st_ino"), self.entry_type(path, name, spec))), 0)
                 for name, spec in self.directory(path, 0, False)]
-
-    @staticmethod
-    def _directory_inode(path: str) -> int:
-        return _directory_inode(path)
 
     @_fuse_errors
     def statfs(self, path: str) -> dict[str, int]:
