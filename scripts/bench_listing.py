@@ -40,7 +40,8 @@ SCHEMA = "bench_listing"
 
 def memory_main(mountpoint: str) -> None:
     """The ceiling of any Python FUSE file system here: the same tree (10,000 directories of two files) served
-    from a dict by djfs's own ``FileSystem`` (readdirplus, no opendir, no xattrs), no SQL, no cache."""
+    from a dict by djfs's own ``FileSystem`` (readdirplus, no opendir, no xattrs, the kernel's timeouts of 60 s
+    and listings whose entries the kernel holds handed to libfuse whole), no SQL, no cache."""
     import errno
     import stat as stat_module
 
@@ -57,6 +58,7 @@ def memory_main(mountpoint: str) -> None:
     attributes = {f"{base}/{name}".replace("//", "/"): value for base, entries in tree.items()
                   for name, value in entries}
     attributes["/"] = directory
+    given: dict[str, float] = {}
 
     class Memory(mfusepy.Operations):
         use_ns = True
@@ -73,8 +75,14 @@ def memory_main(mountpoint: str) -> None:
         def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
             raise mfusepy.FuseOSError(errno.EOPNOTSUPP)
 
-        def directory(self, path: str, offset: int = 0) -> list:
+        def directory(self, path: str, offset: int = 0, keep: bool = True) -> list:
             return [(".", None), ("..", None), *tree[path]]
+
+        def entries_held(self, path: str) -> bool:  # as djfs: a listing's entries are trusted for 60 s
+            return time.monotonic() - given.get(path, -1e9) < 58
+
+        def entries_given(self, path: str) -> None:
+            given[path] = time.monotonic()
 
         def entry_attributes(self, path: str, name: str, value) -> dict:
             return value
@@ -82,7 +90,7 @@ def memory_main(mountpoint: str) -> None:
         def entry_type(self, path: str, name: str, value) -> tuple[int, int]:
             return (value or directory)["st_mode"], 0
 
-    FileSystem(Memory(), mountpoint, foreground=True, ro=True, fsname="memory")
+    FileSystem(Memory(), mountpoint, foreground=True, ro=True, fsname="memory", entry_timeout=60, attr_timeout=60)
 
 
 def timed(command: list[str]) -> float:
@@ -160,8 +168,14 @@ class Bench:
         return mountpoint, process
 
     @staticmethod
-    def queries(mountpoint: str) -> int:
-        return json.loads(os.getxattr(mountpoint, "user.djfs.stats")).get("sql_queries", 0)
+    def stats(mountpoint: str) -> dict:
+        return json.loads(os.getxattr(mountpoint, "user.djfs.stats"))
+
+    @staticmethod
+    def calls(before: dict, after: dict) -> dict[str, int]:
+        """Calls from libfuse into the daemon between two stats, per callback (``getattr``, ``readdir`` ...)."""
+        return {key[6:].replace("_fuse_3", "").replace("_fuse_2", ""): after[key] - before.get(key, 0)
+                for key in after if key.startswith("calls.") and after[key] - before.get(key, 0)}
 
     def through_mount(self) -> dict[str, float]:
         from bench_mount import unmount
@@ -170,18 +184,21 @@ class Bench:
             trials, items = (os.path.join(mountpoint, SCHEMA, name) for name in ("Trial", "Item"))
             os.listdir(os.path.join(mountpoint, SCHEMA))  # the catalog: not what is measured
             start_rss = rss(process.pid)
-            q0 = self.queries(mountpoint)
+            s0 = self.stats(mountpoint)
             cold = timed(["ls", "-lR", trials])
-            q1 = self.queries(mountpoint)
+            s1 = self.stats(mountpoint)
             warm = timed(["ls", "-lR", trials])
-            q2 = self.queries(mountpoint)
+            s2 = self.stats(mountpoint)
             flat = timed(["ls", items])
-            q3 = self.queries(mountpoint)
+            s3 = self.stats(mountpoint)
             lines = subprocess.run(["ls", "-lR", trials], capture_output=True, text=True, check=True).stdout
             assert sum(line.startswith("-") for line in lines.splitlines()) == 2 * ROWS
             assert len(os.listdir(items)) == ITEMS
-            return {"cold": cold, "warm": warm, "flat": flat, "cold_queries": q1 - q0, "warm_queries": q2 - q1,
-                    "flat_queries": q3 - q2, "rss_growth": rss(process.pid) - start_rss}
+            queries = [stats.get("sql_queries", 0) for stats in (s0, s1, s2, s3)]
+            return {"cold": cold, "warm": warm, "flat": flat, "cold_queries": queries[1] - queries[0],
+                    "warm_queries": queries[2] - queries[1], "flat_queries": queries[3] - queries[2],
+                    "rss_growth": rss(process.pid) - start_rss, "cold_calls": self.calls(s0, s1),
+                    "warm_calls": self.calls(s1, s2), "flat_calls": self.calls(s2, s3)}
         finally:
             unmount(mountpoint, process)
 
@@ -263,7 +280,13 @@ class Bench:
 
 
 def medians(runs: list[dict]) -> dict:
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    """Medians of the numbers; of the call counts (dicts), the last run's."""
+    return {key: runs[-1][key] if isinstance(runs[0][key], dict) else statistics.median(run[key] for run in runs)
+            for key in runs[0]}
+
+
+def described(calls: dict[str, int]) -> str:
+    return ", ".join(f"{count} {name}" for name, count in sorted(calls.items(), key=lambda item: -item[1])) or "none"
 
 
 def main() -> int:
@@ -307,6 +330,8 @@ def main() -> int:
     line(f"ls {ITEMS} rows", mount["flat"], "<= 5 s", mount["flat"] <= 5,
          f"{mount['flat_queries']:.0f} SQL queries; the same SQL directly {sql['items']:.2f} s "
          f"(probe {sql['items_probe'] * 1000:.1f} ms); local disk {local['flat']:.2f} s")
+    for label in ("cold", "warm", "flat"):
+        print(f"  calls into the daemon, {label:<27} {described(mount[label + '_calls'])}")
     growth = mount["rss_growth"] / MiB
     print(f"  {'daemon RSS growth over all of it':<38} {growth:7.1f} MiB (goal < 100 MiB) "
           f"[{'ok' if growth < 100 else 'MISSED'}]")

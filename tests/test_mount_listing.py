@@ -100,11 +100,17 @@ def test_ls_lR_costs_queries_per_page_not_per_row_and_no_getattr_per_entry(lab, 
     # readdirplus: the listing gave the kernel every entry's attributes; ls did not stat them one by one
     getattrs = after.get("getattrs", 0) - before.get("getattrs", 0)
     assert getattrs < rows // 4, getattrs
-    # listed again while unchanged: only the probe may reach the database, and the rows come from memory
+    directories = 1 + len(SUBJECTS) + rows
+    first_readdirs = after.get("calls.readdir_fuse_3", 0) - before.get("calls.readdir_fuse_3", 0)
+    assert first_readdirs >= 2 * directories  # with offsets: each directory's end is asked for by a call
+    # listed again while unchanged: only the probe may reach the database, and the rows come from memory; the
+    # kernel holds every entry, so each listing goes to libfuse whole and libfuse answers its end itself
     before = mount.stats()
     assert ls_recursive(table) == lines
     after = mount.stats()
     assert after["sql_queries"] - before["sql_queries"] <= 1
+    assert after.get("calls.readdir_fuse_3", 0) - before.get("calls.readdir_fuse_3", 0) == directories
+    assert after.get("calls.getattr_fuse_3", 0) == before.get("calls.getattr_fuse_3", 0)
 
 
 def test_one_hundred_thousand_rows_at_one_level(lab, mounts):
@@ -206,5 +212,123 @@ def test_the_change_probe_sees_every_change_the_mount_shows_and_nothing_else(db_
         assert changed("UPDATE {t} SET k = 5 WHERE k = 2")
         assert not changed("UPDATE {t} SET data = %s WHERE k = 1", (b"HEAD" + b"\0" * 4001 + b"TAIL",))
         assert not changed("SELECT * FROM {t}")
+    finally:
+        database.close()
+
+
+def size_of(path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize("libfuse", ["3", "2"])
+def test_changes_made_elsewhere_reach_a_kernel_that_keeps_entries_for_long(lab, mounts, libfuse):
+    """Default kernel timeouts (libfuse 3: 60 s, told to forget what changed; libfuse 2: 1 s): stat-ed and listed
+    paths whose rows change elsewhere show the new size, vanish, or appear within about listing_timeout; with
+    libfuse 3 the kernel meanwhile answers repeated stats itself."""
+    mount = mounts.mount({}, ["listing_timeout=0.3", f"schemas={lab.name}", f"libfuse={libfuse}"])
+    subject_name = "s07" if libfuse == "3" else "s08"
+    subject = mount.path(lab.name, "Session", subject_dir(lab, subject_name))
+    os.listdir(mount.path(lab.name))
+    ls_recursive(subject)  # the kernel holds the subject's rows and their files
+    row, gone, trace = subject / "session=2" / "row.json", subject / "session=5", subject / "session=3" / "trace.npy"
+    sizes = {path: os.stat(path).st_size for path in (row, gone / "row.json", trace)}
+    if libfuse == "3":  # the kernel keeps what it was given past the old 1 s timeouts: no call for a stat
+        time.sleep(1.5)
+        before = mount.stats()
+        assert {path: os.stat(path).st_size for path in sizes} == sizes
+        after = mount.stats()
+        assert after.get("calls.getattr_fuse_3", 0) == before.get("calls.getattr_fuse_3", 0)
+
+    other = lab.connection
+    with djfs.config.override(**lab.settings):
+        other.query(f"UPDATE `{lab.name}`.`session` SET note = %s WHERE subject = %s AND session = %s",
+                    ("a much longer note than before", subject_name, 2))
+        other.query(f"UPDATE `{lab.name}`.`session` SET trace = %s WHERE subject = %s AND session = %s",
+                    (blob.pack(np.arange(50, dtype=np.int32)), subject_name, 3))
+        other.query(f"DELETE FROM `{lab.name}`.`session` WHERE subject = %s AND session = %s", (subject_name, 5))
+        other.query(f"INSERT INTO `{lab.name}`.`session` (subject, session, note) VALUES (%s, %s, %s)",
+                    (subject_name, 70, "new"))
+        other.query(f"CREATE TABLE `{lab.name}`.`extra_{libfuse}` (k int NOT NULL, PRIMARY KEY (k))")
+    longer = sizes[row] + len("a much longer note than before") - len("s07/2")
+    assert wait_for(lambda: size_of(row) == longer, timeout=10)
+    assert json.loads(row.read_bytes())["note"] == "a much longer note than before"
+    assert wait_for(lambda: size_of(trace) != sizes[trace], timeout=10)
+    assert np.load(trace).tolist() == list(range(50))
+    assert wait_for(lambda: size_of(gone / "row.json") is None and size_of(gone) is None, timeout=10)
+    assert errno_of(os.listdir, gone) == errno.ENOENT
+    assert "session=5" not in os.listdir(subject)
+    assert wait_for(lambda: size_of(subject / "session=70" / "row.json") is not None, timeout=10)
+    assert "session=70" in os.listdir(subject)
+    assert wait_for(lambda: f"Extra{libfuse}" in os.listdir(mount.path(lab.name)), timeout=10)
+    if libfuse == "3":
+        assert mount.stats()["invalidated_paths"] > 0
+
+
+def test_the_watcher_has_the_kernel_forget_only_rows_that_changed(db_config, connection, schema_name):
+    """Against the real server, without FUSE: what a listing handed out is compared with the table's rows once
+    they changed; only the rows that vanished or changed (their directories and files) and the table's directory
+    are to be forgotten, unchanged rows are not; a dropped table is forgotten whole, once."""
+    from djfs.fs.tree import Database, Tree
+    from djfs.fs.watch import Holdings, Watcher
+    connection.query(f"CREATE DATABASE `{schema_name}`")
+    connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, note varchar(16), data longblob, "
+                     f"PRIMARY KEY (k))")
+    connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (1, 'a', NULL), (2, 'b', NULL), (3, 'c', %s), "
+                     f"(4, 'd', NULL)", (blob.pack(np.arange(3)),))
+    database = Database(djfs.config)
+    forgotten: list[str] = []
+    try:
+        holdings = Holdings()
+        tree = Tree(database, schemas=[schema_name], listing_timeout=0.05, holdings=holdings)
+        watcher = Watcher(tree, holdings, lambda path: forgotten.append(path) or 0, interval=0.05, hold=60,
+                          catalog_interval=60)
+
+        def rounds_until(done) -> bool:
+            return wait_for(lambda: watcher.round() or done(), timeout=10)
+        base = f"/{schema_name}/T"
+        assert [name for name, _ in tree.list(base)] == ["k=1", "k=2", "k=3", "k=4"]
+        assert sorted(name for name, _ in tree.list(f"{base}/k=3")) == ["data.npy", "row.json"]
+        time.sleep(0.1)
+        watcher.round()
+        assert forgotten == []  # unchanged: nothing to forget
+
+        connection.query(f"UPDATE `{schema_name}`.`t` SET note = 'changed' WHERE k = 2")
+        connection.query(f"DELETE FROM `{schema_name}`.`t` WHERE k = 3")
+        connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (9, 'new', NULL)")
+        expected = {base, f"{base}/k=2", f"{base}/k=2/row.json", f"{base}/k=3", f"{base}/k=3/row.json",
+                    f"{base}/k=3/data.npy"}
+        assert rounds_until(lambda: set(forgotten) >= expected)  # once the probe (0.05 s or more) asks again
+        assert set(forgotten) == expected
+        forgotten.clear()
+        time.sleep(0.1)
+        watcher.round()
+        assert forgotten == []  # synchronised: the same change is not forgotten twice
+
+        connection.query(f"DROP TABLE `{schema_name}`.`t`")
+        assert rounds_until(lambda: {base, f"{base}/k=1", f"{base}/k=2/row.json", f"{base}/k=9"} <= set(forgotten))
+        forgotten.clear()
+        watcher.round()
+        assert forgotten == []
+
+        # two key levels: a first-level directory whose rows all go is forgotten with its rows and their files
+        connection.query(f"CREATE TABLE `{schema_name}`.`u` (a int NOT NULL, b int NOT NULL, PRIMARY KEY (a, b))")
+        connection.query(f"INSERT INTO `{schema_name}`.`u` VALUES (1, 1), (1, 2), (2, 1)")
+        base = f"/{schema_name}/U"
+        assert [name for name, _ in tree.list(f"/{schema_name}")] == ["U"]  # listing the schema refreshes it
+        tree.list(base)
+        for directory in ("a=1", "a=2"):
+            for row, _ in tree.list(f"{base}/{directory}"):
+                tree.list(f"{base}/{directory}/{row}")
+        time.sleep(0.1)
+        watcher.round()
+        assert forgotten == []
+        connection.query(f"DELETE FROM `{schema_name}`.`u` WHERE a = 1")
+        expected = {base, f"{base}/a=1", f"{base}/a=1/b=1", f"{base}/a=1/b=1/row.json", f"{base}/a=1/b=2",
+                    f"{base}/a=1/b=2/row.json"}
+        assert rounds_until(lambda: set(forgotten) >= expected)
+        assert set(forgotten) == expected
     finally:
         database.close()

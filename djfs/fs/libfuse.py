@@ -88,6 +88,12 @@ def load_mfusepy(version: int | None = None) -> ModuleType:
     return module
 
 
+def can_invalidate(module: ModuleType) -> bool:
+    """Whether the loaded libfuse lets a high-level file system tell the kernel to forget a path
+    (``fuse_invalidate_path``, libfuse >= 3.1; libfuse 2 has no such call)."""
+    return module.fuse_version_major >= 3 and hasattr(getattr(module, "_libfuse", None), "fuse_invalidate_path")
+
+
 def describe(module: ModuleType) -> str:
     """``libfuse 3.14 (libfuse3.so.3)``: which library mfusepy loaded."""
     return (f"libfuse {module.fuse_version_major}.{module.fuse_version_minor} "

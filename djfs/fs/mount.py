@@ -11,12 +11,14 @@ cache=DIR              config      the disk cache (``cache-location``; else ``$X
 cache_size=SIZE        config      its bound (``cache-size``), e.g. ``50GiB``
 uid=, gid=             the user    owner shown for every file and directory
 file_mode=, dir_mode=  0444, 0555  permission bits shown (octal)
-entry_timeout=         1           seconds the kernel trusts a name (libfuse option)
-attr_timeout=          1           seconds the kernel trusts attributes (libfuse option)
+entry_timeout=         60, or 1    seconds the kernel trusts a name (libfuse option): 60 with libfuse 3, whose
+                                   kernel entries djfs invalidates when their table changes; 1 with libfuse 2
+attr_timeout=          60, or 1    seconds the kernel trusts attributes (libfuse option), as entry_timeout
 negative_timeout=      0           seconds the kernel remembers a missing name (libfuse option)
 listing_timeout=       1           seconds between two checks that a table is unchanged (listings and rows are
                                    reused while it is); new, changed and deleted rows show up or vanish within
-                                   listing_timeout + entry_timeout
+                                   1.5 x listing_timeout (libfuse 3: the kernel is told to forget what changed),
+                                   listing_timeout + entry_timeout with libfuse 2
 heading_timeout=       30          seconds a table's heading is reused
 catalog_timeout=       10          seconds a path lookup may reuse the lists of schemas and tables (listing them
                                    refreshes them); new tables show up in listings within listing_timeout
@@ -65,13 +67,19 @@ from typing import Any
 from ..errors import DjfsError
 from ..hashing import CHECK_BLOCK
 from ..settings import parse_size
-from .libfuse import LibfuseError, describe, load_mfusepy, parse_version, resolve
+from .libfuse import LibfuseError, can_invalidate, describe, load_mfusepy, parse_version, resolve
 
 log = logging.getLogger(__name__)
 
 KiB = 1 << 10
 MiB = 1 << 20
 START_TIMEOUT = 30.0
+#: the kernel's timeouts for names and attributes when djfs invalidates them as their table changes (libfuse 3):
+#: long enough that a second ``ls -lR``, ``find`` or ``du`` of a big table a while later costs no lookup per
+#: entry, short enough that a table stops being probed a minute after its last use (``djfs.fs.watch``)
+KERNEL_TIMEOUT = 60.0
+#: ... and without invalidation (libfuse 2): what the kernel holds is as stale as this
+SHORT_TIMEOUT = 1.0
 
 
 class MountError(DjfsError):
@@ -122,8 +130,8 @@ class MountOptions:
     gid: int = field(default_factory=os.getgid)
     file_mode: int = 0o444
     dir_mode: int = 0o555
-    entry_timeout: float = 1.0
-    attr_timeout: float = 1.0
+    entry_timeout: float | None = None   # None: KERNEL_TIMEOUT if the kernel can be told to forget, else SHORT_TIMEOUT
+    attr_timeout: float | None = None
     negative_timeout: float = 0.0
     listing_timeout: float = 1.0
     heading_timeout: float = 30.0
@@ -393,6 +401,9 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
 
     _apply_config(config, options)
     _tune_malloc(options.block_size)
+    default_timeout = KERNEL_TIMEOUT if can_invalidate(mfusepy) else SHORT_TIMEOUT
+    options = dataclasses.replace(options, entry_timeout=_or(options.entry_timeout, default_timeout),
+                                  attr_timeout=_or(options.attr_timeout, default_timeout))
     operations = Operations(options, config, mountpoint)
     if not options.read_buf:
         operations.read_buf = _ignored  # type: ignore[method-assign]
@@ -407,9 +418,15 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     fuse_options.update(options.fuse)
     if debug:
         fuse_options["debug"] = True
-    log.info("mounting %s with %s (cache %s)", mountpoint, describe(mfusepy), config["cache-location"])
+    log.info("mounting %s with %s (cache %s; kernel timeouts %g s%s)", mountpoint, describe(mfusepy),
+             config["cache-location"], options.entry_timeout,
+             ", invalidated on change" if can_invalidate(mfusepy) else "")
     FileSystem(operations, mountpoint, raw_fi=True, **fuse_options)
     return 0
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _ignored(*_: Any) -> int:

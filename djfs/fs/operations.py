@@ -10,7 +10,12 @@
   bytes go from the page cache to the kernel without passing through Python; everything else is copied once.
 * ``readdir`` (``FileSystem``, libfuse 3) hands the kernel every entry's attributes (readdirplus), so a listing
   also answers its entries' stats; there is no opendir/releasedir, and ``security.*``/``system.*`` xattrs answer
-  EOPNOTSUPP: ``ls -lR`` costs about one call per directory, not several per entry.
+  EOPNOTSUPP: ``ls -lR`` costs two calls per directory, not several per entry.  The kernel keeps names and
+  attributes for ``entry_timeout``/``attr_timeout`` (60 s with libfuse 3), and is told to forget those of rows
+  that change (``djfs.fs.watch``); a directory whose entries it holds is listed without attributes and without
+  offsets, so libfuse answers the listing's end itself: a second ``ls -lR`` costs one call per directory.
+  (Letting the kernel cache listings, ``cache_readdir``, is out of reach: libfuse 3.14's high-level opendir
+  drops the flag, and without an opendir libfuse's readdir has no handle.)
 * Every write-like operation answers EROFS; store and database trouble answer EIO; unknown paths ENOENT.
 """
 
@@ -25,6 +30,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from typing import Any, BinaryIO, Callable
 
 from cachetools import LRUCache
@@ -36,9 +42,10 @@ from ..settings import Config
 from ..stores import configured_store
 from . import views
 from .datajoint_files import DataJointFiles
-from .libfuse import describe, load_mfusepy
+from .libfuse import can_invalidate, describe, load_mfusepy
 from .reader import Handle, MemoryHandle, Piece, Reader, Stats, StoredObject, join
 from .tree import Database, DatabaseError, Node, NotFound, Tree, Unavailable
+from .watch import Holdings, Watcher
 
 log = logging.getLogger(__name__)
 mfusepy = load_mfusepy()  # libfuse 3 unless chosen otherwise (djfs.fs.libfuse), never mfusepy's own pick
@@ -105,6 +112,9 @@ def _read_only(*_: Any, **__: Any) -> int:
     raise mfusepy.FuseOSError(errno.EROFS)
 
 
+FILE_BLOCK = 1 << 20     # st_blksize of files: tools (cat, cp) read in pieces this size
+DIRECTORY_BLOCK = 4096   # ... and of directories (glibc then reads listings 32 KiB at a time)
+ENTRIES_MARGIN = 2.0  # seconds: the kernel's timeouts run from its receipt of a reply, a little after ours
 FUSE_READDIR_PLUS = 1 << 0   # libfuse 3: the kernel asks for the entries' attributes (readdirplus)
 FUSE_FILL_DIR_PLUS = 1 << 1  # libfuse 3: this entry's attributes are complete
 
@@ -120,6 +130,12 @@ class FileSystem(mfusepy.FUSE):
 
     _pinned: set[int] = set()  # libfuse threads whose Python thread state is kept
 
+    def __init__(self, operations: Any, mountpoint: str, **options: Any) -> None:
+        self._fuse: int | None = None      # libfuse's ``struct fuse *``, known from ``init`` to ``destroy``
+        self._notify_lock = threading.Lock()
+        self._count = getattr(operations, "count_call", None)
+        super().__init__(operations, mountpoint, **options)
+
     def _wrapper(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
         """Every call, on libfuse's own threads: keep each such thread's Python thread state from one call to
         the next (one ``PyGILState_Ensure`` never released) instead of Python creating and destroying one per
@@ -128,14 +144,49 @@ class FileSystem(mfusepy.FUSE):
         if thread not in self._pinned:
             ctypes.pythonapi.PyGILState_Ensure()
             self._pinned.add(thread)
+        if self._count is not None:
+            self._count(func.__name__)
         return super()._wrapper(func, *args, **kwargs)
+
+    def init_fuse_3(self, conn: Any, config: Any) -> None:
+        """Learn libfuse's ``struct fuse *`` (only a callback's context holds it) and hand the operations the
+        means to invalidate the kernel's entries, before their ``init`` starts anything."""
+        if can_invalidate(mfusepy):
+            self._fuse = mfusepy._libfuse.fuse_get_context().contents.fuse
+            if self._fuse and hasattr(self.operations, "kernel_invalidation"):
+                self.operations.kernel_invalidation(self.invalidate)
+        super().init_fuse_3(conn, config)
+
+    def destroy(self, private_data: Any) -> None:
+        try:
+            super().destroy(private_data)
+        finally:
+            with self._notify_lock:
+                self._fuse = None
+
+    def invalidate(self, path: str) -> int:
+        """Tell the kernel to forget a path's attributes and cached data (a directory's: its cached listing):
+        0, or -ENOENT when neither libfuse nor the kernel holds it.  Never from inside a FUSE callback."""
+        with self._notify_lock:
+            if not self._fuse:
+                return -errno.ESHUTDOWN
+            return _invalidate_path(self._fuse, path.encode(self.encoding, self.errors))
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
         decoded = "/" if path is None else path.decode(self.encoding, self.errors)
         operations = self.operations
+        entry = mfusepy.c_stat()
+        if offset == 0 and operations.entries_held(decoded):
+            # the kernel holds every entry's attributes: hand libfuse the whole listing without offsets; it keeps
+            # it and answers the kernel's next reads (the end of the directory) itself, without a call
+            for name, spec in operations.directory(decoded, 0, False):
+                ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
+                entry.st_mode, entry.st_ino = operations.entry_type(decoded, name, spec)
+                if filler(buf, name.encode(self.encoding, self.errors), entry, 0, 0) != 0:
+                    break
+            return 0
         entries = operations.directory(decoded, offset)
         plus = bool(flags & FUSE_READDIR_PLUS)
-        entry = mfusepy.c_stat()
         for index in range(offset, len(entries)):
             name, spec = entries[index]
             ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
@@ -146,7 +197,24 @@ class FileSystem(mfusepy.FUSE):
                 entry.st_mode, entry.st_ino = operations.entry_type(decoded, name, spec)
             if filler(buf, name.encode(self.encoding, self.errors), entry, index + 1, complete) != 0:
                 break
+        else:
+            if plus:
+                operations.entries_given(decoded)
         return 0
+
+
+if can_invalidate(mfusepy):
+    _invalidate_path = mfusepy._libfuse.fuse_invalidate_path
+    _invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    _invalidate_path.restype = ctypes.c_int
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _directory_inode(path: str) -> int:
+    """A directory's inode number (a hash of its path): kept (~4 MiB at most), as each listing gives those of
+    ``.``, ``..`` and its subdirectories."""
+    path = path.rstrip("/")
+    return views.inode_of(path) if path else 1
 
 
 class Operations(mfusepy.Operations):
@@ -169,6 +237,39 @@ class Operations(mfusepy.Operations):
         # path -> its entries while FileSystem.readdir_fuse_3 hands them out (bounded in entries: a reader may stop)
         self._directories: LRUCache = LRUCache(maxsize=2_000_000, getsizeof=len)
         self._lock = threading.Lock()
+        self._invalidate: Callable[[str], int] | None = None
+        self._watcher: Watcher | None = None
+        self._entries_hold = 0.0  # seconds the kernel keeps a listing's entries (0: unknown, never relied on)
+        self._given: LRUCache = LRUCache(maxsize=200_000)  # directory -> when its entries were all handed out
+
+    def count_call(self, name: str) -> None:
+        """One call from libfuse (``FileSystem``), counted per callback in the mount's stats."""
+        self.stats.add("calls." + name)
+
+    def kernel_invalidation(self, invalidate: Callable[[str], int]) -> None:
+        """``FileSystem`` can tell the kernel to forget a path: watch the tables the kernel holds (``watch``)."""
+        self._invalidate = invalidate
+        self._entries_hold = min(self.options.entry_timeout, self.options.attr_timeout) - ENTRIES_MARGIN
+
+    def entries_held(self, path: str) -> bool:
+        """Whether the kernel holds the names and attributes of every entry of a directory: its last listing
+        handed them all (readdirplus) within the kernel's timeouts, and nothing of it was invalidated since."""
+        with self._lock:
+            given = self._given.get(path)
+        return given is not None and time.monotonic() - given < self._entries_hold
+
+    def entries_given(self, path: str) -> None:
+        """A listing handed the kernel every entry's attributes (readdirplus) just now."""
+        if self._entries_hold > 0:
+            with self._lock:
+                self._given[path] = time.monotonic()
+
+    def _forget(self, path: str) -> int:
+        """Tell the kernel to forget a path (the watcher's thread only)."""
+        with self._lock:
+            self._given.pop(path, None)
+        assert self._invalidate is not None
+        return self._invalidate(path)
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -178,9 +279,15 @@ class Operations(mfusepy.Operations):
         self._database = Database(self.config, threads=options.sql_threads, timeout=options.db_timeout)
         cache = open_cache(self.config["cache-location"], self.config["cache-size"])
         self._datajoint = DataJointFiles(self.config, cache, self.stats)
+        holdings = Holdings() if self._invalidate is not None else None
         self._tree = Tree(self._database, schemas=options.schemas, listing_timeout=options.listing_timeout,
                           heading_timeout=options.heading_timeout, catalog_timeout=options.catalog_timeout,
-                          page_size=options.page_size, datajoint=self._datajoint)
+                          page_size=options.page_size, datajoint=self._datajoint, holdings=holdings)
+        if holdings is not None and self._invalidate is not None:
+            interval = max(options.listing_timeout / 2, 0.05)
+            self._watcher = Watcher(self._tree, holdings, self._forget, interval=interval,
+                                    hold=max(options.entry_timeout, options.attr_timeout) + 2 * interval + 1,
+                                    catalog_interval=self._tree.catalog_timeout).start()
         self._reader = Reader(cache, block_size=options.block_size, part_size=options.part_size,
                               whole_max=options.whole_max, readahead=options.readahead,
                               threads=options.prefetch_threads, memory=options.block_memory,
@@ -230,6 +337,8 @@ class Operations(mfusepy.Operations):
             log.info("kernel read-ahead left at its default (%s)", error)
 
     def destroy(self, path: str) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
         for handle in list(self._handles.values()):
             handle.close()
         self._handles.clear()
@@ -259,8 +368,10 @@ class Operations(mfusepy.Operations):
         return self._file_attributes(node.file)
 
     def _directory_attributes(self, path: str, mtime: float) -> dict[str, Any]:
+        # st_blksize: glibc's readdir sizes its getdents buffer by it, and the kernel allocates (vmalloc) a reply
+        # buffer that size for every FUSE readdir: 1 MiB per row directory doubled the CPU time of ``ls -lR``
         return self._owned(mtime, st_mode=stat.S_IFDIR | self.options.dir_mode, st_nlink=2, st_size=0,
-                           st_ino=self._directory_inode(path))
+                           st_ino=_directory_inode(path), st_blksize=DIRECTORY_BLOCK)
 
     def _file_attributes(self, spec: views.FileSpec) -> dict[str, Any]:
         return self._owned(spec.mtime, st_mode=stat.S_IFREG | self.options.file_mode, st_nlink=1,
@@ -268,9 +379,8 @@ class Operations(mfusepy.Operations):
 
     def _owned(self, mtime: float, **attributes: Any) -> dict[str, Any]:
         nanoseconds = int(mtime * 1e9)
-        # tools (cat, cp) read in st_blksize pieces: ask for big reads
         return {"st_uid": self.options.uid, "st_gid": self.options.gid, "st_atime": nanoseconds,
-                "st_mtime": nanoseconds, "st_ctime": nanoseconds, "st_blksize": 1 << 20, **attributes}
+                "st_mtime": nanoseconds, "st_ctime": nanoseconds, "st_blksize": FILE_BLOCK, **attributes}
 
     @_fuse_errors
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
@@ -320,18 +430,13 @@ class Operations(mfusepy.Operations):
         if spec is not None:
             return stat.S_IFREG, spec.ino
         if name in (".", ".."):
-            return stat.S_IFDIR, self._directory_inode(path if name == "." else os.path.dirname(path))
-        return stat.S_IFDIR, self._directory_inode(f"{path.rstrip('/')}/{name}")
+            return stat.S_IFDIR, _directory_inode(path if name == "." else os.path.dirname(path))
+        return stat.S_IFDIR, _directory_inode(f"{path.rstrip('/')}/{name}")
 
     def readdir(self, path: str, fh: int) -> list:
         """Every entry with its type and inode, for mfusepy (libfuse 2)."""
         return [(name, dict(zip(("st_mode", "st_ino"), self.entry_type(path, name, spec))), 0)
                 for name, spec in self.directory(path, 0, False)]
-
-    @staticmethod
-    def _directory_inode(path: str) -> int:
-        path = path.rstrip("/")
-        return views.inode_of(path) if path else 1
 
     @_fuse_errors
     def statfs(self, path: str) -> dict[str, int]:
@@ -355,6 +460,8 @@ class Operations(mfusepy.Operations):
         if self._database is not None:
             counters["sql_queries"] = self._database.queries
         counters["open_handles"] = len(self._handles)
+        if self._watcher is not None:
+            counters["invalidated_paths"] = self._watcher.invalidated
         counters["libfuse"] = describe(mfusepy)
         return counters
 

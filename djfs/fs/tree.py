@@ -15,11 +15,12 @@
 Caching: a listing and the rows it brought are kept, and reused for as long as their table is unchanged.  Whether
 it is is asked with one aggregate query per table (``probe_sql``: row count and CRC32 aggregates of what the mount
 shows of the rows), at most once per ``listing_timeout`` seconds, longer for a table whose probe is slow (probing
-takes at most 1/``PROBE_SHARE`` of one connection's time).  Rows
-inserted, deleted or changed elsewhere show up or vanish within ``listing_timeout`` (plus the kernel's own
-timeouts); nothing unchanged is read twice.  Resolving a path may use the lists of schemas and tables up to
-``catalog_timeout`` old, listing them refreshes them.  Each result is also kept in a bounded "last known" cache
-that ``lookup`` (stat, open) falls back to while the database is unreachable, so files already known stay
+takes at most 1/``PROBE_SHARE`` of one connection's time).  Rows inserted, deleted or changed elsewhere show up or
+vanish within ``listing_timeout``: with libfuse 3 the kernel keeps what it was handed for long and is told to
+forget what changed (``holdings``, ``djfs.fs.watch``), with libfuse 2 its own short timeouts add to that; nothing
+unchanged is read twice.  Resolving a path may use the lists of schemas and tables up to ``catalog_timeout`` old,
+listing them refreshes them.  Each result is also kept in a bounded "last known" cache that ``lookup`` (stat,
+open) falls back to while the database is unreachable, so files already known stay
 readable; ``list`` never falls back (a listing from a dead database would be a lie, it fails with EIO).
 
 Listing the last key level brings, with each page, every column the row directories' files need (the same
@@ -40,7 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, NamedTuple
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
@@ -294,14 +295,30 @@ class Row:
         return any(spec.transient for spec in self.files.values())
 
 
+NO_FILES = Row()  # what a directory of the key levels holds of a row's files
+
+
+class _RowListing(NamedTuple):
+    """A row directory's listing, valid at ``version`` of ``table`` until ``until`` (monotonic)."""
+
+    table: "Table"
+    version: Hashable
+    names: tuple
+    values: tuple
+    row: Row
+    entries: list
+    until: float
+
+
 class Tree:
     """Resolves and lists paths with SQL; safe to call from many threads."""
 
     def __init__(self, database: Database, *, schemas: list[str] | None = None, listing_timeout: float = 1.0,
                  heading_timeout: float = 30.0, catalog_timeout: float = 10.0, page_size: int = 10_000,
                  relist_max: int = 50_000, listed_entries: int = 400_000,
-                 datajoint: "datajoint_files.DataJointFiles | None" = None) -> None:
+                 datajoint: "datajoint_files.DataJointFiles | None" = None, holdings: Any = None) -> None:
         self.db = database
+        self.holdings = holdings  # what the kernel is handed (``watch.Holdings``), or None: nothing recorded
         self.datajoint = datajoint  # files of DataJoint's own kinds (blob@, attach@, filepath@, attach)
         self.only = list(schemas) if schemas else None
         self.page_size = page_size
@@ -317,7 +334,8 @@ class Tree:
         self._listings = Memo(None, maxsize=listed_entries, stale_size=listed_entries, size=lambda e: len(e) + 1)
         self._exists = Memo(None, maxsize=200_000)
         self._rows = Memo(None, maxsize=50_000)
-        self._nodes: LRUCache = LRUCache(maxsize=100_000)  # path -> (table version, Node)
+        self._nodes: LRUCache = LRUCache(maxsize=100_000)  # path -> (table version, Node, Row or None)
+        self._row_listings: LRUCache = LRUCache(maxsize=100_000)  # row directory's path -> _RowListing
         self._lock = threading.Lock()
 
     # -- catalog ---------------------------------------------------------------------------------------------
@@ -350,7 +368,10 @@ class Tree:
             heading = self.db.call(lambda connection: Heading.load(connection, schema, table_name))
             if not heading.attributes:
                 raise NotFound(f"{schema}.{table_name}")
-            return Table(schema, table_name, heading)
+            table = Table(schema, table_name, heading)
+            known = self._headings.stale((schema, table_name))
+            # the same heading reloaded is the same table: what was resolved and handed out under it stays valid
+            return known if known == table else table
         return self._headings.get((schema, table_name), load, stale_ok)
 
     # -- change tokens ---------------------------------------------------------------------------------------
@@ -372,14 +393,20 @@ class Tree:
                    stale_ok: bool) -> Any:
         """``memo``'s value for ``key`` at the table's current version, ``load(version)`` if the table changed
         since."""
+        return self._versioned_at(memo, key, table, load, stale_ok)[1]
+
+    def _versioned_at(self, memo: Memo, key: Hashable, table: Table, load: Callable[[Hashable], Any],
+                      stale_ok: bool) -> tuple[Hashable, Any]:
+        """(version, value) of ``_versioned``; version None when the database is down and the value is the last
+        known one."""
         try:
             version = self.version(table, stale_ok)
         except Unavailable:
             known = memo.stale(key) if stale_ok else None
             if known is None:
                 raise
-            return known
-        return memo.get(key, lambda: load(version), stale_ok, version=version)
+            return None, known
+        return version, memo.get(key, lambda: load(version), stale_ok, version=version)
 
     # -- resolving paths -------------------------------------------------------------------------------------
 
@@ -396,7 +423,10 @@ class Tree:
         schema = parts[0]
         if schema not in self.schemas(stale_ok=True):
             raise NotFound(path)
+        holdings = self.holdings
         if len(parts) == 1:
+            if holdings is not None:
+                holdings.schema(schema)
             return Node("schema", path, schema, mtime=self.started)
         table_name = self.tables(schema, stale_ok=True).get(parts[1])
         if table_name is None:
@@ -406,24 +436,31 @@ class Tree:
         if not key:
             raise NotFound(path)
         if len(parts) == 2:
+            if holdings is not None:
+                holdings.table(table, path)
             return Node("table", path, schema, table, mtime=self.started)
         # below a table: what was resolved is reused while the table is unchanged (``ls -lR`` asks each path
         # two or three times)
         try:
             version = self.version(table, stale_ok=True)
         except Unavailable:
-            return self._node_below(table, path, parts)
+            return self._node_below(table, path, parts)[0]
         with self._lock:
             known = self._nodes.get(path)
         if known is not None and known[0] == version and known[1].table is table:
-            return known[1]
-        node = self._node_below(table, path, parts)
-        if node.file is None or not node.file.transient:
-            with self._lock:
-                self._nodes[path] = (version, node)
+            node, row = known[1], known[2]
+        else:
+            node, row = self._node_below(table, path, parts)
+            if node.file is None or not node.file.transient:
+                with self._lock:
+                    self._nodes[path] = (version, node, row)
+        if holdings is not None:
+            names = tuple(parts[2:2 + len(node.values)])
+            holdings.row(table, f"/{schema}/{parts[1]}", version, names, node.values, row)
         return node
 
-    def _node_below(self, table: Table, path: str, parts: list[str]) -> Node:
+    def _node_below(self, table: Table, path: str, parts: list[str]) -> tuple[Node, Row]:
+        """The node, and the row it belongs to (an empty one for a directory of the key levels)."""
         schema, key = table.schema, table.primary_key
         depth = min(len(parts) - 2, len(key))
         try:
@@ -433,16 +470,21 @@ class Tree:
         if len(parts) - 2 <= len(key):
             if not self._prefix_exists(table, parts[2:2 + depth], values):
                 raise NotFound(path)
-            return Node("row" if depth == len(key) else "keys", path, schema, table, values, mtime=self.started)
+            return Node("row" if depth == len(key) else "keys", path, schema, table, values,
+                        mtime=self.started), NO_FILES
         if len(parts) not in (2 + len(key) + 1, 2 + len(key) + 2):
             raise NotFound(path)
         row = self.row(table, parts[2:2 + len(key)], values, stale_ok=True)
         spec = row.files.get("/".join(parts[2 + len(key):]))
         if spec is None:
             if len(parts) == 2 + len(key) + 1 and any(n.startswith(parts[-1] + "/") for n in row.files):
-                return Node("folder", path, schema, table, values, mtime=self.started)
+                return Node("folder", path, schema, table, values, mtime=self.started), row
             raise NotFound(path)
-        return Node("file", path, schema, table, values, spec, mtime=spec.mtime)
+        return Node("file", path, schema, table, values, spec, mtime=spec.mtime), row
+
+    def prefix_exists(self, table: Table, names: list[str], values: tuple) -> bool:
+        """Whether a directory of the key levels (or a row) exists, at the table's current version."""
+        return self._prefix_exists(table, names, values)
 
     def _prefix_exists(self, table: Table, names: list[str], values: tuple) -> bool:
         """Whether rows exist under a key prefix: from the parent's listing when there is one, else one query."""
@@ -489,6 +531,19 @@ class Tree:
     def list(self, path: str) -> list[tuple[str, views.FileSpec | None]]:
         """A directory's entries, (name, the file's spec or None for a directory); fails with Unavailable when
         the database is down."""
+        with self._lock:
+            known = self._row_listings.get(path)
+        if known is not None and time.monotonic() < known.until:
+            # a row directory listed before: reused while its table is unchanged (its catalog, as for lookups, up
+            # to catalog_timeout): a second ``ls -lR`` resolves no path again
+            try:
+                current = self.version(known.table, stale_ok=False)
+            except (Unavailable, NotFound, DatabaseError):
+                current = None  # the full way below says what is wrong
+            if current == known.version:
+                if self.holdings is not None:
+                    self.holdings.row(known.table, self._base(path), current, known.names, known.values, known.row)
+                return known.entries
         node = self.lookup(path)
         if node.kind == "root":
             names: Any = self.schemas(stale_ok=False)
@@ -497,19 +552,28 @@ class Tree:
             names = sorted(self.tables(node.schema, stale_ok=False))
         elif node.kind in ("table", "keys"):
             assert node.table is not None
-            names = self._list_keys(node.table, node.values, stale_ok=False)
+            version, names = self._list_keys_at(node.table, node.values, stale_ok=False)
+            if self.holdings is not None:
+                self.holdings.listing(node.table, self._base(path), version, node.values, path.rstrip("/"), names)
             if self.datajoint is not None and not node.values:  # learn the table's blob heads in parallel
                 self.datajoint.prefetch_table(self.db, node.table)
         elif node.kind in ("row", "folder"):
             assert node.table is not None
-            row = self.row(node.table, self._row_names(path)[:len(node.table.primary_key)], node.values,
-                           stale_ok=False)
+            names = self._row_names(path)[:len(node.table.primary_key)]
+            version, row = self._row_at(node.table, names, node.values, stale_ok=False)
+            if self.holdings is not None:
+                self.holdings.row(node.table, self._base(path), version, tuple(names), node.values, row)
             if node.kind == "folder":  # the files of one attribute of DataJoint's kinds, under their own names
                 inside = path.rstrip("/").rsplit("/", 1)[-1] + "/"
                 return [(name[len(inside):], spec) for name, spec in row.files.items() if name.startswith(inside)]
             folders = sorted({name.split("/")[0] for name in row.files if "/" in name})
-            return [(name, spec) for name, spec in row.files.items() if "/" not in name] + \
+            entries = [(name, spec) for name, spec in row.files.items() if "/" not in name] + \
                 [(name, None) for name in folders]
+            if version is not None and not row.transient:
+                with self._lock:
+                    self._row_listings[path] = _RowListing(node.table, version, tuple(names), node.values, row,
+                                                           entries, time.monotonic() + self.catalog_timeout)
+            return entries
         else:
             raise NotFound(path)
         return [(name, None) for name in names]
@@ -518,9 +582,21 @@ class Tree:
     def _row_names(path: str) -> list[str]:
         return [part for part in path.split("/") if part][2:]
 
+    @staticmethod
+    def _base(path: str) -> str:
+        """The table's path, ``/schema/Class``, of a path below it."""
+        return "/" + "/".join([part for part in path.split("/") if part][:2])
+
+    def listing(self, table: Table, values: tuple) -> dict[str, tuple | None]:
+        """The current listing of a key level (see ``_list_keys``)."""
+        return self._list_keys(table, values, stale_ok=False)
+
     def _list_keys(self, table: Table, values: tuple, stale_ok: bool) -> dict[str, tuple | None]:
-        """The directory names of the next key level under a prefix, paging by key; at the rows' level each
-        name maps to its row's columns (``Table.row_select``), else to None."""
+        return self._list_keys_at(table, values, stale_ok)[1]
+
+    def _list_keys_at(self, table: Table, values: tuple, stale_ok: bool) -> tuple[Hashable, dict[str, tuple | None]]:
+        """(version, the directory names of the next key level under a prefix), paging by key; at the rows' level
+        each name maps to its row's columns (``Table.row_select``), else to None."""
         def load(_: Hashable) -> dict[str, tuple | None]:
             key = table.primary_key
             level = len(values)
@@ -559,12 +635,20 @@ class Tree:
                 if len(rows) <= self.page_size:
                     return entries
                 last = page[-1][position]
-        return self._versioned(self._listings, ("keys", table.schema, table.name, values), table, load, stale_ok)
+        return self._versioned_at(self._listings, ("keys", table.schema, table.name, values), table, load,
+                                  stale_ok)
 
     # -- rows ------------------------------------------------------------------------------------------------
 
     def row(self, table: Table, names: list[str], values: tuple, stale_ok: bool) -> Row:
         """The files of one row: from its listing's page when the parent was listed, else from one query."""
+        return self._row_at(table, names, values, stale_ok)[1]
+
+    def row_files(self, table: Table, path: str, record: tuple) -> dict[str, views.FileSpec]:
+        """The files of the row at ``path`` made from its columns ``record`` (as a listing's page holds them)."""
+        return self._make_row(table, self._row_names(path), table.row_select[2], record).files
+
+    def _row_at(self, table: Table, names: list[str], values: tuple, stale_ok: bool) -> tuple[Hashable, Row]:
         def load(version: Hashable) -> Row:
             columns, joins, layout = table.row_select
             # a row directory stat-ed before (lookup) has had its parent listed again if it changed
@@ -585,7 +669,8 @@ class Tree:
             if not self._canonical(table, key_values, names):
                 raise NotFound("/".join(names))
             return self._make_row(table, names, layout, record)
-        return self._versioned(self._rows, ("row", table.schema, table.name, tuple(names)), table, load, stale_ok)
+        return self._versioned_at(self._rows, ("row", table.schema, table.name, tuple(names)), table, load,
+                                  stale_ok)
 
     def _make_row(self, table: Table, names: list[str], layout: list[tuple[str, str, int]], record: tuple) -> Row:
         heading = table.heading

@@ -1,0 +1,273 @@
+"""Long kernel timeouts, kept honest: what the kernel may hold of each table, and telling it to forget what changed.
+
+The kernel keeps names (``entry_timeout``) and attributes (``attr_timeout``) for long (60 s with libfuse 3), so a
+second ``ls -lR`` costs no lookup per entry.  What it holds of a table is only as fresh as the table: the daemon
+records what it hands the kernel (``Holdings``: per table, the listings and lone rows it served, at which change
+token), and a watcher thread (``Watcher``) runs each held table's change probe (``Tree.version``, at most once per
+``listing_timeout``) and, when the token moved, tells the kernel to forget the paths whose entries vanished or
+changed (``fuse_invalidate_path``: the node's attributes and page cache, with them a directory's cached listing),
+found by comparing the listings served with the table's current ones: one query per held listing, no work for
+rows that did not change.  A table the kernel can no longer hold (nothing served for longer than its timeouts)
+is not watched.  A dropped table or schema, or a table whose heading changed, is forgotten whole.
+
+libfuse 2's high-level API has no such call: there the mount keeps the kernel's timeouts short instead
+(``djfs.fs.mount``).  Invalidation runs on the watcher's own thread only, never inside a FUSE callback (libfuse:
+a notification sent from a callback about the inode it serves can deadlock).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Iterable
+
+from .tree import NO_FILES, DatabaseError, NotFound, Row, Table, Tree, Unavailable
+
+log = logging.getLogger(__name__)
+
+_MISSING = object()
+
+
+@dataclass
+class Held:
+    """What the kernel may hold of one table, served since the watcher last synchronised it."""
+
+    table: Table
+    base: str                      # the table's path, /schema/ClassName
+    seen: float                    # when something of it was last handed to the kernel (monotonic)
+    version: Hashable = None       # the change token the kernel's view was last synchronised at
+    # key prefix values -> (the directory's path, the listings served of it since then)
+    listings: dict[tuple, tuple[str, list[dict]]] = field(default_factory=dict)
+    # a row's key names -> (its values, the rows served of it since then), for rows served without a held listing
+    rows: dict[tuple, tuple[tuple, list[Row]]] = field(default_factory=dict)
+
+
+class Holdings:
+    """Records, from the FUSE threads, what is handed to the kernel (``Tree`` calls these); read by ``Watcher``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.tables: dict[tuple[str, str], Held] = {}
+        self.retired: list[Held] = []         # tables whose heading changed since: forgotten whole
+        self.schemas: dict[str, float] = {}   # schema -> when its directory was last handed out
+
+    def schema(self, name: str) -> None:
+        self.schemas[name] = time.monotonic()
+
+    def table(self, table: Table, base: str) -> Held:
+        key = (table.schema, table.name)
+        with self._lock:
+            held = self.tables.get(key)
+            if held is None or held.table is not table:
+                if held is not None:   # its heading changed: the watcher forgets the old one whole
+                    self.retired.append(held)
+                held = self.tables[key] = Held(table, base, time.monotonic())
+            else:
+                held.seen = time.monotonic()
+            return held
+
+    def listing(self, table: Table, base: str, version: Hashable, values: tuple, path: str,
+                listing: dict) -> None:
+        """A key level's listing (names -> row columns at the rows' level) was handed out at ``version``."""
+        held = self.table(table, base)
+        with self._lock:
+            if held.version is None:
+                held.version = version
+            known = held.listings.get(values)
+            if known is None:
+                held.listings[values] = (path, [listing])
+            elif version != held.version and not any(served is listing for served in known[1]):
+                known[1].append(listing)   # served at a newer token than the kernel's last synchronisation
+
+    def row(self, table: Table, base: str, version: Hashable, names: tuple, values: tuple, row: Row) -> None:
+        """A row's files were handed out at ``version``; kept unless a held listing of its parent covers it."""
+        held = self.table(table, base)
+        with self._lock:
+            if held.version is None:
+                held.version = version
+            if version == held.version and values[:-1] in held.listings:
+                return
+            known = held.rows.get(names)
+            if known is None:
+                held.rows[names] = (values, [row])
+            elif not any(served is row for served in known[1]):
+                known[1].append(row)
+
+
+class Watcher:
+    """The thread that probes held tables and invalidates what changed (see the module docstring)."""
+
+    def __init__(self, tree: Tree, holdings: Holdings, invalidate: Callable[[str], int], *, interval: float,
+                 hold: float, catalog_interval: float) -> None:
+        self.tree = tree
+        self.holdings = holdings
+        self.invalidate = invalidate
+        self.interval = interval
+        self.hold = hold
+        self.catalog_interval = catalog_interval
+        self.invalidated = 0        # paths the kernel was told to forget (the mount's stats)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="djfs-watcher", daemon=True)
+        self._catalog_checked = time.monotonic()
+
+    def start(self) -> "Watcher":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.round()
+            except Exception:  # never let the watcher die: the kernel would keep stale entries
+                log.exception("watching for changes failed; trying again")
+
+    def round(self) -> None:
+        """One pass over the held tables (and, every ``catalog_interval``, the held schemas)."""
+        now = time.monotonic()
+        with self.holdings._lock:
+            retired, self.holdings.retired = self.holdings.retired, []
+            tables = list(self.holdings.tables.items())
+            for key, held in tables:
+                if now - held.seen > self.hold:   # the kernel asks again before it uses any of it
+                    del self.holdings.tables[key]
+        for held in retired:
+            self._forget(self._everything(None, held))
+        for key, held in tables:
+            if self._stop.is_set():
+                return
+            if now - held.seen <= self.hold:
+                self._forget(self._changed(key, held))
+        if now - self._catalog_checked >= self.catalog_interval:
+            self._catalog_checked = now
+            self._check_schemas(now)
+
+    def _check_schemas(self, now: float) -> None:
+        held = [name for name, seen in list(self.holdings.schemas.items()) if now - seen <= self.hold]
+        for name in set(self.holdings.schemas) - set(held):
+            self.holdings.schemas.pop(name, None)
+        if not held:
+            return
+        try:
+            present = set(self.tree.schemas(stale_ok=False))
+        except (Unavailable, DatabaseError):
+            return
+        self._forget(f"/{name}" for name in held if name not in present)
+
+    def _forget(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            if self._stop.is_set():
+                return
+            self.invalidate(path)
+            self.invalidated += 1
+
+    def _changed(self, key: tuple, held: Held) -> list[str]:
+        """The paths of ``held`` the kernel must forget (and ``held`` brought up to date)."""
+        table = held.table
+        try:
+            current = self.tree.table(table.schema, table.name, stale_ok=False)
+            if current is not table:   # another heading: other files, other names
+                return self._everything(key, held)
+            version = self.tree.version(table, stale_ok=False)
+        except NotFound:   # dropped
+            return self._everything(key, held)
+        except (Unavailable, DatabaseError):  # the database is down: the kernel keeps what it has, as lookups
+            return []                        # would; asked again next round
+        with self.holdings._lock:
+            if held.version is None or version == held.version:
+                held.version = version if held.version is None else held.version
+                return []
+            listings, rows = dict(held.listings), dict(held.rows)
+        stale: list[str] = []
+        synced_listings: dict[tuple, tuple[str, list[dict]]] = {}
+        rows_level = len(table.primary_key) - 1
+        for values, (path, served) in listings.items():
+            try:
+                now = self.tree.listing(table, values)
+            except NotFound:
+                now = {}
+            except (Unavailable, DatabaseError):
+                return []
+            for listing in served:
+                for name, record in listing.items():
+                    if now.get(name, _MISSING) != record:
+                        stale.append(f"{path}/{name}")
+                        if len(values) == rows_level and record is not None:
+                            stale += self._files(table, f"{path}/{name}", record)
+            synced_listings[values] = (path, [now])
+        synced_rows: dict[tuple, tuple[tuple, list[Row]]] = {}
+        for names, (values, served) in rows.items():
+            path = f"{held.base}/{'/'.join(names)}"
+            try:
+                if len(names) < len(table.primary_key):  # a directory of the key levels
+                    if not self.tree.prefix_exists(table, list(names), values):
+                        raise NotFound(path)
+                    now_row: Row | None = NO_FILES
+                else:
+                    now_row = self.tree.row(table, list(names), values, stale_ok=False)
+            except NotFound:
+                now_row = None
+            except (Unavailable, DatabaseError):
+                return []
+            for row in served:
+                gone = [name for name, spec in row.files.items()
+                        if now_row is None or _signature(now_row.files.get(name)) != _signature(spec)]
+                stale += [f"{path}/{name}" for name in gone] + [f"{path}/{name.split('/')[0]}" for name in gone
+                                                               if "/" in name]
+                if now_row is None or gone:
+                    stale.append(path)
+            if now_row is not None:
+                synced_rows[names] = (values, [now_row])
+        with self.holdings._lock:
+            held.version = version
+            held.listings.update(synced_listings)
+            held.rows.update(synced_rows)
+        if stale:
+            stale.append(held.base)
+            log.info("%s changed: the kernel forgets %d paths", held.base, len(stale))
+        return stale
+
+    def _everything(self, key: tuple | None, held: Held) -> list[str]:
+        """Every path of a dropped table (or one whose heading changed) the kernel may hold; it is not held
+        any more."""
+        with self.holdings._lock:
+            if key is not None and self.holdings.tables.get(key) is held:
+                del self.holdings.tables[key]
+            listings, rows = list(held.listings.items()), list(held.rows.items())
+        rows_level = len(held.table.primary_key) - 1
+        stale = []
+        for values, (path, served) in listings:
+            for listing in served:
+                for name, record in listing.items():
+                    stale.append(f"{path}/{name}")
+                    if len(values) == rows_level and record is not None:
+                        stale += self._files(held.table, f"{path}/{name}", record)
+        for names, (_, served) in rows:
+            path = f"{held.base}/{'/'.join(names)}"
+            stale.append(path)
+            for row in served:
+                stale += [f"{path}/{name}" for name in row.files]
+        stale.append(held.base)
+        log.info("%s was dropped or altered: the kernel forgets %d paths", held.base, len(stale))
+        return stale
+
+    def _files(self, table: Table, path: str, record: tuple) -> list[str]:
+        """The paths of a row's files (and folders) as they were made from ``record``."""
+        try:
+            files = self.tree.row_files(table, path, record)
+        except Exception as error:  # e.g. a store not answering for a blob's view: forget the row directory only
+            log.debug("files of %s not known: %s", path, error)
+            return []
+        folders = {name.split("/")[0] for name in files if "/" in name}
+        return [f"{path}/{name}" for name in (*files, *folders)]
+
+
+def _signature(spec: Any) -> Any:
+    """What the kernel holds of a file: its kind, size and inode (its content is the inode's, by hash)."""
+    return None if spec is None else (spec.kind, spec.size, spec.ino, spec.mtime)
