@@ -274,42 +274,51 @@ class _Readahead:
 
 
 class _Pass:
-    """The content digest of an object computed from its blocks as they come from the store, in order."""
+    """The content digest of an object computed from its blocks as they come from the store, in order.
+
+    The thread that brings the next block in order hashes it and the blocks waiting after it, outside the lock
+    (SHA-256 releases the GIL): the threads that bring later blocks only park them and go on reading."""
 
     def __init__(self, obj: StoredObject, block_size: int) -> None:
         self.obj = obj
         self.block_size = block_size
         self.last = (obj.size - 1) // block_size
-        self.next = 0
+        self.next = 0                   # the first block not yet taken for hashing
+        self.hashing = False            # a thread is hashing blocks
         self.state = obj.oid.hasher()
-        self.sums = hashing.BlockSums()
-        self.pending: dict[int, bytes] = {}
+        self.sums: list[int] = []       # the blocks' checksums, in order (taken by the reader, not again here)
+        self.pending: dict[int, tuple[bytes, list[int]]] = {}
         self.held = 0
         self.lock = threading.Lock()
 
-    def offer(self, index: int, data: bytes) -> bool | None:
-        """Feed a block; True/False when the pass is complete (digest matched or not), None before that.
+    def offer(self, index: int, data: bytes, sums: list[int]) -> bool | None:
+        """Feed a block and its checksums; True/False when the pass is complete (digest matched or not), None
+        before that (or when another thread completes it).
 
         Raises ``_Abandon`` when blocks arrive too far out of order to keep."""
         with self.lock:
             if index < self.next or index in self.pending:
                 return None
-            if index > self.next:
-                if self.held + len(data) > PASS_PENDING:
-                    raise _Abandon()
-                self.pending[index] = data
-                self.held += len(data)
+            if index > self.next and self.held + len(data) > PASS_PENDING:
+                raise _Abandon()
+            self.pending[index] = (data, sums)
+            self.held += len(data)
+            if self.hashing or index != self.next:
                 return None
-            while True:
-                self.state.update(data)
-                self.sums.update(data)
-                self.next += 1
-                if self.next > self.last:
-                    return self.obj.oid.matches(self.state)
-                data = self.pending.pop(self.next, None)
-                if data is None:
+            self.hashing = True
+        while True:
+            with self.lock:
+                item = self.pending.pop(self.next, None)
+                if item is None:
+                    self.hashing = False
                     return None
-                self.held -= len(data)
+                self.held -= len(item[0])
+                self.next += 1
+                complete = self.next > self.last
+            self.state.update(item[0])
+            self.sums.extend(item[1])
+            if complete:
+                return self.obj.oid.matches(self.state)
 
 
 class _Abandon(Exception):
@@ -519,49 +528,67 @@ class Reader:
         yet delivered, ``retries`` times."""
         sums = self._sums_of(obj)
         position = 0
-        for attempt in range(retries + 1):
-            start = run[position] * self.block_size
-            length = sum(self.block_length(obj, index) for index in run[position:])
-            try:
-                self.stats.add("store_requests")
-                with obj.store.open_range(obj.key, start, length) as body:
-                    while position < len(run):
-                        index = run[position]
-                        block = body.read_exact(self.block_length(obj, index))
-                        self.stats.add("store_bytes", len(block))
-                        self.stats.fetched_blocks(obj.hash, index, 1)
-                        if sums:
-                            check_range(obj.store, obj.key, sums, index * self.block_size, block, obj.size)
-                        else:
-                            self._offer(obj, index, block)  # before anyone gets it: the last completes the digest
-                        self._remember(obj, index, block, fresh=True)
-                        self._flights.resolve((obj.hash, index), owned[index], block)
-                        position += 1
-                return
-            except MissingObjectError:
-                raise
-            except StoreError as error:  # a dropped connection, a short body, bytes damaged on the way
-                if attempt == retries:
+        batch: list[bytes] = []          # delivered blocks not yet handed to the disk cache, and their sums
+        batch_sums: list[int] = []
+        try:
+            for attempt in range(retries + 1):
+                start = run[position] * self.block_size
+                length = sum(self.block_length(obj, index) for index in run[position:])
+                try:
+                    self.stats.add("store_requests")
+                    with obj.store.open_range(obj.key, start, length) as body:
+                        while position < len(run):
+                            index = run[position]
+                            block = body.read_exact(self.block_length(obj, index))
+                            self.stats.add("store_bytes", len(block))
+                            self.stats.fetched_blocks(obj.hash, index, 1)
+                            block_sums = hashing.sums_of(block)  # once: to check it, to verify, to cache it
+                            if sums:
+                                check_range(obj.store, obj.key, sums, index * self.block_size, block, obj.size,
+                                            block_sums)
+                            else:  # before anyone gets it: the last block completes the digest
+                                self._offer(obj, index, block, block_sums)
+                            self._remember(obj, index, block, fresh=True)
+                            self._flights.resolve((obj.hash, index), owned[index], block)
+                            position += 1
+                            batch.append(block)
+                            batch_sums += block_sums
+                            if len(batch) >= self.part_blocks:
+                                self._cache_later(obj, index + 1 - len(batch), batch, batch_sums)
+                                batch, batch_sums = [], []
+                    return
+                except MissingObjectError:
                     raise
-                self._retrying(obj, start, error)
+                except StoreError as error:  # a dropped connection, a short body, bytes damaged on the way
+                    if attempt == retries:
+                        raise
+                    self._retrying(obj, start, error)
+        finally:  # the blocks delivered go to the cache as one file, whatever became of the rest
+            if batch:
+                self._cache_later(obj, run[position - 1] + 1 - len(batch), batch, batch_sums)
 
     def _retrying(self, obj: StoredObject, start: int, error: BaseException) -> None:
         self.stats.add("part_retries")
         log.info("part of %s from %d failed (%s); retrying", obj.hash, start, error)
 
     def _remember(self, obj: StoredObject, index: int, data: bytes, fresh: bool = False) -> None:
-        """Keep a block in memory; one fresh from the store also goes to the disk cache (in the background)."""
+        """Keep a block in memory; one fresh from the store is also held until the disk cache has it."""
         key = (obj.hash, index)
         with self._lock:
             self._memory[key] = data
             if fresh:
                 self._unwritten[key] = data
-        if fresh:
-            def written() -> None:
-                with self._lock:
+
+    def _cache_later(self, obj: StoredObject, first: int, blocks: list[bytes], sums: list[int]) -> None:
+        """Consecutive fresh blocks to the disk cache as one file, on its background writer."""
+        keys = [(obj.hash, index) for index in range(first, first + len(blocks))]
+
+        def written() -> None:
+            with self._lock:
+                for key in keys:
                     self._unwritten.pop(key, None)
-            self.cache.put_block_later(obj.oid, index, self.block_size, data, done=written,
-                                       keep=lambda: obj.hash not in self._corrupt)
+        self.cache.put_blocks_later(obj.oid, first, self.block_size, blocks, sums, done=written,
+                                    keep=lambda: obj.hash not in self._corrupt)
 
     # -- verification ----------------------------------------------------------------------------------------
 
@@ -582,7 +609,7 @@ class Reader:
                 self._sums[obj.hash] = sums
         return sums or None
 
-    def _offer(self, obj: StoredObject, index: int, data: bytes) -> None:
+    def _offer(self, obj: StoredObject, index: int, data: bytes, sums: list[int]) -> None:
         """Feed a block from the store to the object's verifying pass (started by its first block)."""
         if not self.verify:
             return
@@ -597,7 +624,7 @@ class Reader:
             else:
                 self._passes.move_to_end(obj.hash)
         try:
-            outcome = verifying.offer(index, data)
+            outcome = verifying.offer(index, data, sums)
         except _Abandon:
             outcome = None
             with self._lock:
@@ -607,7 +634,7 @@ class Reader:
         with self._lock:
             self._passes.pop(obj.hash, None)
         if outcome:
-            sums = verifying.sums.finish()
+            sums = verifying.sums
             with self._lock:
                 self._sums[obj.hash] = sums
             self.stats.add("objects_verified")
