@@ -263,7 +263,7 @@ class _Readahead:
         with self._lock:
             # as far ahead as the reader has come sequentially (at least a block), up to ``readahead`` parts:
             # a reader that stops early has cost at most about twice what it read
-            ahead = min(reader.readahead * part, max(1, consumed - self.first + 1))
+            ahead = min(reader.readahead * part, max(1, 2 * (consumed - self.first + 1)))
             target = min(self.last, consumed + ahead)
             while self.next <= target:
                 end = min(self.last, self.next + min(part, ahead) - 1)  # parts grow with the window

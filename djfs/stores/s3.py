@@ -262,6 +262,9 @@ class S3Store(Store):
         try:
             if into is None:
                 return body.read()
+            plain = _plain_body(response)
+            if plain is not None:
+                return _read_plain_into(response, plain, into, filled)
             position = 0
             for chunk in body.iter_chunks(1 * MiB):
                 end = position + len(chunk)
@@ -538,6 +541,36 @@ def _region_of(endpoint_url: str | None) -> str | None:
     if host.endswith("amazonaws.com"):
         return None
     return "us-east-1"  # what MinIO, Ceph and moto expect unless configured otherwise
+
+
+def _plain_body(response: dict) -> Any:
+    """The ``http.client`` response under botocore's body when its bytes arrive as they are (no content or
+    transfer encoding): it can read straight into the caller's buffer.  None otherwise."""
+    raw = getattr(response["Body"], "_raw_stream", None)
+    plain = getattr(raw, "_fp", None)
+    if response.get("ContentEncoding") or plain is None or getattr(plain, "chunked", True) \
+            or not hasattr(plain, "readinto") or getattr(raw, "_fp_bytes_read", 1):
+        return None
+    return plain
+
+
+def _read_plain_into(response: dict, plain: Any, into: memoryview, filled: Filled | None) -> int:
+    """Read a plain body straight from the socket into ``into`` (one copy, where urllib3's reads make two),
+    reporting each MiB to ``filled``; then hand the connection back to the pool, as urllib3 does at the end."""
+    position = 0
+    while position < len(into):
+        count = plain.readinto(into[position:min(len(into), position + MiB)])
+        if not count:
+            break
+        if filled is not None:
+            filled(position, position + count)
+        position += count
+    if position == len(into) and plain.length:  # http.client knows the announced length
+        raise CorruptObjectError("the store returned more bytes than asked for")
+    raw = response["Body"]._raw_stream
+    if plain.isclosed():
+        raw.release_conn()
+    return position
 
 
 def _raise_first_error(futures: list[Future]) -> None:
