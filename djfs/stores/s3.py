@@ -7,6 +7,9 @@
   the caller's chunk stream, at most ``max_concurrency`` parts in flight, so memory stays bounded whatever the
   object's size; any failure aborts the multipart upload, so no object (and no paid-for orphan parts) is left.
 * A large object is read with parallel ranged GETs straight into the caller's buffer (``get_into``).
+* The mount's ranged GETs (``open_range``: many small requests) go out as presigned GETs through the client's own
+  connection pool (its TLS settings, proxies and timeouts), skipping botocore's per-request pipeline (events,
+  serialization, signing, parsing: ~2.3 ms of CPU per GET here, ~0.6 ms this way); the signed URL is never shown.
 * Credentials are the explicit ones when given, else boto3's standard chain (``AWS_*`` variables, profiles,
   instance roles).  They are kept out of every message and ``repr``: errors name the bucket and the endpoint.
 * The boto3 client is created on first use, and again in a forked child: no connection or thread exists before
@@ -19,6 +22,7 @@ import io
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
@@ -28,6 +32,8 @@ from ..errors import CorruptObjectError, MissingObjectError, StoreError
 from .base import STRICT_KEYS, Data, Filled, KeyRule, ObjectInfo, RangeStream, Store, as_chunks, check_size, validate_prefix
 
 MiB = 1 << 20
+PRESIGNED_SECONDS = 900   # validity of a presigned GET (made per request: only needs to outlive the request)
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller parts (except the last one)
 MAX_PARTS = 10_000
 _T = TypeVar("_T")
@@ -447,11 +453,67 @@ class S3Store(Store):
             ranged = {"Range": f"bytes={offset}-"} if offset else {}
         else:
             ranged = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        try:
-            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)
-        except Exception as error:
-            raise self._error("read", key, error) from None
+        response = self._presigned_get(key, ranged)
+        if response is None:  # a botocore without the parts used: its own pipeline
+            try:
+                response = self._client.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)
+            except Exception as error:
+                raise self._error("read", key, error) from None
         return _S3RangeStream(self, key, response)
+
+    def _presigned_get(self, key: str, headers: dict[str, str]) -> dict | None:
+        """A GET sent as a presigned URL through the client's connection pool, retried like botocore's standard
+        mode (connection errors, 429 and 5xx answers); a response shaped like ``get_object``'s (``Body``,
+        ``ContentEncoding``), or None when this botocore lacks the parts (then the caller uses ``get_object``).
+        Errors never show the URL: it carries a signature."""
+        from botocore.awsrequest import AWSRequest
+        from botocore.exceptions import BotoCoreError
+        from botocore.response import StreamingBody
+
+        client = self._client
+        session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        if session is None or not hasattr(session, "send"):
+            return None
+        full = self._key(key)
+        problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(2.0, 0.05 * 2 ** attempt))
+            try:
+                url = client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": full},
+                                                    ExpiresIn=PRESIGNED_SECONDS)
+                request = AWSRequest(method="GET", url=url, headers=headers).prepare()
+                request.stream_output = True
+                response = session.send(request)
+            except BotoCoreError as error:  # its message may hold the URL: only its kind is told
+                problem = type(error).__name__
+                continue
+            except Exception as error:
+                raise self._error("read", key, error) from None
+            status = response.status_code
+            if status in (200, 206):
+                length = response.headers.get("Content-Length")
+                body = StreamingBody(response.raw, int(length) if length is not None else None)
+                return {"Body": body, "ContentEncoding": response.headers.get("Content-Encoding")}
+            document = b""
+            try:
+                document = response.raw.read(64 * 1024)  # the error document; then the connection is free again
+            except Exception:
+                pass
+            finally:
+                response.raw.release_conn()
+            if status == 404 and b"<Code>NoSuchBucket</Code>" in document:
+                raise StoreError(f"can't read {key!r} in {self.describe()}: bucket {self.bucket!r} does not exist "
+                                 f"at {self.endpoint_url or 'the default AWS endpoint'}")
+            if status == 404:
+                raise self._missing(key)
+            if status == 403:
+                raise StoreError(f"can't read {key!r} in {self.describe()}: access denied (403); check the store's "
+                                 "account and token (external-account, external-token) or AWS credentials")
+            problem = f"HTTP status {status}"
+            if status not in _RETRY_STATUS:
+                break
+        raise StoreError(f"can't read {key!r} in {self.describe()}: {problem}")
 
     def get_into(self, key: str, buffer: memoryview, filled: Filled | None = None) -> None:
         view = memoryview(buffer).cast("B")
