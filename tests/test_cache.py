@@ -281,6 +281,7 @@ def test_a_part_is_one_file_and_each_of_its_blocks_is_read_checked(tmp_path):
     again = ObjectCache(tmp_path, 64 * 1024 * 1024)                  # another process, or after a restart
     assert again.get_block(oid, 5, block) == blocks[5] and again.get_block(oid, 7, block) == blocks[7]
     assert again.get_block(oid, 8, block) is None
+    assert again.get_blocks(oid, 2, 7, block) == [*blocks[2:], None]  # the part's blocks in one read, then a miss
     with pytest.raises(ValueError):
         cache.put_blocks(oid, 0, block, [b"x" * 10, blocks[1]])      # only the last block may be short
     # wrong checksums (a reader's bug, or bytes that changed) are caught when the block is read, never served
@@ -303,6 +304,8 @@ def test_a_damaged_block_of_a_part_is_the_only_one_fetched_again(tmp_path, where
     else:
         content[2 * block:2 * block + 4096] = bytes(4096)  # a page of block 2 never written back
     path.write_bytes(bytes(content))
+    assert ObjectCache(tmp_path, 64 * 1024 * 1024).get_blocks(oid, 0, 4, block) == [blocks[0], blocks[1], None,
+                                                                                  blocks[3]]
     fresh = ObjectCache(tmp_path, 64 * 1024 * 1024)
     assert fresh.get_block(oid, 2, block) is None          # a miss for that block ...
     assert "block 2 does not match its checksum" in caplog.text and fresh.stats()["damaged"] == 1

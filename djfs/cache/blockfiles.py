@@ -37,13 +37,13 @@ def parse_block_file_name(name: str) -> tuple[int, int, int] | None:
 class _Listing:
     def __init__(self, listed: float) -> None:
         self.listed = listed
-        self.files: dict[int, list[tuple[str, int]]] = {}   # block index -> [(file name, its first block)]
+        self.files: dict[int, list[tuple[str, int, int]]] = {}   # block index -> [(file name, first, count)]
 
     def add(self, name: str, first: int, count: int) -> None:
         for index in range(first, first + count):
             holders = self.files.setdefault(index, [])
-            if all(held != name for held, _ in holders):
-                holders.append((name, first))
+            if all(held != name for held, _, _ in holders):
+                holders.append((name, first, count))
 
     def remove(self, name: str) -> None:
         parsed = parse_block_file_name(name)
@@ -82,8 +82,8 @@ class BlockFiles:
             self._listings[(key, block_size)] = fresh
         return fresh
 
-    def holding(self, key: str, block_size: int, index: int) -> list[tuple[str, int]]:
-        """(file name, its first block) of every file known to hold block ``index``."""
+    def holding(self, key: str, block_size: int, index: int) -> list[tuple[str, int, int]]:
+        """(file name, its first block, its block count) of every file known to hold block ``index``."""
         listing = self._listing(key, block_size)
         with self._lock:
             return list(listing.files.get(index, ()))

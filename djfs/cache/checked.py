@@ -155,6 +155,31 @@ class CheckedFile:
             return data
         return data[offset - start:offset - start + length]
 
+    def read_blocks(self, offset: int, lengths: list[int]) -> list[bytearray]:
+        """Consecutive pieces from ``offset`` (a multiple of ``BLOCK``; each piece but the last a multiple of it)
+        in one ``preadv`` into a buffer each (a big read, no copy after it), every block checked."""
+        if offset % BLOCK or any(length % BLOCK for length in lengths[:-1]) or \
+                offset + sum(lengths) > self.size:
+            raise ValueError("read_blocks needs pieces aligned to the checksum blocks, within the data")
+        buffers = [bytearray(length) for length in lengths]
+        views = [memoryview(buffer) for buffer in buffers]
+        position, pending = offset, views
+        while pending:
+            count = os.preadv(self.fd, pending, position)
+            if not count:
+                raise DamagedFile(f"{self.label} shrank while read")
+            position += count
+            while pending and count >= len(pending[0]):
+                count -= len(pending[0])
+                pending = pending[1:]
+            if pending and count:
+                pending = [pending[0][count:], *pending[1:]]
+        first = offset // BLOCK
+        for view in views:
+            self._check(view, first)
+            first += -(-len(view) // BLOCK)
+        return buffers
+
     def read_into(self, view: memoryview) -> None:
         """All the data into ``view`` (of exactly ``size`` bytes), checked."""
         if len(view) != self.size:

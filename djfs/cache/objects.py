@@ -245,7 +245,7 @@ class ObjectCache:
                         return file.read(index * block_size, block_size)
                 except DamagedFile:
                     pass
-        for base, first in self._block_files.holding(oid.key, block_size, index):
+        for base, first, _ in self._block_files.holding(oid.key, block_size, index):
             name = f"blocks/{oid.key}/{base}"
             with self._lock:
                 if (name, index) in self._bad_blocks:
@@ -273,6 +273,45 @@ class ObjectCache:
             return data
         self._count("block_misses")
         return None
+
+    def get_blocks(self, oid: ObjectId, first: int, count: int, block_size: int) -> list[bytes | bytearray | None]:
+        """Blocks ``first .. first+count-1`` (None for each miss), checked.  The blocks one block file holds are
+        read in one go (a re-read after a remount reads parts, not 256 KiB at a time); where that fails (a
+        damaged block), block by block, so that only the damaged one is a miss."""
+        found: list[bytes | bytearray | None] = [None] * count
+        index, end = first, first + count
+        while index < end:
+            blocks, run = self._run_from_file(oid, index, end, block_size)
+            if blocks is not None:
+                found[index - first:index - first + run] = blocks
+            else:
+                for number in range(index, index + run):
+                    found[number - first] = self.get_block(oid, number, block_size)
+            index += run
+        return found
+
+    def _run_from_file(self, oid: ObjectId, index: int, end: int, block_size: int) -> \
+            tuple[list[bytearray] | None, int]:
+        """The blocks from ``index`` (before ``end``) that one block file holds, if more than one, read in one
+        ``preadv``, and how many; (None, how many to read block by block) if it holds one, or any is damaged."""
+        if block_size % hashing.CHECK_BLOCK:
+            return None, 1
+        for base, start, held in self._block_files.holding(oid.key, block_size, index):
+            run = min(end, start + held) - index
+            name = f"blocks/{oid.key}/{base}"
+            file = self._open_block_file(name) if run > 1 else None
+            offset = (index - start) * block_size
+            if file is None or offset + (run - 1) * block_size >= file.size:
+                continue
+            lengths = [block_size] * (run - 1) + [min(block_size, file.size - offset - (run - 1) * block_size)]
+            try:
+                blocks = file.read_blocks(offset, lengths)
+            except (DamagedFile, OSError):
+                return None, run
+            self._touch(name, file_size(file.size))
+            self._count("block_hits", run)
+            return blocks, run
+        return None, 1
 
     def _open_block_file(self, name: str) -> CheckedFile | None:
         """A block file, kept open for the next blocks read from it (a file of many is read block by block)."""

@@ -241,6 +241,17 @@ class BlockHandle(_ViewHandle):
             self._ahead = None
 
 
+def _runs(indexes: list[int]) -> list[list[int]]:
+    """Sorted block indexes cut into runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for index in indexes:
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
+
+
 class _Retry(Exception):
     """A part gave up a block it had claimed: whoever waited for it fetches it itself."""
 
@@ -486,23 +497,19 @@ class Reader:
     def _fetch_owned(self, obj: StoredObject, owned: dict[int, Future], retries: int) -> None:
         """Resolve owned flights: from the disk cache, else one ranged GET per contiguous run (retried)."""
         missing = []
-        for index, future in sorted(owned.items()):
+        for run in _runs(sorted(owned)):
             try:
-                data = self.cache.get_block(obj.oid, index, self.block_size)
+                cached = self.cache.get_blocks(obj.oid, run[0], len(run), self.block_size)
             except Exception as error:  # a broken cache is only a miss
-                log.warning("cache read of block %d of %s failed: %s", index, obj.hash, error)
-                data = None
-            if data is not None and len(data) == self.block_length(obj, index):
-                self._remember(obj, index, data)
-                self._flights.resolve((obj.hash, index), future, data)
-            else:
-                missing.append(index)
-        runs: list[list[int]] = []
-        for index in missing:
-            if runs and runs[-1][-1] == index - 1:
-                runs[-1].append(index)
-            else:
-                runs.append([index])
+                log.warning("cache read of blocks %d..%d of %s failed: %s", run[0], run[-1], obj.hash, error)
+                cached = [None] * len(run)
+            for index, data in zip(run, cached):
+                if data is not None and len(data) == self.block_length(obj, index):
+                    self._remember(obj, index, data)
+                    self._flights.resolve((obj.hash, index), owned[index], data)
+                else:
+                    missing.append(index)
+        runs = _runs(missing)
         error: BaseException | None = None
         for run in runs:
             if error is None:
@@ -627,6 +634,8 @@ class Reader:
             outcome = verifying.offer(index, data, sums)
         except _Abandon:
             outcome = None
+            self.stats.add("passes_abandoned")
+            log.info("verifying %s from its blocks given up: they arrive too far out of order", obj.hash)
             with self._lock:
                 self._passes.pop(obj.hash, None)
         if outcome is None:
