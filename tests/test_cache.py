@@ -315,6 +315,13 @@ def test_a_damaged_block_of_a_part_is_the_only_one_fetched_again(tmp_path, where
     assert fresh.get_block(oid, 2, block) == blocks[2]
     later = ObjectCache(tmp_path, 64 * 1024 * 1024)        # another process finds the good copy too
     assert [later.get_block(oid, index, block) for index in range(4)] == blocks
+    content = bytearray(path.read_bytes())                 # now block 0 too: the part is fetched again whole ...
+    content[77] ^= 1
+    path.write_bytes(bytes(content))
+    assert later.get_block(oid, 0, block) is None
+    later.put_blocks(oid, 0, block, blocks, hashing.sums_of(data))
+    assert later.get_block(oid, 0, block) == blocks[0]     # ... and replaces the damaged file
+    assert ObjectCache(tmp_path, 64 * 1024 * 1024).get_blocks(oid, 0, 4, block) == blocks
 
 
 def test_stale_temporary_files_are_removed_at_start(tmp_path):

@@ -44,6 +44,7 @@ class _Listing:
             holders = self.files.setdefault(index, [])
             if all(held != name for held, _, _ in holders):
                 holders.append((name, first, count))
+                holders.sort(key=lambda holder: holder[2])  # a block kept again alone (a repair) comes first
 
     def remove(self, name: str) -> None:
         parsed = parse_block_file_name(name)

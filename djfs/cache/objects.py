@@ -132,6 +132,15 @@ class ObjectCache:
 
     def _open(self, name: str, size: int | None, label: str, counter: str = "hits") -> CheckedFile | None:
         """The checked file under ``name`` (marked used), or None if missing or damaged (then dropped)."""
+        file = self._open_checked(name, size, label)
+        if file is None:
+            return None
+        self._touch(name, file_size(file.size))
+        self._count(counter)
+        return file
+
+    def _open_checked(self, name: str, size: int | None, label: str) -> CheckedFile | None:
+        """The checked file under ``name``, or None if missing (forgotten) or damaged (dropped)."""
         try:
             file = CheckedFile.open(self._full(name), size, label)
         except DamagedFile as error:
@@ -141,11 +150,9 @@ class ObjectCache:
             log.warning("can't read %s from the cache: %s", name, error)
             self._count("errors")
             return None
-        if file is None:
+        if file is None:  # evicted by another process meanwhile
             self._index.forget(name)
-            return None
-        self._touch(name, file_size(file.size))
-        self._count(counter)
+            self._forget_block_file(name)
         return file
 
     def _drop_damaged(self, name: str, error: BaseException) -> None:
@@ -319,18 +326,8 @@ class ObjectCache:
             file = self._open_blocks.get(name)
         if file is not None:
             return file
-        try:
-            file = CheckedFile.open(self._full(name), None, f"cached {name}")
-        except DamagedFile as error:
-            self._drop_damaged(name, error)
-            return None
-        except OSError as error:
-            log.warning("can't read %s from the cache: %s", name, error)
-            self._count("errors")
-            return None
-        if file is None:  # evicted by another process
-            self._index.forget(name)
-            self._forget_block_file(name)
+        file = self._open_checked(name, None, f"cached {name}")
+        if file is None:
             return None
         with self._lock:  # closed when its last reader drops it (another thread may be reading it now)
             self._open_blocks[name] = file
@@ -421,7 +418,10 @@ class ObjectCache:
                 raise ValueError(f"block {first + number} of {oid.key} has {len(data)} bytes: blocks are "
                                  f"{block_size} bytes (only the object's last may be shorter)")
         name = self._block_name(oid.key, block_size, first, len(blocks))
-        if self._exists(name) or self._exists(self._object_name(oid.key)):
+        with self._lock:
+            damaged = [key for key in ((name, index) for index in range(first, first + len(blocks)))
+                       if key in self._bad_blocks]
+        if (self._exists(name) and not damaged) or self._exists(self._object_name(oid.key)):
             return
         known = sums if block_size % hashing.CHECK_BLOCK == 0 else None
 
@@ -431,6 +431,11 @@ class ObjectCache:
         last = first + len(blocks) - 1
         self._write(name, f"blocks {first}..{last} of {oid.key}", sum(len(data) for data in blocks), produce,
                     sums=known)
+        if damaged:  # the same part fetched again replaces its damaged file
+            self._forget_block_file(name)
+            with self._lock:
+                for key in damaged:
+                    self._bad_blocks.pop(key, None)
         self._block_files.added(oid.key, name.rsplit("/", 1)[1])
 
     def put_blocks_later(self, oid: ObjectId, first: int, block_size: int, blocks: Sequence[bytes],

@@ -13,13 +13,15 @@ libfuse's buffer:
 * **large object**: read by blocks of ``block_size`` (256 KiB).  A miss fetches just the blocks the read needs
   (one ranged GET per run of missing blocks), so scattered reads cost about what they ask for, and misses of
   several threads (several preads, an mmap's page faults) are in flight at once.  Every block is single-flight
-  (``SingleFlight``): however many readers want it, it is fetched once.  Blocks stay in a bounded memory LRU and
-  go to the disk cache on its background writer (the cache keeps what was read).
+  (``SingleFlight``): however many readers want it, it is fetched once.  Blocks stay in a bounded memory LRU, and
+  the blocks of one GET go to the disk cache as one file on its background writer (the cache keeps what was read;
+  a sequential part is one file, read back in one go after a remount).  Each block's checksum is taken once, as
+  it arrives: it checks the block, feeds the verifying pass and is the cache file's checksum.
 
 **Read-ahead** of a sequential reader is a window of *parts* (``part_size``, 8 MiB: one ranged GET each) fetched
 in parallel on a bounded pool, claimed block by block so other readers of the object wait for them instead of
-fetching them again.  Once a second read proves the reader sequential, the window reaches as far ahead as the
-reader has read sequentially (at least a block), up to ``readahead`` parts, in requests as large as the window
+fetching them again.  Once a second read proves the reader sequential, the window reaches twice as far ahead as
+the reader has read sequentially (at least a block), up to ``readahead`` parts, in requests as large as the window
 (up to a part); nothing is fetched beyond it, so a reader that stops early has cost at most about three times
 what it read.  A part that fails is retried
 (``part_retries``); if it still fails its blocks are handed back and whoever waits fetches them itself.
@@ -28,7 +30,8 @@ what it read.  A part that fails is retried
 object's block checksums when they are known (recorded when the object was first verified whole: by a library
 fetch or a fill on this host, by an upload from this host, or by the mount itself — see below); a block from the
 disk cache against its own checksum.  When the checksums are not known yet, the mount computes the content
-digest of the object as its blocks arrive from the store in order (a sequential first read); when the last block
+digest of the object as its blocks arrive from the store in order (a sequential first read; the thread that brings
+the next block hashes, the others park theirs); when the last block
 is in, a match records the checksums (from then on every block read is checked) and a mismatch drops what was
 cached, logs it, and fails every later read of the object with EIO.  Scattered reads of an object nobody ever
 read whole are checked for length only (and, once in the cache, against their cache checksum).
@@ -272,8 +275,9 @@ class _Readahead:
         reader = self.reader
         part = reader.part_blocks
         with self._lock:
-            # as far ahead as the reader has come sequentially (at least a block), up to ``readahead`` parts:
-            # a reader that stops early has cost at most about twice what it read
+            # twice as far ahead as the reader has come sequentially (at least a block), up to ``readahead``
+            # parts: the window fills fast, and a reader that stops early has cost at most about three times
+            # what it read
             ahead = min(reader.readahead * part, max(1, 2 * (consumed - self.first + 1)))
             target = min(self.last, consumed + ahead)
             while self.next <= target:
