@@ -7,9 +7,10 @@
   the caller's chunk stream, at most ``max_concurrency`` parts in flight, so memory stays bounded whatever the
   object's size; any failure aborts the multipart upload, so no object (and no paid-for orphan parts) is left.
 * A large object is read with parallel ranged GETs straight into the caller's buffer (``get_into``).
-* The mount's ranged GETs (``open_range``: many small requests) go out as presigned GETs through the client's own
-  connection pool (its TLS settings, proxies and timeouts), skipping botocore's per-request pipeline (events,
-  serialization, signing, parsing: ~2.3 ms of CPU per GET here, ~0.6 ms this way); the signed URL is never shown.
+* Ranged GETs (the mount's ``open_range``: many small requests; the parts of ``get_into``) go out as presigned
+  GETs through the client's own connection pool (its TLS settings, proxies and timeouts), skipping botocore's
+  per-request pipeline (events, serialization, signing, parsing: ~2.3 ms of CPU per GET here, ~0.6 ms this way);
+  the signed URL is never shown.
 * Credentials are the explicit ones when given, else boto3's standard chain (``AWS_*`` variables, profiles,
   instance roles).  They are kept out of every message and ``repr``: errors name the bucket and the endpoint.
 * The boto3 client is created on first use, and again in a forked child: no connection or thread exists before
@@ -510,7 +511,7 @@ class S3Store(Store):
             if status == 403:
                 raise StoreError(f"can't read {key!r} in {self.describe()}: access denied (403); check the store's "
                                  "account and token (external-account, external-token) or AWS credentials")
-            problem = f"HTTP status {status}"
+            problem = "it was replaced while it was read (412)" if status == 412 else f"HTTP status {status}"
             if status not in _RETRY_STATUS:
                 break
         raise StoreError(f"can't read {key!r} in {self.describe()}: {problem}")
@@ -537,8 +538,11 @@ class S3Store(Store):
             options = {"IfMatch": etag} if etag else {}
 
             def ranged() -> None:
-                response = self._client.get_object(Bucket=self.bucket, Key=full,
-                                                   Range=f"bytes={start}-{end - 1}", **options)
+                response = self._presigned_get(key, {"Range": f"bytes={start}-{end - 1}",
+                                                     **({"If-Match": etag} if etag else {})})
+                if response is None:
+                    response = self._client.get_object(Bucket=self.bucket, Key=full,
+                                                       Range=f"bytes={start}-{end - 1}", **options)
                 count = self._read_body(response, view[start:end])
                 if count != end - start:
                     raise _BodyError(IOError(f"short read: {count} of {end - start} bytes"))
