@@ -112,7 +112,7 @@ class StoredObject:
 
 
 #: a piece of a read: (bytes, start, length) — the reply is the concatenation of the pieces
-Piece = tuple[bytes, int, int]
+Piece = tuple[bytes | bytearray, int, int]
 
 
 class Handle(Protocol):
@@ -438,7 +438,7 @@ class Reader:
             data = self._memory.get(key)
             return data if data is not None else self._unwritten.get(key)
 
-    def blocks(self, obj: StoredObject, first: int, last: int) -> list[bytes]:
+    def blocks(self, obj: StoredObject, first: int, last: int) -> list[bytes | bytearray]:
         """Blocks ``first..last`` of an object: from memory, the disk cache or the store, each fetched once.
 
         The missing blocks this call owns are fetched here, one request per contiguous run; blocks other
