@@ -13,8 +13,9 @@ cache only has to make sure that what it returns *is* the object.  Hence:
   blocks of large objects are checked by the reader against the object's *sums* when it has them;
 * files are written to ``tmp/`` and renamed into ``objects/<k[0:2]>/<key>``, ``blocks/<key>/<block size>-<i>``
   (one block) or ``blocks/<key>/<block size>-<i>-<n>`` (``n`` blocks from ``i``: a sequential part in one file,
-  ``blockfiles``), ``derived/<k[0:2]>/<key>.<kind>`` (a file decoded from an object) or ``sums/<k[0:2]>/<key>`` (the object's block
-  checksums, recorded when its bytes were verified whole: they let a byte-range read of a store be checked);
+  ``blockfiles``), ``derived/<k[0:2]>/<key>.<kind>`` (a file decoded from an object) or ``sums/<k[0:2]>/<key>``
+  (the object's block checksums, recorded when its bytes were verified whole: they let a byte-range read of a
+  store be checked);
 * ``*_later`` writes happen on a background thread (bounded bytes pending; a caller waits only when the writer is
   that far behind), so a first fetch costs nothing for being cached;
 * one streaming fill per key at a time across threads and processes (``FillLocks``);
