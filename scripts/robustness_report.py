@@ -44,6 +44,9 @@ SELECTION = [
     "tests/test_cache.py::test_damaged_blocks_and_opened_files_are_dropped",
     "tests/test_cache.py::test_a_buffer_changed_before_its_background_write_is_not_cached",
     "tests/test_cache.py::test_kill_9_during_fills_then_every_cache_read_is_correct",
+    "tests/test_cache.py::test_a_damaged_block_of_a_part_is_the_only_one_fetched_again",
+    "tests/test_reader.py::test_a_stream_is_cached_by_parts_and_a_damaged_block_alone_is_fetched_again",
+    "tests/test_stores.py::test_s3_ranged_reads_skip_botocores_pipeline_and_never_show_their_signed_url",
     "tests/test_reader.py::test_a_failed_part_is_retried",
     "tests/test_reader.py::test_a_corrupt_object_read_in_full_fails_and_leaves_nothing_cached",
     "tests/test_reader.py::test_blocks_are_checked_against_the_sums_of_a_verified_read",
@@ -61,9 +64,11 @@ CATEGORIES = {
         r"test_mount::test_(hostile_paths|hidden_and_foreign|read_only)"],
     "no one got in": [
         r"test_security::test_(credentials|user_with_select)", r"test_mount_faults::test_(permissions|credentials|select_only)",
-        r"test_mount_cli::test_background_mount_keeps_credentials"],
+        r"test_mount_cli::test_background_mount_keeps_credentials",
+        r"test_stores::test_s3_ranged_reads_skip"],
     "corruption caught": [
-        r"test_verify::", r"test_cache::test_(damaged|a_buffer_changed)", r"test_reader::test_(a_corrupt|blocks_are_checked)",
+        r"test_verify::", r"test_cache::test_(damaged|a_buffer_changed|a_damaged_block)",
+        r"test_reader::test_(a_corrupt|blocks_are_checked|a_stream_is_cached)",
         r"test_external::test_file_reads_are_hash_checked", r"test_security::test_(truncated|corrupted)"],
     "crashes survived": [r"test_cache::test_kill_9", r"test_mount_faults::test_kill_9", r"test_reader::test_a_failed_part"],
     "load held": [r"test_load::"],

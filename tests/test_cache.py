@@ -270,6 +270,60 @@ def test_blocks_are_evicted_within_the_bound(tmp_path):
     assert sorted(os.listdir(tmp_path / "blocks" / oid.key)) == ["4000-5", "4000-6"]
 
 
+def test_a_part_is_one_file_and_each_of_its_blocks_is_read_checked(tmp_path):
+    cache = ObjectCache(tmp_path, 64 * 1024 * 1024)
+    block = hashing.CHECK_BLOCK
+    oid, data = make_object(7 * block + 1000, 8)
+    blocks = [data[start:start + block] for start in range(0, len(data), block)]
+    cache.put_blocks(oid, 0, block, blocks, hashing.sums_of(data))   # the checksums the reader took, used as is
+    assert os.listdir(tmp_path / "blocks" / oid.key) == [f"{block}-0-8"]
+    assert cache.stats()["blocks"] == 1 and cache.usage() == file_size(len(data))
+    again = ObjectCache(tmp_path, 64 * 1024 * 1024)                  # another process, or after a restart
+    assert again.get_block(oid, 5, block) == blocks[5] and again.get_block(oid, 7, block) == blocks[7]
+    assert again.get_block(oid, 8, block) is None
+    assert again.get_blocks(oid, 2, 7, block) == [*blocks[2:], None]  # the part's blocks in one read, then a miss
+    with pytest.raises(ValueError):
+        cache.put_blocks(oid, 0, block, [b"x" * 10, blocks[1]])      # only the last block may be short
+    # wrong checksums (a reader's bug, or bytes that changed) are caught when the block is read, never served
+    other, odata = make_object(2 * block, 9)
+    cache.put_blocks(other, 0, block, [odata[:block], odata[block:]], [1, 2])
+    assert cache.get_block(other, 0, block) is None and cache.get_block(other, 1, block) is None
+
+
+@pytest.mark.parametrize("where", ["data", "zeros"])
+def test_a_damaged_block_of_a_part_is_the_only_one_fetched_again(tmp_path, where, caplog):
+    block = hashing.CHECK_BLOCK
+    cache = ObjectCache(tmp_path, 64 * 1024 * 1024)
+    oid, data = make_object(4 * block, 10)
+    blocks = [data[start:start + block] for start in range(0, len(data), block)]
+    cache.put_blocks(oid, 0, block, blocks, hashing.sums_of(data))
+    path = tmp_path / "blocks" / oid.key / f"{block}-0-4"
+    content = bytearray(path.read_bytes())
+    if where == "data":
+        content[2 * block + 77] ^= 0x40                    # a flipped bit in block 2
+    else:
+        content[2 * block:2 * block + 4096] = bytes(4096)  # a page of block 2 never written back
+    path.write_bytes(bytes(content))
+    assert ObjectCache(tmp_path, 64 * 1024 * 1024).get_blocks(oid, 0, 4, block) == [blocks[0], blocks[1], None,
+                                                                                  blocks[3]]
+    fresh = ObjectCache(tmp_path, 64 * 1024 * 1024)
+    assert fresh.get_block(oid, 2, block) is None          # a miss for that block ...
+    assert "block 2 does not match its checksum" in caplog.text and fresh.stats()["damaged"] == 1
+    assert [fresh.get_block(oid, index, block) for index in (0, 1, 3)] == [blocks[0], blocks[1], blocks[3]]
+    assert path.exists()                                   # ... the part's other blocks stay
+    fresh.put_block(oid, 2, block, blocks[2])              # fetched again: kept on its own
+    assert fresh.get_block(oid, 2, block) == blocks[2]
+    later = ObjectCache(tmp_path, 64 * 1024 * 1024)        # another process finds the good copy too
+    assert [later.get_block(oid, index, block) for index in range(4)] == blocks
+    content = bytearray(path.read_bytes())                 # now block 0 too: the part is fetched again whole ...
+    content[77] ^= 1
+    path.write_bytes(bytes(content))
+    assert later.get_block(oid, 0, block) is None
+    later.put_blocks(oid, 0, block, blocks, hashing.sums_of(data))
+    assert later.get_block(oid, 0, block) == blocks[0]     # ... and replaces the damaged file
+    assert ObjectCache(tmp_path, 64 * 1024 * 1024).get_blocks(oid, 0, 4, block) == blocks
+
+
 def test_stale_temporary_files_are_removed_at_start(tmp_path):
     ObjectCache(tmp_path, 1000)
     old, fresh = tmp_path / "tmp" / "old.tmp", tmp_path / "tmp" / "fresh.tmp"
@@ -440,12 +494,14 @@ def _fill_forever(location: str, ready) -> None:
     seed = 0
     while True:
         oid, data = make_object(300_000 + seed % 7 * 50_000, seed)
-        if seed % 3 == 0:
+        if seed % 4 == 0:
             cache.put_object_later(oid, data, hashing.sums_of(data))
-        elif seed % 3 == 1:
+        elif seed % 4 == 1:
             cache.fill_object(oid, len(data), streaming(data, 65536)).close()
-        else:
+        elif seed % 4 == 2:
             cache.put_block(oid, 0, 262144, data[:262144])
+        else:  # a part: all its blocks in one file, with the checksums the reader took
+            cache.put_blocks_later(oid, 0, 262144, [data[:262144], data[262144:]], hashing.sums_of(data))
         seed += 1
         if seed == 5:
             ready.set()
@@ -475,8 +531,9 @@ def test_kill_9_during_fills_then_every_cache_read_is_correct(tmp_path):
         oid, data = make_object(300_000 + seed % 7 * 50_000, seed)
         got = cached(cache, oid, len(data))
         assert got is None or got == data, seed
-        block = cache.get_block(oid, 0, 262144)
-        assert block is None or block == data[:262144], seed
+        for index in range(2):
+            block = cache.get_block(oid, index, 262144)
+            assert block is None or block == data[index * 262144:(index + 1) * 262144], seed
         served += got is not None
     assert served > 0
     assert cache.stats()["damaged"] >= min(4, len(names))

@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 
 import djfs
 from djfs import blob, hashing
+from djfs.cache.blockfiles import parse_block_file_name
 from djfs.fs import paths
 from djfs.fs.mount import is_mounted, mount_entry
 from djfs.stores import clear_store_cache
@@ -128,9 +129,11 @@ def verify_cache(location: Path, origins: dict[str, bytes], stored: dict[str, by
         for name in names:
             hash_ = Path(directory).name
             assert hash_ in stored, f"cached block {hash_}/{name} of an unknown object"
-            block_size, index = (int(part) for part in name.split("-"))
+            parsed = parse_block_file_name(name)
+            assert parsed is not None, f"{hash_}/{name} is not a block file"
+            block_size, index, count = parsed
             data = cached_data(Path(directory) / name)
-            expected = stored[hash_][index * block_size:(index + 1) * block_size]
+            expected = stored[hash_][index * block_size:(index + count) * block_size]
             assert data == expected, f"cached block {hash_}/{name} is partial or wrong ({len(data)} bytes)"
             blocks += 1
     return objects, blocks

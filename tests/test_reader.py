@@ -4,6 +4,7 @@ in order, retried parts, bounded read-ahead, shared parts, the cache keeping wha
 from __future__ import annotations
 
 import io
+import os
 import random
 import threading
 import time
@@ -63,6 +64,16 @@ def run_threads(function, arguments: list[tuple]) -> None:
         thread.start()
     for thread in threads:
         thread.join(60)
+
+
+def read_in_full_once(tmp_path, obj: StoredObject, data: bytes) -> Reader:
+    """A reader that reads the object in full and is closed (its cache writes done): the cache as it left it."""
+    reader = make_reader(tmp_path)
+    try:
+        assert read_sequentially(reader, obj) == data
+    finally:
+        reader.close()
+    return reader
 
 
 def counter(reader: Reader, name: str) -> int:
@@ -161,11 +172,7 @@ def test_scattered_reads_fetch_small_ranges_concurrently(s3_server, s3_bucket, l
 def test_the_cache_keeps_what_was_read(s3_server, s3_bucket, link, tmp_path):
     data, oid, key = put_object(s3_server, s3_bucket, 4 << 20, seed=6)
     store = link.store(s3_bucket)
-    first = make_reader(tmp_path)
-    try:
-        assert read_sequentially(first, StoredObject(oid, len(data), store, key)) == data
-    finally:
-        first.close()  # waits for the cache writes
+    read_in_full_once(tmp_path, StoredObject(oid, len(data), store, key), data)
     requests = link.requests
     again = make_reader(tmp_path)  # a remount: empty memory, the same disk cache
     try:
@@ -173,6 +180,30 @@ def test_the_cache_keeps_what_was_read(s3_server, s3_bucket, link, tmp_path):
     finally:
         again.close()
     assert link.requests == requests and counter(again, "store_requests") == 0
+
+
+def test_a_stream_is_cached_by_parts_and_a_damaged_block_alone_is_fetched_again(s3_server, s3_bucket, link,
+                                                                                tmp_path):
+    data, oid, key = put_object(s3_server, s3_bucket, 4 << 20, seed=9)
+    store = link.store(s3_bucket)
+    read_in_full_once(tmp_path, StoredObject(oid, len(data), store, key), data)
+    directory = tmp_path / "cache" / "blocks" / oid.key
+    names = os.listdir(directory)
+    assert len(names) < len(data) // BLOCK // 2, names    # parts in files of several blocks, not a file a block
+    victim = max(names, key=lambda name: int(name.split("-")[2]) if name.count("-") == 2 else 1)
+    assert victim.count("-") == 2                         # <block size>-<first>-<count>
+    content = bytearray((directory / victim).read_bytes())
+    content[BLOCK + 5] ^= 1                               # the second block of that part
+    (directory / victim).write_bytes(bytes(content))
+    requests = link.requests
+    again = make_reader(tmp_path)                         # a remount on the same cache
+    try:
+        assert read_sequentially(again, StoredObject(oid, len(data), store, key)) == data
+    finally:
+        again.close()
+    assert link.requests == requests + 1
+    assert counter(again, "store_bytes") == BLOCK and counter(again, "blocks_fetched") == 1
+    assert again.cache.stats()["damaged"] == 1
 
 
 def test_a_corrupt_object_read_in_full_fails_and_leaves_nothing_cached(s3_server, s3_bucket, link, tmp_path,
@@ -198,11 +229,7 @@ def test_a_corrupt_object_read_in_full_fails_and_leaves_nothing_cached(s3_server
 def test_blocks_are_checked_against_the_sums_of_a_verified_read(s3_server, s3_bucket, link, tmp_path):
     data, oid, key = put_object(s3_server, s3_bucket, 3 << 20, seed=8)
     store = link.store(s3_bucket)
-    first = make_reader(tmp_path)
-    try:
-        assert read_sequentially(first, StoredObject(oid, len(data), store, key)) == data
-    finally:
-        first.close()
+    first = read_in_full_once(tmp_path, StoredObject(oid, len(data), store, key), data)
     assert counter(first, "objects_verified") == 1
     cache = ObjectCache(tmp_path / "cache", 1 << 30)
     assert cache.get_sums(oid, len(data)) == hashing.sums_of(data)

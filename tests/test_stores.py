@@ -367,6 +367,36 @@ def test_s3_credentials_never_shown(s3_server, s3_bucket):
     assert_no_secret(*texts)
 
 
+def test_s3_ranged_reads_skip_botocores_pipeline_and_never_show_their_signed_url(s3_server, s3_bucket):
+    """``open_range`` (the mount's many small GETs) sends presigned GETs through the client's pool, not
+    ``get_object``; its errors say what went wrong without the URL, which carries a signature."""
+    store = S3Store(s3_bucket, "p", s3_server.endpoint, "us-east-1", ACCESS, SECRET, timeout=5, retries=0)
+    data = bytes(range(256)) * 100
+    store.put(KEY, data)
+    calls = []
+    store._client.meta.events.register("before-call.s3.GetObject", lambda **_: calls.append(1))
+    with store.open_range(KEY, 300, 1000) as stream:
+        assert stream.read_exact(1000) == data[300:1300]
+    with store.open_range(KEY, 25000) as stream:
+        assert stream.read_exact(600) == data[25000:]
+    assert calls == []
+    texts = []
+    with pytest.raises(MissingObjectError) as caught:
+        store.open_range("ab/cd/missing", 0, 10)
+    texts.append(error_text(caught.value))
+    absent = S3Store("djfs-absent-bucket", "", s3_server.endpoint, None, ACCESS, SECRET, timeout=5, retries=0)
+    with pytest.raises(StoreError, match="does not exist") as caught:
+        absent.open_range(KEY, 0, 10)
+    assert not isinstance(caught.value, MissingObjectError)
+    texts.append(error_text(caught.value))
+    dead = S3Store(s3_bucket, "", f"http://127.0.0.1:{free_port()}", None, ACCESS, SECRET, timeout=1, retries=1)
+    with pytest.raises(StoreError, match="127.0.0.1") as caught:
+        dead.open_range(KEY, 0, 10)
+    texts.append(error_text(caught.value))
+    assert_no_secret(*texts)
+    assert not any("Signature" in text or "X-Amz" in text for text in texts), texts
+
+
 def test_s3_unreachable_endpoint_fails_in_bounded_time():
     closed = S3Store("some-bucket", "", f"http://127.0.0.1:{free_port()}", None, "a", "b", timeout=1, retries=1)
     start = time.monotonic()

@@ -50,14 +50,20 @@ class CheckedWriter:
     """A file-like sink for a fill: writes the data, sums its blocks, counts it; ``finish`` adds the trailer.
 
     ``content`` (a running digest) is fed the same bytes, so a fill verifies the object while writing it.
+    ``sums``, the block checksums the caller already took of these bytes (the reader checks every block it gets
+    from a store with them), spare summing the data a second time.
     """
 
-    def __init__(self, file: BinaryIO, label: str, size: int, content: "hashlib._Hash | None" = None) -> None:
+    def __init__(self, file: BinaryIO, label: str, size: int, content: "hashlib._Hash | None" = None,
+                 sums: list[int] | None = None) -> None:
+        if sums is not None and len(sums) != -(-size // BLOCK):
+            raise ValueError(f"{len(sums)} block checksums for {size} bytes")
         self._file = file
         self._label = label
         self._size = size
         self.content = content
-        self._sums = hashing.BlockSums()
+        self._known = sums
+        self._sums = hashing.BlockSums() if sums is None else None
         self.count = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -66,7 +72,8 @@ class CheckedWriter:
             raise CorruptObjectError(f"{self._label} is longer than its recorded size of {self._size} bytes")
         if self.content is not None:
             self.content.update(view)
-        self._sums.update(view)
+        if self._sums is not None:
+            self._sums.update(view)
         position = 0
         while position < len(view):  # a raw file may write less than asked
             position += self._file.write(view[position:]) or 0
@@ -77,7 +84,7 @@ class CheckedWriter:
         """Check the length and append the trailer; returns the block checksums."""
         if self.count != self._size:
             raise CorruptObjectError(f"{self._label} is truncated: {self.count} of {self._size} bytes")
-        sums = self._sums.finish()
+        sums = self._sums.finish() if self._sums is not None else list(self._known or ())
         tail = memoryview(trailer(self._size, sums))
         while len(tail):
             tail = tail[self._file.write(tail) or 0:]
@@ -147,6 +154,31 @@ class CheckedFile:
         if start == offset and len(data) == length:
             return data
         return data[offset - start:offset - start + length]
+
+    def read_blocks(self, offset: int, lengths: list[int]) -> list[bytearray]:
+        """Consecutive pieces from ``offset`` (a multiple of ``BLOCK``; each piece but the last a multiple of it)
+        in one ``preadv`` into a buffer each (a big read, no copy after it), every block checked."""
+        if offset % BLOCK or any(length % BLOCK for length in lengths[:-1]) or \
+                offset + sum(lengths) > self.size:
+            raise ValueError("read_blocks needs pieces aligned to the checksum blocks, within the data")
+        buffers = [bytearray(length) for length in lengths]
+        views = [memoryview(buffer) for buffer in buffers]
+        position, pending = offset, views
+        while pending:
+            count = os.preadv(self.fd, pending, position)
+            if not count:
+                raise DamagedFile(f"{self.label} shrank while read")
+            position += count
+            while pending and count >= len(pending[0]):
+                count -= len(pending[0])
+                pending = pending[1:]
+            if pending and count:
+                pending = [pending[0][count:], *pending[1:]]
+        first = offset // BLOCK
+        for view in views:
+            self._check(view, first)
+            first += -(-len(view) // BLOCK)
+        return buffers
 
     def read_into(self, view: memoryview) -> None:
         """All the data into ``view`` (of exactly ``size`` bytes), checked."""

@@ -11,9 +11,11 @@ cache only has to make sure that what it returns *is* the object.  Hence:
   streamed in (``fill_object``) or by the caller that already checked the bytes in memory (``put_object``,
   whose block checksums, computed before the caller got its value, also catch a buffer changed meanwhile);
   blocks of large objects are checked by the reader against the object's *sums* when it has them;
-* files are written to ``tmp/`` and renamed into ``objects/<k[0:2]>/<key>``, ``blocks/<key>/<block size>-<i>``,
-  ``derived/<k[0:2]>/<key>.<kind>`` (a file decoded from an object) or ``sums/<k[0:2]>/<key>`` (the object's block
-  checksums, recorded when its bytes were verified whole: they let a byte-range read of a store be checked);
+* files are written to ``tmp/`` and renamed into ``objects/<k[0:2]>/<key>``, ``blocks/<key>/<block size>-<i>``
+  (one block) or ``blocks/<key>/<block size>-<i>-<n>`` (``n`` blocks from ``i``: a sequential part in one file,
+  ``blockfiles``), ``derived/<k[0:2]>/<key>.<kind>`` (a file decoded from an object) or ``sums/<k[0:2]>/<key>``
+  (the object's block checksums, recorded when its bytes were verified whole: they let a byte-range read of a
+  store be checked);
 * ``*_later`` writes happen on a background thread (bounded bytes pending; a caller waits only when the writer is
   that far behind), so a first fetch costs nothing for being cached;
 * one streaming fill per key at a time across threads and processes (``FillLocks``);
@@ -34,7 +36,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +47,7 @@ from cachetools import LRUCache
 from .. import hashing
 from ..errors import CorruptObjectError, DjfsError
 from ..hashing import ObjectId
+from .blockfiles import BlockFiles, block_file_name
 from .checked import CheckedFile, CheckedWriter, DamagedFile, file_size
 from .index import LruIndex
 from .locks import FillLocks
@@ -84,6 +87,9 @@ class ObjectCache:
         self._lock = threading.Lock()
         self._last_scan = 0.0
         self._verified: LRUCache = LRUCache(maxsize=4096)   # name -> identity of a file checked whole
+        self._block_files = BlockFiles(lambda key: _listdir(self._full(f"blocks/{key}")), rescan_interval)
+        self._open_blocks: LRUCache = LRUCache(maxsize=64)  # name -> block file kept open (closed when dropped)
+        self._bad_blocks: LRUCache = LRUCache(maxsize=4096)  # (name, block) found damaged in a file of many
         self._counters = dict(hits=0, misses=0, fills=0, block_hits=0, block_misses=0, evictions=0, errors=0,
                               damaged=0, sums_hits=0)
         self._pending = 0   # bytes queued for the background writer
@@ -100,9 +106,9 @@ class ObjectCache:
         return f"objects/{key[0:2]}/{key}"
 
     @staticmethod
-    def _block_name(key: str, block_size: int, index: int) -> str:
+    def _block_name(key: str, block_size: int, index: int, count: int = 1) -> str:
         # the block size is part of the name: processes configured with different sizes never mix blocks
-        return f"blocks/{key}/{block_size}-{index}"
+        return f"blocks/{key}/{block_file_name(block_size, index, count)}"
 
     @staticmethod
     def _sums_name(key: str) -> str:
@@ -127,6 +133,15 @@ class ObjectCache:
 
     def _open(self, name: str, size: int | None, label: str, counter: str = "hits") -> CheckedFile | None:
         """The checked file under ``name`` (marked used), or None if missing or damaged (then dropped)."""
+        file = self._open_checked(name, size, label)
+        if file is None:
+            return None
+        self._touch(name, file_size(file.size))
+        self._count(counter)
+        return file
+
+    def _open_checked(self, name: str, size: int | None, label: str) -> CheckedFile | None:
+        """The checked file under ``name``, or None if missing (forgotten) or damaged (dropped)."""
         try:
             file = CheckedFile.open(self._full(name), size, label)
         except DamagedFile as error:
@@ -136,20 +151,30 @@ class ObjectCache:
             log.warning("can't read %s from the cache: %s", name, error)
             self._count("errors")
             return None
-        if file is None:
+        if file is None:  # evicted by another process meanwhile
             self._index.forget(name)
-            return None
-        self._touch(name, file_size(file.size))
-        self._count(counter)
+            self._forget_block_file(name)
         return file
 
     def _drop_damaged(self, name: str, error: BaseException) -> None:
         log.warning("%s: removed from the cache, it will be fetched again", error)
         self._count("damaged")
-        self._unlink(self._full(name))
-        self._index.forget(name)
+        self._remove(name)
         with self._lock:
             self._verified.pop(name, None)
+
+    def _remove(self, name: str) -> None:
+        """Remove a cache file and forget it (index, open block files, block listings)."""
+        self._unlink(self._full(name))
+        self._index.forget(name)
+        self._forget_block_file(name)
+
+    def _forget_block_file(self, name: str) -> None:
+        if name.startswith("blocks/"):
+            _, key, base = name.split("/", 2)
+            with self._lock:
+                self._open_blocks.pop(name, None)
+            self._block_files.removed(key, base)
 
     @contextmanager
     def _checked(self, name: str) -> Iterator[None]:
@@ -213,22 +238,101 @@ class ObjectCache:
             self._verified[name] = identity
 
     def get_block(self, oid: ObjectId, index: int, block_size: int) -> bytes | None:
-        """Block ``index`` (bytes ``index*block_size`` …) from the cached object or the cached block, checked."""
+        """Block ``index`` (bytes ``index*block_size`` …) from the cached object or a block file, checked.
+
+        A damaged block in a file of many blocks is a miss for that block only (the file's other blocks stay
+        good; the block, fetched again, is kept as a file of its own); a damaged file of one block is dropped."""
         if index < 0 or block_size <= 0:
             raise ValueError("a block needs a non-negative index and a positive block size")
-        for name, offset in ((self._object_name(oid.key), index * block_size),
-                             (self._block_name(oid.key, block_size, index), 0)):
-            file = self._open(name, None, f"cached {name}", counter="block_hits")
-            if file is None:
-                continue
+        whole = self._object_name(oid.key)
+        file = self._open(whole, None, f"cached {whole}", counter="block_hits")
+        if file is not None:
             with file:
                 try:
-                    with self._checked(name):
-                        return file.read(offset, block_size)
+                    with self._checked(whole):
+                        return file.read(index * block_size, block_size)
                 except DamagedFile:
+                    pass
+        for base, first, _ in self._block_files.holding(oid.key, block_size, index):
+            name = f"blocks/{oid.key}/{base}"
+            with self._lock:
+                if (name, index) in self._bad_blocks:
                     continue
+            file = self._open_block_file(name)
+            if file is None:
+                continue
+            try:
+                data = file.read((index - first) * block_size, block_size)
+            except DamagedFile as error:
+                if base == block_file_name(block_size, first):
+                    self._drop_damaged(name, error)
+                else:
+                    log.warning("%s: block %d will be fetched again", error, index)
+                    self._count("damaged")
+                    with self._lock:
+                        self._bad_blocks[(name, index)] = True
+                continue
+            except OSError as error:
+                log.warning("can't read %s from the cache: %s", name, error)
+                self._count("errors")
+                continue
+            self._touch(name, file_size(file.size))
+            self._count("block_hits")
+            return data
         self._count("block_misses")
         return None
+
+    def get_blocks(self, oid: ObjectId, first: int, count: int, block_size: int) -> list[bytes | bytearray | None]:
+        """Blocks ``first .. first+count-1`` (None for each miss), checked.  The blocks one block file holds are
+        read in one go (a re-read after a remount reads parts, not 256 KiB at a time); where that fails (a
+        damaged block), block by block, so that only the damaged one is a miss."""
+        found: list[bytes | bytearray | None] = [None] * count
+        index, end = first, first + count
+        while index < end:
+            blocks, run = self._run_from_file(oid, index, end, block_size)
+            if blocks is not None:
+                found[index - first:index - first + run] = blocks
+            else:
+                for number in range(index, index + run):
+                    found[number - first] = self.get_block(oid, number, block_size)
+            index += run
+        return found
+
+    def _run_from_file(self, oid: ObjectId, index: int, end: int, block_size: int) -> \
+            tuple[list[bytearray] | None, int]:
+        """The blocks from ``index`` (before ``end``) that one block file holds, if more than one, read in one
+        ``preadv``, and how many; (None, how many to read block by block) if it holds one, or any is damaged."""
+        if block_size % hashing.CHECK_BLOCK:
+            return None, 1
+        for base, start, held in self._block_files.holding(oid.key, block_size, index):
+            run = min(end, start + held) - index
+            name = f"blocks/{oid.key}/{base}"
+            file = self._open_block_file(name) if run > 1 else None
+            offset = (index - start) * block_size
+            if file is None or offset + (run - 1) * block_size >= file.size:
+                continue
+            lengths = [block_size] * (run - 1) + [min(block_size, file.size - offset - (run - 1) * block_size)]
+            try:
+                blocks = file.read_blocks(offset, lengths)
+            except (DamagedFile, OSError):
+                return None, run
+            self._touch(name, file_size(file.size))
+            self._count("block_hits", run)
+            return blocks, run
+        return None, 1
+
+    def _open_block_file(self, name: str) -> CheckedFile | None:
+        """A block file, kept open for the next blocks read from it (a file of many is read block by block)."""
+        with self._lock:
+            file = self._open_blocks.get(name)
+        if file is not None:
+            return file
+        file = self._open_checked(name, None, f"cached {name}")
+        if file is None:
+            return None
+        with self._lock:  # closed when its last reader drops it (another thread may be reading it now)
+            self._open_blocks[name] = file
+        return file
 
     def get_sums(self, oid: ObjectId, size: int) -> list[int] | None:
         """The block checksums of the object's verified bytes, if recorded (else None)."""
@@ -298,21 +402,53 @@ class ObjectCache:
 
     def put_block(self, oid: ObjectId, index: int, block_size: int, data: bytes) -> None:
         """Cache one block of an object, as the reader got (and, with the object's sums, checked) it."""
-        if len(data) > block_size:
-            raise ValueError(f"block {index} of {oid.key} has {len(data)} bytes, more than the block size")
-        name = self._block_name(oid.key, block_size, index)
-        if self._exists(name) or self._exists(self._object_name(oid.key)):
-            return
-        self._write(name, f"block {index} of {oid.key}", len(data), lambda file: file.write(data))
+        self.put_blocks(oid, index, block_size, [data])
 
-    def put_block_later(self, oid: ObjectId, index: int, block_size: int, data: bytes,
-                        done: Callable[[], None] | None = None, keep: Callable[[], bool] | None = None) -> None:
-        """``put_block`` on the background writer, unless ``keep()`` says no by then; ``done()`` is called when
-        it is written (or failed, or skipped)."""
+    def put_blocks(self, oid: ObjectId, first: int, block_size: int, blocks: Sequence[bytes],
+                   sums: list[int] | None = None) -> None:
+        """Cache consecutive blocks of an object from block ``first`` as one file (a part in one go).
+
+        ``sums``, the XXH3 of each ``CHECK_BLOCK`` of the blocks (the reader took them to check the blocks), are
+        used as they are when ``block_size`` is a multiple of ``CHECK_BLOCK`` (else the data is summed here)."""
+        if not blocks:
+            return
+        if first < 0 or block_size <= 0:
+            raise ValueError("blocks need a non-negative index and a positive block size")
+        for number, data in enumerate(blocks):
+            if len(data) > block_size or (number < len(blocks) - 1 and len(data) != block_size):
+                raise ValueError(f"block {first + number} of {oid.key} has {len(data)} bytes: blocks are "
+                                 f"{block_size} bytes (only the object's last may be shorter)")
+        name = self._block_name(oid.key, block_size, first, len(blocks))
+        with self._lock:
+            damaged = [key for key in ((name, index) for index in range(first, first + len(blocks)))
+                       if key in self._bad_blocks]
+        if (self._exists(name) and not damaged) or self._exists(self._object_name(oid.key)):
+            return
+        known = sums if block_size % hashing.CHECK_BLOCK == 0 else None
+
+        def produce(file: BinaryIO) -> None:
+            for data in blocks:
+                file.write(data)
+        last = first + len(blocks) - 1
+        self._write(name, f"blocks {first}..{last} of {oid.key}", sum(len(data) for data in blocks), produce,
+                    sums=known)
+        if damaged:  # the same part fetched again replaces its damaged file
+            self._forget_block_file(name)
+            with self._lock:
+                for key in damaged:
+                    self._bad_blocks.pop(key, None)
+        self._block_files.added(oid.key, name.rsplit("/", 1)[1])
+
+    def put_blocks_later(self, oid: ObjectId, first: int, block_size: int, blocks: Sequence[bytes],
+                         sums: list[int] | None = None, done: Callable[[], None] | None = None,
+                         keep: Callable[[], bool] | None = None) -> None:
+        """``put_blocks`` on the background writer, unless ``keep()`` says no by then; ``done()`` is called when
+        they are written (or failed, or skipped)."""
         def write() -> None:
             if keep is None or keep():
-                self.put_block(oid, index, block_size, data)
-        self._later(len(data), write, f"block {index} of {oid.key}", done, self.max_block_pending)
+                self.put_blocks(oid, first, block_size, blocks, sums)
+        self._later(sum(len(data) for data in blocks), write, f"blocks from {first} of {oid.key}", done,
+                    self.max_block_pending)
 
     @property
     def max_block_pending(self) -> int:
@@ -348,16 +484,18 @@ class ObjectCache:
         return os.path.exists(self._full(name))
 
     def _write(self, name: str, label: str, size: int, produce: Callable[[BinaryIO], None], *,
-               content: ObjectId | None = None, expect: list[int] | None = None) -> list[int]:
+               content: ObjectId | None = None, expect: list[int] | None = None,
+               sums: list[int] | None = None) -> list[int]:
         """Write ``produce(file)`` in the checked format to ``tmp/``, check it, rename it to ``name``: no fsync
-        (the block checksums catch whatever a crash leaves).  Returns the block checksums."""
+        (the block checksums catch whatever a crash leaves).  Returns the block checksums (``sums`` when the
+        caller already has them)."""
         temporary = self._full(f"tmp/{os.path.basename(name)}.{secrets.token_hex(6)}.tmp")
         disk = file_size(size)
         try:
             with self._cache_errors(label):
                 fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
             with open(fd, "wb", buffering=0) as file:
-                writer = CheckedWriter(file, label, size, content.hasher() if content is not None else None)
+                writer = CheckedWriter(file, label, size, content.hasher() if content is not None else None, sums)
                 with self._cache_errors(label):
                     produce(writer)  # type: ignore[arg-type]
                     sums = writer.finish()
@@ -473,8 +611,8 @@ class ObjectCache:
         """Remove every cached block of an object (its whole copy replaces them, or it proved corrupt)."""
         directory = self._full(f"blocks/{key}")
         for name in _listdir(directory):
-            self._unlink(os.path.join(directory, name))
-            self._index.forget(f"blocks/{key}/{name}")
+            self._remove(f"blocks/{key}/{name}")
+        self._block_files.removed(key)
         try:
             os.rmdir(directory)
         except OSError:
@@ -519,6 +657,7 @@ class ObjectCache:
         self._count("evictions", len(victims))
         for name in victims:
             self._unlink(self._full(name))
+            self._forget_block_file(name)
             if name.startswith("blocks/"):
                 try:
                     os.rmdir(os.path.dirname(self._full(name)))
@@ -550,6 +689,9 @@ class ObjectCache:
                 except OSError:
                     pass
         self._index.clear()
+        self._block_files.clear()
+        with self._lock:
+            self._open_blocks.clear()
         self._last_scan = time.monotonic()
 
     def usage(self) -> int:

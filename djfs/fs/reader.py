@@ -13,13 +13,15 @@ libfuse's buffer:
 * **large object**: read by blocks of ``block_size`` (256 KiB).  A miss fetches just the blocks the read needs
   (one ranged GET per run of missing blocks), so scattered reads cost about what they ask for, and misses of
   several threads (several preads, an mmap's page faults) are in flight at once.  Every block is single-flight
-  (``SingleFlight``): however many readers want it, it is fetched once.  Blocks stay in a bounded memory LRU and
-  go to the disk cache on its background writer (the cache keeps what was read).
+  (``SingleFlight``): however many readers want it, it is fetched once.  Blocks stay in a bounded memory LRU, and
+  the blocks of one GET go to the disk cache as one file on its background writer (the cache keeps what was read;
+  a sequential part is one file, read back in one go after a remount).  Each block's checksum is taken once, as
+  it arrives: it checks the block, feeds the verifying pass and is the cache file's checksum.
 
 **Read-ahead** of a sequential reader is a window of *parts* (``part_size``, 8 MiB: one ranged GET each) fetched
 in parallel on a bounded pool, claimed block by block so other readers of the object wait for them instead of
-fetching them again.  Once a second read proves the reader sequential, the window reaches as far ahead as the
-reader has read sequentially (at least a block), up to ``readahead`` parts, in requests as large as the window
+fetching them again.  Once a second read proves the reader sequential, the window reaches twice as far ahead as
+the reader has read sequentially (at least a block), up to ``readahead`` parts, in requests as large as the window
 (up to a part); nothing is fetched beyond it, so a reader that stops early has cost at most about three times
 what it read.  A part that fails is retried
 (``part_retries``); if it still fails its blocks are handed back and whoever waits fetches them itself.
@@ -28,7 +30,8 @@ what it read.  A part that fails is retried
 object's block checksums when they are known (recorded when the object was first verified whole: by a library
 fetch or a fill on this host, by an upload from this host, or by the mount itself — see below); a block from the
 disk cache against its own checksum.  When the checksums are not known yet, the mount computes the content
-digest of the object as its blocks arrive from the store in order (a sequential first read); when the last block
+digest of the object as its blocks arrive from the store in order (a sequential first read; the thread that brings
+the next block hashes, the others park theirs); when the last block
 is in, a match records the checksums (from then on every block read is checked) and a mismatch drops what was
 cached, logs it, and fails every later read of the object with EIO.  Scattered reads of an object nobody ever
 read whole are checked for length only (and, once in the cache, against their cache checksum).
@@ -109,7 +112,7 @@ class StoredObject:
 
 
 #: a piece of a read: (bytes, start, length) — the reply is the concatenation of the pieces
-Piece = tuple[bytes, int, int]
+Piece = tuple[bytes | bytearray, int, int]
 
 
 class Handle(Protocol):
@@ -241,6 +244,17 @@ class BlockHandle(_ViewHandle):
             self._ahead = None
 
 
+def _runs(indexes: list[int]) -> list[list[int]]:
+    """Sorted block indexes cut into runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for index in indexes:
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
+
+
 class _Retry(Exception):
     """A part gave up a block it had claimed: whoever waited for it fetches it itself."""
 
@@ -261,9 +275,10 @@ class _Readahead:
         reader = self.reader
         part = reader.part_blocks
         with self._lock:
-            # as far ahead as the reader has come sequentially (at least a block), up to ``readahead`` parts:
-            # a reader that stops early has cost at most about twice what it read
-            ahead = min(reader.readahead * part, max(1, consumed - self.first + 1))
+            # twice as far ahead as the reader has come sequentially (at least a block), up to ``readahead``
+            # parts: the window fills fast, and a reader that stops early has cost at most about three times
+            # what it read
+            ahead = min(reader.readahead * part, max(1, 2 * (consumed - self.first + 1)))
             target = min(self.last, consumed + ahead)
             while self.next <= target:
                 end = min(self.last, self.next + min(part, ahead) - 1)  # parts grow with the window
@@ -274,42 +289,51 @@ class _Readahead:
 
 
 class _Pass:
-    """The content digest of an object computed from its blocks as they come from the store, in order."""
+    """The content digest of an object computed from its blocks as they come from the store, in order.
+
+    The thread that brings the next block in order hashes it and the blocks waiting after it, outside the lock
+    (SHA-256 releases the GIL): the threads that bring later blocks only park them and go on reading."""
 
     def __init__(self, obj: StoredObject, block_size: int) -> None:
         self.obj = obj
         self.block_size = block_size
         self.last = (obj.size - 1) // block_size
-        self.next = 0
+        self.next = 0                   # the first block not yet taken for hashing
+        self.hashing = False            # a thread is hashing blocks
         self.state = obj.oid.hasher()
-        self.sums = hashing.BlockSums()
-        self.pending: dict[int, bytes] = {}
+        self.sums: list[int] = []       # the blocks' checksums, in order (taken by the reader, not again here)
+        self.pending: dict[int, tuple[bytes, list[int]]] = {}
         self.held = 0
         self.lock = threading.Lock()
 
-    def offer(self, index: int, data: bytes) -> bool | None:
-        """Feed a block; True/False when the pass is complete (digest matched or not), None before that.
+    def offer(self, index: int, data: bytes, sums: list[int]) -> bool | None:
+        """Feed a block and its checksums; True/False when the pass is complete (digest matched or not), None
+        before that (or when another thread completes it).
 
         Raises ``_Abandon`` when blocks arrive too far out of order to keep."""
         with self.lock:
             if index < self.next or index in self.pending:
                 return None
-            if index > self.next:
-                if self.held + len(data) > PASS_PENDING:
-                    raise _Abandon()
-                self.pending[index] = data
-                self.held += len(data)
+            if index > self.next and self.held + len(data) > PASS_PENDING:
+                raise _Abandon()
+            self.pending[index] = (data, sums)
+            self.held += len(data)
+            if self.hashing or index != self.next:
                 return None
-            while True:
-                self.state.update(data)
-                self.sums.update(data)
-                self.next += 1
-                if self.next > self.last:
-                    return self.obj.oid.matches(self.state)
-                data = self.pending.pop(self.next, None)
-                if data is None:
+            self.hashing = True
+        while True:
+            with self.lock:
+                item = self.pending.pop(self.next, None)
+                if item is None:
+                    self.hashing = False
                     return None
-                self.held -= len(data)
+                self.held -= len(item[0])
+                self.next += 1
+                complete = self.next > self.last
+            self.state.update(item[0])
+            self.sums.extend(item[1])
+            if complete:
+                return self.obj.oid.matches(self.state)
 
 
 class _Abandon(Exception):
@@ -414,7 +438,7 @@ class Reader:
             data = self._memory.get(key)
             return data if data is not None else self._unwritten.get(key)
 
-    def blocks(self, obj: StoredObject, first: int, last: int) -> list[bytes]:
+    def blocks(self, obj: StoredObject, first: int, last: int) -> list[bytes | bytearray]:
         """Blocks ``first..last`` of an object: from memory, the disk cache or the store, each fetched once.
 
         The missing blocks this call owns are fetched here, one request per contiguous run; blocks other
@@ -477,23 +501,19 @@ class Reader:
     def _fetch_owned(self, obj: StoredObject, owned: dict[int, Future], retries: int) -> None:
         """Resolve owned flights: from the disk cache, else one ranged GET per contiguous run (retried)."""
         missing = []
-        for index, future in sorted(owned.items()):
+        for run in _runs(sorted(owned)):
             try:
-                data = self.cache.get_block(obj.oid, index, self.block_size)
+                cached = self.cache.get_blocks(obj.oid, run[0], len(run), self.block_size)
             except Exception as error:  # a broken cache is only a miss
-                log.warning("cache read of block %d of %s failed: %s", index, obj.hash, error)
-                data = None
-            if data is not None and len(data) == self.block_length(obj, index):
-                self._remember(obj, index, data)
-                self._flights.resolve((obj.hash, index), future, data)
-            else:
-                missing.append(index)
-        runs: list[list[int]] = []
-        for index in missing:
-            if runs and runs[-1][-1] == index - 1:
-                runs[-1].append(index)
-            else:
-                runs.append([index])
+                log.warning("cache read of blocks %d..%d of %s failed: %s", run[0], run[-1], obj.hash, error)
+                cached = [None] * len(run)
+            for index, data in zip(run, cached):
+                if data is not None and len(data) == self.block_length(obj, index):
+                    self._remember(obj, index, data)
+                    self._flights.resolve((obj.hash, index), owned[index], data)
+                else:
+                    missing.append(index)
+        runs = _runs(missing)
         error: BaseException | None = None
         for run in runs:
             if error is None:
@@ -519,49 +539,67 @@ class Reader:
         yet delivered, ``retries`` times."""
         sums = self._sums_of(obj)
         position = 0
-        for attempt in range(retries + 1):
-            start = run[position] * self.block_size
-            length = sum(self.block_length(obj, index) for index in run[position:])
-            try:
-                self.stats.add("store_requests")
-                with obj.store.open_range(obj.key, start, length) as body:
-                    while position < len(run):
-                        index = run[position]
-                        block = body.read_exact(self.block_length(obj, index))
-                        self.stats.add("store_bytes", len(block))
-                        self.stats.fetched_blocks(obj.hash, index, 1)
-                        if sums:
-                            check_range(obj.store, obj.key, sums, index * self.block_size, block, obj.size)
-                        else:
-                            self._offer(obj, index, block)  # before anyone gets it: the last completes the digest
-                        self._remember(obj, index, block, fresh=True)
-                        self._flights.resolve((obj.hash, index), owned[index], block)
-                        position += 1
-                return
-            except MissingObjectError:
-                raise
-            except StoreError as error:  # a dropped connection, a short body, bytes damaged on the way
-                if attempt == retries:
+        batch: list[bytes] = []          # delivered blocks not yet handed to the disk cache, and their sums
+        batch_sums: list[int] = []
+        try:
+            for attempt in range(retries + 1):
+                start = run[position] * self.block_size
+                length = sum(self.block_length(obj, index) for index in run[position:])
+                try:
+                    self.stats.add("store_requests")
+                    with obj.store.open_range(obj.key, start, length) as body:
+                        while position < len(run):
+                            index = run[position]
+                            block = body.read_exact(self.block_length(obj, index))
+                            self.stats.add("store_bytes", len(block))
+                            self.stats.fetched_blocks(obj.hash, index, 1)
+                            block_sums = hashing.sums_of(block)  # once: to check it, to verify, to cache it
+                            if sums:
+                                check_range(obj.store, obj.key, sums, index * self.block_size, block, obj.size,
+                                            block_sums)
+                            else:  # before anyone gets it: the last block completes the digest
+                                self._offer(obj, index, block, block_sums)
+                            self._remember(obj, index, block, fresh=True)
+                            self._flights.resolve((obj.hash, index), owned[index], block)
+                            position += 1
+                            batch.append(block)
+                            batch_sums += block_sums
+                            if len(batch) >= self.part_blocks:
+                                self._cache_later(obj, index + 1 - len(batch), batch, batch_sums)
+                                batch, batch_sums = [], []
+                    return
+                except MissingObjectError:
                     raise
-                self._retrying(obj, start, error)
+                except StoreError as error:  # a dropped connection, a short body, bytes damaged on the way
+                    if attempt == retries:
+                        raise
+                    self._retrying(obj, start, error)
+        finally:  # the blocks delivered go to the cache as one file, whatever became of the rest
+            if batch:
+                self._cache_later(obj, run[position - 1] + 1 - len(batch), batch, batch_sums)
 
     def _retrying(self, obj: StoredObject, start: int, error: BaseException) -> None:
         self.stats.add("part_retries")
         log.info("part of %s from %d failed (%s); retrying", obj.hash, start, error)
 
     def _remember(self, obj: StoredObject, index: int, data: bytes, fresh: bool = False) -> None:
-        """Keep a block in memory; one fresh from the store also goes to the disk cache (in the background)."""
+        """Keep a block in memory; one fresh from the store is also held until the disk cache has it."""
         key = (obj.hash, index)
         with self._lock:
             self._memory[key] = data
             if fresh:
                 self._unwritten[key] = data
-        if fresh:
-            def written() -> None:
-                with self._lock:
+
+    def _cache_later(self, obj: StoredObject, first: int, blocks: list[bytes], sums: list[int]) -> None:
+        """Consecutive fresh blocks to the disk cache as one file, on its background writer."""
+        keys = [(obj.hash, index) for index in range(first, first + len(blocks))]
+
+        def written() -> None:
+            with self._lock:
+                for key in keys:
                     self._unwritten.pop(key, None)
-            self.cache.put_block_later(obj.oid, index, self.block_size, data, done=written,
-                                       keep=lambda: obj.hash not in self._corrupt)
+        self.cache.put_blocks_later(obj.oid, first, self.block_size, blocks, sums, done=written,
+                                    keep=lambda: obj.hash not in self._corrupt)
 
     # -- verification ----------------------------------------------------------------------------------------
 
@@ -582,7 +620,7 @@ class Reader:
                 self._sums[obj.hash] = sums
         return sums or None
 
-    def _offer(self, obj: StoredObject, index: int, data: bytes) -> None:
+    def _offer(self, obj: StoredObject, index: int, data: bytes, sums: list[int]) -> None:
         """Feed a block from the store to the object's verifying pass (started by its first block)."""
         if not self.verify:
             return
@@ -597,9 +635,11 @@ class Reader:
             else:
                 self._passes.move_to_end(obj.hash)
         try:
-            outcome = verifying.offer(index, data)
+            outcome = verifying.offer(index, data, sums)
         except _Abandon:
             outcome = None
+            self.stats.add("passes_abandoned")
+            log.info("verifying %s from its blocks given up: they arrive too far out of order", obj.hash)
             with self._lock:
                 self._passes.pop(obj.hash, None)
         if outcome is None:
@@ -607,7 +647,7 @@ class Reader:
         with self._lock:
             self._passes.pop(obj.hash, None)
         if outcome:
-            sums = verifying.sums.finish()
+            sums = verifying.sums
             with self._lock:
                 self._sums[obj.hash] = sums
             self.stats.add("objects_verified")

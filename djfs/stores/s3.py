@@ -7,6 +7,10 @@
   the caller's chunk stream, at most ``max_concurrency`` parts in flight, so memory stays bounded whatever the
   object's size; any failure aborts the multipart upload, so no object (and no paid-for orphan parts) is left.
 * A large object is read with parallel ranged GETs straight into the caller's buffer (``get_into``).
+* Ranged GETs (the mount's ``open_range``: many small requests; the parts of ``get_into``) go out as presigned
+  GETs through the client's own connection pool (its TLS settings, proxies and timeouts), skipping botocore's
+  per-request pipeline (events, serialization, signing, parsing: ~2.3 ms of CPU per GET here, ~0.6 ms this way);
+  the signed URL is never shown.
 * Credentials are the explicit ones when given, else boto3's standard chain (``AWS_*`` variables, profiles,
   instance roles).  They are kept out of every message and ``repr``: errors name the bucket and the endpoint.
 * The boto3 client is created on first use, and again in a forked child: no connection or thread exists before
@@ -19,6 +23,7 @@ import io
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
@@ -28,6 +33,8 @@ from ..errors import CorruptObjectError, MissingObjectError, StoreError
 from .base import STRICT_KEYS, Data, Filled, KeyRule, ObjectInfo, RangeStream, Store, as_chunks, check_size, validate_prefix
 
 MiB = 1 << 20
+PRESIGNED_SECONDS = 900   # validity of a presigned GET (made per request: only needs to outlive the request)
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller parts (except the last one)
 MAX_PARTS = 10_000
 _T = TypeVar("_T")
@@ -262,6 +269,9 @@ class S3Store(Store):
         try:
             if into is None:
                 return body.read()
+            plain = _plain_body(response)
+            if plain is not None:
+                return _read_plain_into(response, plain, into, filled)
             position = 0
             for chunk in body.iter_chunks(1 * MiB):
                 end = position + len(chunk)
@@ -444,11 +454,67 @@ class S3Store(Store):
             ranged = {"Range": f"bytes={offset}-"} if offset else {}
         else:
             ranged = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        try:
-            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)
-        except Exception as error:
-            raise self._error("read", key, error) from None
+        response = self._presigned_get(key, ranged)
+        if response is None:  # a botocore without the parts used: its own pipeline
+            try:
+                response = self._client.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)
+            except Exception as error:
+                raise self._error("read", key, error) from None
         return _S3RangeStream(self, key, response)
+
+    def _presigned_get(self, key: str, headers: dict[str, str]) -> dict | None:
+        """A GET sent as a presigned URL through the client's connection pool, retried like botocore's standard
+        mode (connection errors, 429 and 5xx answers); a response shaped like ``get_object``'s (``Body``,
+        ``ContentEncoding``), or None when this botocore lacks the parts (then the caller uses ``get_object``).
+        Errors never show the URL: it carries a signature."""
+        from botocore.awsrequest import AWSRequest
+        from botocore.exceptions import BotoCoreError
+        from botocore.response import StreamingBody
+
+        client = self._client
+        session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        if session is None or not hasattr(session, "send"):
+            return None
+        full = self._key(key)
+        problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(2.0, 0.05 * 2 ** attempt))
+            try:
+                url = client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": full},
+                                                    ExpiresIn=PRESIGNED_SECONDS)
+                request = AWSRequest(method="GET", url=url, headers=headers).prepare()
+                request.stream_output = True
+                response = session.send(request)
+            except BotoCoreError as error:  # its message may hold the URL: only its kind is told
+                problem = type(error).__name__
+                continue
+            except Exception as error:
+                raise self._error("read", key, error) from None
+            status = response.status_code
+            if status in (200, 206):
+                length = response.headers.get("Content-Length")
+                body = StreamingBody(response.raw, int(length) if length is not None else None)
+                return {"Body": body, "ContentEncoding": response.headers.get("Content-Encoding")}
+            document = b""
+            try:
+                document = response.raw.read(64 * 1024)  # the error document; then the connection is free again
+            except Exception:
+                pass
+            finally:
+                response.raw.release_conn()
+            if status == 404 and b"<Code>NoSuchBucket</Code>" in document:
+                raise StoreError(f"can't read {key!r} in {self.describe()}: bucket {self.bucket!r} does not exist "
+                                 f"at {self.endpoint_url or 'the default AWS endpoint'}")
+            if status == 404:
+                raise self._missing(key)
+            if status == 403:
+                raise StoreError(f"can't read {key!r} in {self.describe()}: access denied (403); check the store's "
+                                 "account and token (external-account, external-token) or AWS credentials")
+            problem = "it was replaced while it was read (412)" if status == 412 else f"HTTP status {status}"
+            if status not in _RETRY_STATUS:
+                break
+        raise StoreError(f"can't read {key!r} in {self.describe()}: {problem}")
 
     def get_into(self, key: str, buffer: memoryview, filled: Filled | None = None) -> None:
         view = memoryview(buffer).cast("B")
@@ -472,8 +538,11 @@ class S3Store(Store):
             options = {"IfMatch": etag} if etag else {}
 
             def ranged() -> None:
-                response = self._client.get_object(Bucket=self.bucket, Key=full,
-                                                   Range=f"bytes={start}-{end - 1}", **options)
+                response = self._presigned_get(key, {"Range": f"bytes={start}-{end - 1}",
+                                                     **({"If-Match": etag} if etag else {})})
+                if response is None:
+                    response = self._client.get_object(Bucket=self.bucket, Key=full,
+                                                       Range=f"bytes={start}-{end - 1}", **options)
                 count = self._read_body(response, view[start:end])
                 if count != end - start:
                     raise _BodyError(IOError(f"short read: {count} of {end - start} bytes"))
@@ -538,6 +607,36 @@ def _region_of(endpoint_url: str | None) -> str | None:
     if host.endswith("amazonaws.com"):
         return None
     return "us-east-1"  # what MinIO, Ceph and moto expect unless configured otherwise
+
+
+def _plain_body(response: dict) -> Any:
+    """The ``http.client`` response under botocore's body when its bytes arrive as they are (no content or
+    transfer encoding): it can read straight into the caller's buffer.  None otherwise."""
+    raw = getattr(response["Body"], "_raw_stream", None)
+    plain = getattr(raw, "_fp", None)
+    if response.get("ContentEncoding") or plain is None or getattr(plain, "chunked", True) \
+            or not hasattr(plain, "readinto") or getattr(raw, "_fp_bytes_read", 1):
+        return None
+    return plain
+
+
+def _read_plain_into(response: dict, plain: Any, into: memoryview, filled: Filled | None) -> int:
+    """Read a plain body straight from the socket into ``into`` (one copy, where urllib3's reads make two),
+    reporting each MiB to ``filled``; then hand the connection back to the pool, as urllib3 does at the end."""
+    position = 0
+    while position < len(into):
+        count = plain.readinto(into[position:min(len(into), position + MiB)])
+        if not count:
+            break
+        if filled is not None:
+            filled(position, position + count)
+        position += count
+    if position == len(into) and plain.length:  # http.client knows the announced length
+        raise CorruptObjectError("the store returned more bytes than asked for")
+    raw = response["Body"]._raw_stream
+    if plain.isclosed():
+        raw.release_conn()
+    return position
 
 
 def _raise_first_error(futures: list[Future]) -> None:

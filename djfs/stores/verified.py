@@ -109,10 +109,12 @@ def fetch_verified(store: Store, key: str, oid: ObjectId, size: int, verify: boo
     return buffer, checker.sums.finish() if checker.sums is not None else None
 
 
-def check_range(store: Store, key: str, sums: list[int] | None, offset: int, data: bytes, size: int) -> None:
+def check_range(store: Store, key: str, sums: list[int] | None, offset: int, data: bytes, size: int,
+                data_sums: list[int] | None = None) -> None:
     """Check ``data``, read from ``offset``, against the object's block checksums (when known) and its length.
 
     ``offset`` must be a multiple of ``CHECK_BLOCK``, and ``data`` end at a block boundary or at the object's end.
+    ``data_sums``: the checksums of ``data``'s blocks if the caller has taken them already.
     """
     expected = min(len(data), size - offset)
     if len(data) != expected or offset % CHECK_BLOCK or (offset + len(data) != size and len(data) % CHECK_BLOCK):
@@ -121,8 +123,10 @@ def check_range(store: Store, key: str, sums: list[int] | None, offset: int, dat
     if sums is None:
         return
     view = memoryview(data)
+    if data_sums is None:
+        data_sums = hashing.sums_of(view)
     for number, start in enumerate(range(0, len(view), CHECK_BLOCK), offset // CHECK_BLOCK):
-        if hashing.block_sum(view[start:start + CHECK_BLOCK]) != sums[number]:
+        if data_sums[number - offset // CHECK_BLOCK] != sums[number]:
             raise CorruptObjectError(f"object {key!r} in {store.describe()}: bytes {offset + start}.."
                                      f"{offset + min(start + CHECK_BLOCK, len(view))} don't match the checksums "
                                      "recorded when it was read whole (corrupted or replaced)")
