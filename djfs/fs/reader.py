@@ -69,6 +69,7 @@ READ_PIECE = 1 * MiB          # pieces of a whole-object fill's single GET
 SEQUENTIAL_SLACK = 1 * MiB    # the kernel's read-ahead requests arrive slightly out of order (its window)
 PASS_PENDING = 64 * MiB       # bytes a verifying pass may hold for blocks that arrived ahead of its position
 MAX_PASSES = 8                # objects verified from their blocks at once (each holds at most PASS_PENDING)
+RECENT_BLOCKS = 65_536        # blocks whose fetches are remembered for blocks_fetched_again (16 GiB of 256 KiB)
 RENDER_VERSION = "v1"         # of decoded files in the cache: bump when views.render changes its output
 
 
@@ -78,7 +79,8 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counters: Counter = Counter()
-        self._blocks: Counter = Counter()
+        # (object, block) -> times fetched, for the most recent blocks only: a daemon's life reads without bound
+        self._blocks: LRUCache = LRUCache(maxsize=RECENT_BLOCKS)
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -87,8 +89,9 @@ class Stats:
     def fetched_blocks(self, key: str, first: int, count: int) -> None:
         with self._lock:
             for index in range(first, first + count):
-                self._blocks[(key, index)] += 1
-                if self._blocks[(key, index)] > 1:
+                times = self._blocks.get((key, index), 0) + 1
+                self._blocks[(key, index)] = times
+                if times > 1:
                     self._counters["blocks_fetched_again"] += 1
             self._counters["blocks_fetched"] += count
 
