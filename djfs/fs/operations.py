@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import gc
 import itertools
 import json
 import logging
@@ -117,6 +118,16 @@ DIRECTORY_BLOCK = 4096   # ... and of directories (glibc then reads listings 32 
 ENTRIES_MARGIN = 2.0  # seconds: the kernel's timeouts run from its receipt of a reply, a little after ours
 FUSE_READDIR_PLUS = 1 << 0   # libfuse 3: the kernel asks for the entries' attributes (readdirplus)
 FUSE_FILL_DIR_PLUS = 1 << 1  # libfuse 3: this entry's attributes are complete
+#: Python's collector thresholds in the daemon: first collection every 50,000 net allocations instead of 700
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_garbage_collector() -> None:
+    """Collect less often: the daemon keeps hundreds of thousands of long-lived objects (listings, rows, file
+    specs), and with Python's default thresholds every tenth of a second of ``ls -lR`` ran a full collection
+    over all of them: 0.2 s of a cold 10,000-row listing's 1.4 s of Python (``gc.callbacks``), and none with
+    these.  Cycles are rare here (the caches hold trees), so memory stays the same."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class FileSystem(mfusepy.FUSE):
@@ -275,6 +286,7 @@ class Operations(mfusepy.Operations):
 
     def init_with_config(self, conn_info: Any, config_3: Any) -> None:
         """libfuse has mounted (and, in the background, forked): only now start threads and connections."""
+        tune_garbage_collector()
         options = self.options
         self._database = Database(self.config, threads=options.sql_threads, timeout=options.db_timeout)
         cache = open_cache(self.config["cache-location"], self.config["cache-size"])
