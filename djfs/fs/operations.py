@@ -203,7 +203,7 @@ class FileSystem(mfusepy.FUSE):
             ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
             complete = FUSE_FILL_DIR_PLUS if plus and name not in (".", "..") else 0
             if complete:
-                mfusepy.set_st_attrs(entry, operations.entry_attributes(decoded, name, spec), use_ns=self.use_ns)
+                fill_stat(entry, operations.entry_attributes(decoded, name, spec))
             else:  # the kernel keeps only the type and the inode
                 entry.st_mode, entry.st_ino = operations.entry_type(decoded, name, spec)
             if filler(buf, name.encode(self.encoding, self.errors), entry, index + 1, complete) != 0:
@@ -212,6 +212,22 @@ class FileSystem(mfusepy.FUSE):
             if plus:
                 operations.entries_given(decoded)
         return 0
+
+
+_TIMESPECS = {"st_atime": "st_atimespec", "st_mtime": "st_mtimespec", "st_ctime": "st_ctimespec"}
+
+
+def fill_stat(entry: Any, attributes: dict[str, Any]) -> None:
+    """Write attributes as ``Operations`` makes them (``struct stat`` fields, times in nanoseconds) into a
+    ``struct stat``: what ``mfusepy.set_st_attrs`` does, without its checks per key (1.4 µs instead of 2.5:
+    readdirplus fills one per entry)."""
+    for key, value in attributes.items():
+        timespec = _TIMESPECS.get(key)
+        if timespec is None:
+            setattr(entry, key, value)
+        else:
+            field = getattr(entry, timespec)
+            field.tv_sec, field.tv_nsec = divmod(value, 1_000_000_000)
 
 
 if can_invalidate(mfusepy):
