@@ -190,8 +190,7 @@ class FileSystem(mfusepy.FUSE):
         if offset == 0 and operations.entries_held(decoded):
             # the kernel holds every entry's attributes: hand libfuse the whole listing without offsets; it keeps
             # it and answers the kernel's next reads (the end of the directory) itself, without a call
-            for name, spec in operations.directory(decoded, 0, False):
-                ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
+            for name, spec in operations.directory(decoded, 0, False):  # each entry sets the same two fields
                 entry.st_mode, entry.st_ino = operations.entry_type(decoded, name, spec)
                 if filler(buf, name.encode(self.encoding, self.errors), entry, 0, 0) != 0:
                     break
