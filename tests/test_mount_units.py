@@ -169,3 +169,18 @@ def test_row_json_is_the_indented_json_of_the_row(values):
     document = views.row_json(heading, values)
     expected = {name: json.loads(value) if name == "doc" else value for name, value in values.items()}
     assert document == (json.dumps(expected, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+@pytest.mark.parametrize("attributes", [
+    {"st_uid": 1000, "st_gid": 100, "st_atime": 1_795_986_326_123_456_789, "st_mtime": 1_795_986_326_000_000_001,
+     "st_ctime": 1_795_986_326_999_999_999, "st_blksize": 1 << 20, "st_mode": 0o100444, "st_nlink": 1,
+     "st_size": 192, "st_ino": (1 << 63) + 5, "st_blocks": 1},
+    {"st_uid": 0, "st_gid": 0, "st_atime": 0, "st_mtime": 1_000_000_000, "st_ctime": 999_999_999,
+     "st_blksize": 4096, "st_mode": 0o40555, "st_nlink": 2, "st_size": 0, "st_ino": 1}])
+def test_readdirplus_fills_a_struct_stat_as_mfusepy_does(attributes):
+    from djfs.fs.operations import fill_stat, mfusepy
+    expected, filled = mfusepy.c_stat(), mfusepy.c_stat()
+    mfusepy.set_st_attrs(expected, attributes, use_ns=True)
+    fill_stat(filled, attributes)
+    assert bytes(filled) == bytes(expected)
+    assert filled.st_mtimespec.tv_sec == attributes["st_mtime"] // 10**9 and filled.st_ino == attributes["st_ino"]

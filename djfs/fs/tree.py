@@ -43,7 +43,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, NamedTuple
 
-from cachetools import LRUCache, TLRUCache, TTLCache
+from cachetools import LRUCache
 
 from .. import hashing
 from ..singleflight import SingleFlight
@@ -153,16 +153,11 @@ class Memo:
 
     def __init__(self, ttl: float | Callable[[Any], float] | None, maxsize: int = 4096, stale_size: int = 100_000,
                  size: Callable[[Any], int] | None = None) -> None:
-        weigh = None if size is None else (lambda entry: size(entry[1]))
-        self._fresh: LRUCache
-        if ttl is None:
-            self._fresh = LRUCache(maxsize=maxsize, getsizeof=weigh)
-        elif callable(ttl):
-            expiry = ttl
-            self._fresh = TLRUCache(maxsize=maxsize, ttu=lambda _key, entry, now: now + expiry(entry[1]),
-                                    timer=time.monotonic, getsizeof=weigh)
-        else:
-            self._fresh = TTLCache(maxsize=maxsize, ttl=ttl, getsizeof=weigh)
+        # key -> (version, value, until: monotonic seconds, or None with ttl None); expiry checked here, as
+        # cachetools' timed caches cost a timer context and an expiry sweep per get (several per row listed)
+        self._fresh: LRUCache = LRUCache(maxsize=maxsize, getsizeof=None if size is None else (
+            lambda entry: size(entry[1])))
+        self._ttl = ttl
         # key -> (value, when loaded)
         self._stale: LRUCache = LRUCache(maxsize=stale_size,
                                          getsizeof=None if size is None else (lambda known: size(known[0])))
@@ -172,7 +167,12 @@ class Memo:
     def fresh(self, key: Hashable, version: Hashable = None) -> Any:
         with self._lock:
             entry = self._fresh.get(key)
-        return entry[1] if entry is not None and entry[0] == version else None
+        return entry[1] if entry is not None and self._current(entry, version) else None
+
+    @staticmethod
+    def _current(entry: tuple, version: Hashable) -> bool:
+        """A fresh entry at ``version``: loaded at it, and within its ttl."""
+        return entry[0] == version and (entry[2] is None or time.monotonic() < entry[2])
 
     def stale(self, key: Hashable) -> Any:
         with self._lock:
@@ -185,7 +185,7 @@ class Memo:
         else asks); with ``stale_ok``, the last known value when the database is unreachable."""
         with self._lock:
             entry = self._fresh.get(key)
-            if entry is not None and entry[0] == version:
+            if entry is not None and self._current(entry, version):
                 return entry[1]
             known = self._stale.get(key)
             if known is not None and max_age and time.monotonic() - known[1] <= max_age:
@@ -204,9 +204,12 @@ class Memo:
             return self._fallback(key, stale_ok)
 
     def _store(self, key: Hashable, version: Hashable, value: Any) -> None:
+        now = time.monotonic()
+        ttl = self._ttl
+        until = None if ttl is None else now + (ttl(value) if callable(ttl) else ttl)
         try:
-            self._fresh[key] = (version, value)
-            self._stale[key] = (value, time.monotonic())
+            self._fresh[key] = (version, value, until)
+            self._stale[key] = (value, now)
         except ValueError:  # heavier than the whole cache: served once, not kept
             self._fresh.pop(key, None)
             self._stale.pop(key, None)
