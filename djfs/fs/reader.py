@@ -7,7 +7,8 @@ file and answers reads as *pieces* (bytes, start, length) that the operations la
 libfuse's buffer:
 
 * **cached object** (the whole object is in the disk cache, checked once per process): the operations layer
-  hands libfuse the file descriptor and position (no copy through Python);
+  hands libfuse the file descriptor and position (no copy through Python); likewise a read that lies in one
+  block file of the cache (a part a remount re-reads) once this process has checked all that file's blocks;
 * **small object** (``<= whole_max``): filled whole into the cache on first open, verified against its content
   digest while it streams in; one download however many threads or processes open it;
 * **large object**: read by blocks of ``block_size`` (256 KiB).  A miss fetches just the blocks the read needs
@@ -46,7 +47,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Protocol
@@ -70,6 +71,7 @@ SEQUENTIAL_SLACK = 1 * MiB    # the kernel's read-ahead requests arrive slightly
 PASS_PENDING = 64 * MiB       # bytes a verifying pass may hold for blocks that arrived ahead of its position
 MAX_PASSES = 8                # objects verified from their blocks at once (each holds at most PASS_PENDING)
 RECENT_BLOCKS = 65_536        # blocks whose fetches are remembered for blocks_fetched_again (16 GiB of 256 KiB)
+FD_SEGMENTS = 64              # block files a handle keeps open for libfuse's reads by descriptor
 RENDER_VERSION = "v1"         # of decoded files in the cache: bump when views.render changes its output
 
 
@@ -212,9 +214,34 @@ class BlockHandle(_ViewHandle):
         self._lock = threading.Lock()
         self._expect: int | None = None   # object offset right after the last read
         self._ahead: _Readahead | None = None
+        # block files served by descriptor, most recent last: (object offset of their data, its end, file); held
+        # open (up to FD_SEGMENTS) so that libfuse, which reads the descriptor after ``fd_segment`` returns,
+        # never reads a descriptor closed (or reused) meanwhile
+        self._segments: deque[tuple[int, int, CheckedFile]] = deque(maxlen=FD_SEGMENTS)
 
     def fd_segment(self, offset: int, size: int) -> tuple[int, int, int] | None:
-        return None
+        """(fd, position, length) when the request lies in one block file checked whole by this process (and is
+        not in memory): libfuse reads it itself, no copy through Python.  None otherwise (then ``pieces``)."""
+        hlen = len(self.header)
+        if offset < hlen or offset >= self.size:
+            return None
+        length = min(size, self.size - offset)
+        start = self.data_offset + offset - hlen
+        with self._lock:
+            found = next(((begin, file) for begin, end, file in reversed(self._segments)
+                          if begin <= start and start + length <= end), None)
+        if found is None:
+            segment = self.reader.cached_segment(self.obj, start)
+            if segment is None:
+                return None
+            with self._lock:
+                self._segments.append((segment[0], segment[0] + segment[1].size, segment[1]))
+            if start + length > segment[0] + segment[1].size:
+                return None  # runs into the next file: copied (a short reply would read as the end of the file)
+            found = segment
+        begin, file = found
+        self.reader.stats.add("reads_by_descriptor")
+        return file.fd, start - begin, length
 
     def _object_pieces(self, start: int, stop: int) -> list[Piece]:
         block_size = self.reader.block_size
@@ -245,6 +272,7 @@ class BlockHandle(_ViewHandle):
     def close(self) -> None:
         with self._lock:
             self._ahead = None
+            self._segments.clear()  # the cache keeps its own block files open; the others close when dropped
 
 
 def _runs(indexes: list[int]) -> list[list[int]]:
@@ -440,6 +468,26 @@ class Reader:
         with self._lock:
             data = self._memory.get(key)
             return data if data is not None else self._unwritten.get(key)
+
+    def cached_segment(self, obj: StoredObject, start: int) -> tuple[int, CheckedFile] | None:
+        """(object offset of its data, file) of a block file holding object offset ``start`` that this process
+        has checked whole; None when that block is in memory (a fresh one may not be on disk yet), the object
+        proved corrupt, or no such file is known."""
+        index = start // self.block_size
+        with self._lock:
+            if obj.hash in self._corrupt:
+                return None
+        if self._held((obj.hash, index)) is not None:
+            return None
+        try:
+            found = self.cache.block_segment(obj.oid, index, self.block_size)
+        except Exception as error:  # a broken cache is only a miss
+            log.warning("cache read of block %d of %s failed: %s", index, obj.hash, error)
+            return None
+        if found is None:
+            return None
+        file, position = found
+        return index * self.block_size - position, file
 
     def blocks(self, obj: StoredObject, first: int, last: int) -> list[bytes | bytearray]:
         """Blocks ``first..last`` of an object: from memory, the disk cache or the store, each fetched once.
