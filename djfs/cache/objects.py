@@ -321,6 +321,12 @@ class ObjectCache:
             return blocks, run
         return None, 1
 
+    def holds_block(self, oid: ObjectId, index: int, block_size: int) -> bool:
+        """Whether a block file known to this process holds block ``index`` (not known damaged); no file read."""
+        names = [f"blocks/{oid.key}/{base}" for base, _, _ in self._block_files.holding(oid.key, block_size, index)]
+        with self._lock:
+            return any((name, index) not in self._bad_blocks for name in names)
+
     def block_segment(self, oid: ObjectId, index: int, block_size: int) -> tuple[CheckedFile, int] | None:
         """A block file holding block ``index`` that this process has checked whole (every block, once), and the
         position of the block in it: the mount hands libfuse (descriptor, position) instead of copying the

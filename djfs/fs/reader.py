@@ -72,6 +72,7 @@ PASS_PENDING = 64 * MiB       # bytes a verifying pass may hold for blocks that 
 MAX_PASSES = 8                # objects verified from their blocks at once (each holds at most PASS_PENDING)
 RECENT_BLOCKS = 65_536        # blocks whose fetches are remembered for blocks_fetched_again (16 GiB of 256 KiB)
 FD_SEGMENTS = 64              # block files a handle keeps open for libfuse's reads by descriptor
+MAX_SEGMENTS = 8              # block files one read may be served from by descriptor
 RENDER_VERSION = "v1"         # of decoded files in the cache: bump when views.render changes its output
 
 
@@ -118,6 +119,8 @@ class StoredObject:
 
 #: a piece of a read: (bytes, start, length) — the reply is the concatenation of the pieces
 Piece = tuple[bytes | bytearray, int, int]
+#: a piece of a read that libfuse reads itself: (file descriptor, position, length)
+Segment = tuple[int, int, int]
 
 
 class Handle(Protocol):
@@ -125,7 +128,7 @@ class Handle(Protocol):
 
     def pieces(self, offset: int, size: int) -> list[Piece]: ...
 
-    def fd_segment(self, offset: int, size: int) -> tuple[int, int, int] | None: ...
+    def fd_segments(self, offset: int, size: int) -> list[Segment] | None: ...
 
     def close(self) -> None: ...
 
@@ -148,7 +151,7 @@ class MemoryHandle:
         end = min(offset + size, self.size)
         return [(self.content, offset, end - offset)] if offset < end else []
 
-    def fd_segment(self, offset: int, size: int) -> tuple[int, int, int] | None:
+    def fd_segments(self, offset: int, size: int) -> list[Segment] | None:
         return None
 
     def close(self) -> None:
@@ -187,12 +190,12 @@ class FileHandle(_ViewHandle):
         self.data_offset = data_offset
         self.size = size
 
-    def fd_segment(self, offset: int, size: int) -> tuple[int, int, int] | None:
-        """(fd, position, length) when the request lies in the data part: libfuse can read it itself."""
+    def fd_segments(self, offset: int, size: int) -> list[Segment] | None:
+        """[(fd, position, length)] when the request lies in the data part: libfuse can read it itself."""
         hlen = len(self.header)
         if offset < hlen or offset >= self.size:
             return None
-        return self.fd, self.data_offset + offset - hlen, min(size, self.size - offset)
+        return [(self.fd, self.data_offset + offset - hlen, min(size, self.size - offset))]
 
     def _object_pieces(self, start: int, stop: int) -> list[Piece]:
         data = self._file.read(start, stop - start)
@@ -215,33 +218,43 @@ class BlockHandle(_ViewHandle):
         self._expect: int | None = None   # object offset right after the last read
         self._ahead: _Readahead | None = None
         # block files served by descriptor, most recent last: (object offset of their data, its end, file); held
-        # open (up to FD_SEGMENTS) so that libfuse, which reads the descriptor after ``fd_segment`` returns,
+        # open (up to FD_SEGMENTS) so that libfuse, which reads the descriptor after ``fd_segments`` returns,
         # never reads a descriptor closed (or reused) meanwhile
         self._segments: deque[tuple[int, int, CheckedFile]] = deque(maxlen=FD_SEGMENTS)
 
-    def fd_segment(self, offset: int, size: int) -> tuple[int, int, int] | None:
-        """(fd, position, length) when the request lies in one block file checked whole by this process (and is
-        not in memory): libfuse reads it itself, no copy through Python.  None otherwise (then ``pieces``)."""
+    def fd_segments(self, offset: int, size: int) -> list[Segment] | None:
+        """(fd, position, length) of each block file the request lies in, when every one of them was checked whole
+        by this process: libfuse reads them itself, no copy through Python.  None otherwise (then ``pieces``)."""
         hlen = len(self.header)
         if offset < hlen or offset >= self.size:
             return None
-        length = min(size, self.size - offset)
         start = self.data_offset + offset - hlen
-        with self._lock:
-            found = next(((begin, file) for begin, end, file in reversed(self._segments)
-                          if begin <= start and start + length <= end), None)
-        if found is None:
-            segment = self.reader.cached_segment(self.obj, start)
-            if segment is None:
+        stop = start + min(size, self.size - offset)
+        segments: list[Segment] = []
+        while start < stop:
+            found = self._segment_at(start)
+            if found is None or len(segments) == MAX_SEGMENTS:
                 return None
-            with self._lock:
-                self._segments.append((segment[0], segment[0] + segment[1].size, segment[1]))
-            if start + length > segment[0] + segment[1].size:
-                return None  # runs into the next file: copied (a short reply would read as the end of the file)
-            found = segment
-        begin, file = found
+            begin, end, file = found
+            take = min(stop, end) - start
+            segments.append((file.fd, start - begin, take))
+            start += take
         self.reader.stats.add("reads_by_descriptor")
-        return file.fd, start - begin, length
+        return segments
+
+    def _segment_at(self, start: int) -> tuple[int, int, CheckedFile] | None:
+        """(object offset of its data, its end, file) of a checked block file holding object offset ``start``."""
+        with self._lock:
+            for segment in reversed(self._segments):
+                if segment[0] <= start < segment[1]:
+                    return segment
+        found = self.reader.cached_segment(self.obj, start)
+        if found is None:
+            return None
+        segment = (found[0], found[0] + found[1].size, found[1])
+        with self._lock:
+            self._segments.append(segment)
+        return segment
 
     def _object_pieces(self, start: int, stop: int) -> list[Piece]:
         block_size = self.reader.block_size
@@ -471,14 +484,12 @@ class Reader:
 
     def cached_segment(self, obj: StoredObject, start: int) -> tuple[int, CheckedFile] | None:
         """(object offset of its data, file) of a block file holding object offset ``start`` that this process
-        has checked whole; None when that block is in memory (a fresh one may not be on disk yet), the object
-        proved corrupt, or no such file is known."""
+        has checked whole; None when the object proved corrupt, or no such file is known.  (A block file is
+        listed once it is complete on disk: a fresh block still in memory only, not yet written, is not found.)"""
         index = start // self.block_size
         with self._lock:
             if obj.hash in self._corrupt:
                 return None
-        if self._held((obj.hash, index)) is not None:
-            return None
         try:
             found = self.cache.block_segment(obj.oid, index, self.block_size)
         except Exception as error:  # a broken cache is only a miss
@@ -525,10 +536,12 @@ class Reader:
         return [found[index] for index in range(first, last + 1)]
 
     def claim_run(self, obj: StoredObject, first: int, last: int) -> dict[int, Future]:
-        """Claim the blocks of ``first..last`` that nobody holds or fetches (for a read-ahead part)."""
+        """Claim the blocks of ``first..last`` that nobody holds or fetches, nor the disk cache keeps (for a
+        read-ahead part: a cached block is read when asked for, mostly by descriptor, not ahead into memory)."""
         claimed = {}
         for index in range(first, last + 1):
-            if self._held((obj.hash, index)) is not None or (obj.hash, index) in self._failures:
+            if self._held((obj.hash, index)) is not None or (obj.hash, index) in self._failures or \
+                    self.cache.holds_block(obj.oid, index, self.block_size):
                 continue
             future = self._flights.claim_new((obj.hash, index))
             if future is not None:
