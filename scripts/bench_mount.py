@@ -559,7 +559,7 @@ def remote_section(bench: Bench, repeat: int, results: Results) -> None:
     results.at_most("remote re-read after remount (page cache dropped) / cold", again / cold, 0.3,
                     f"re-read {again:.2f} s, cold {cold:.2f} s; daemon CPU "
                     f"{m(lambda r: r['cold']['again_cpu']) / gib:.2f} s/GiB, {by_descriptor:.0%} of its reads "
-                    "by the part files' descriptors" + str(m(lambda r: r["cold"]["again_stats"].get("read_bytes", 0) / max(1, r["cold"]["again_stats"].get("reads", 0)))), unit="x")
+                    "by the part files' descriptors", unit="x")
     gets = int(m(lambda r: r["cold"]["again_stats"].get("store_requests", 0)))
     results.at_most("remote re-read after remount: GETs", gets, 0,
                     f"{m(lambda r: r['cold']['again_stats'].get('store_bytes', 0)) / MiB:.0f} MiB fetched", unit="")

@@ -254,6 +254,8 @@ class BlockHandle(_ViewHandle):
         segment = (found[0], found[0] + found[1].size, found[1])
         with self._lock:
             self._segments.append(segment)
+        if segment[1] < self.obj.size:  # a sequential reader goes on into the next file: check it meanwhile
+            self.reader.check_ahead(self.obj, segment[1])
         return segment
 
     def _object_pieces(self, start: int, stop: int) -> list[Piece]:
@@ -499,6 +501,14 @@ class Reader:
             return None
         file, position = found
         return index * self.block_size - position, file
+
+    def check_ahead(self, obj: StoredObject, start: int) -> None:
+        """Check the block file holding object offset ``start`` whole on the part pool (a re-read's next file:
+        read from the disk and checked while libfuse serves the current one)."""
+        try:
+            self._pool.submit(self.cached_segment, obj, start)
+        except RuntimeError:  # shutting down
+            pass
 
     def blocks(self, obj: StoredObject, first: int, last: int) -> list[bytes | bytearray]:
         """Blocks ``first..last`` of an object: from memory, the disk cache or the store, each fetched once.
