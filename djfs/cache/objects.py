@@ -253,11 +253,7 @@ class ObjectCache:
                         return file.read(index * block_size, block_size)
                 except DamagedFile:
                     pass
-        for base, first, _ in self._block_files.holding(oid.key, block_size, index):
-            name = f"blocks/{oid.key}/{base}"
-            with self._lock:
-                if (name, index) in self._bad_blocks:
-                    continue
+        for name, base, first in self._holders(oid, index, block_size):
             file = self._open_block_file(name)
             if file is None:
                 continue
@@ -323,9 +319,17 @@ class ObjectCache:
 
     def holds_block(self, oid: ObjectId, index: int, block_size: int) -> bool:
         """Whether a block file known to this process holds block ``index`` (not known damaged); no file read."""
-        names = [f"blocks/{oid.key}/{base}" for base, _, _ in self._block_files.holding(oid.key, block_size, index)]
-        with self._lock:
-            return any((name, index) not in self._bad_blocks for name in names)
+        return any(True for _ in self._holders(oid, index, block_size))
+
+    def _holders(self, oid: ObjectId, index: int, block_size: int) -> Iterator[tuple[str, str, int]]:
+        """(cache name, file name, first block) of each block file known to hold block ``index``, but for those
+        where it was found damaged."""
+        for base, first, _ in self._block_files.holding(oid.key, block_size, index):
+            name = f"blocks/{oid.key}/{base}"
+            with self._lock:
+                if (name, index) in self._bad_blocks:
+                    continue
+            yield name, base, first
 
     def block_segment(self, oid: ObjectId, index: int, block_size: int) -> tuple[CheckedFile, int] | None:
         """A block file holding block ``index`` that this process has checked whole (every block, once), and the
@@ -335,11 +339,7 @@ class ObjectCache:
 
         The file is open: a renamed-over or evicted file still reads the content checked here; block files
         are renamed into place complete, so a file being written is never opened."""
-        for base, first, _ in self._block_files.holding(oid.key, block_size, index):
-            name = f"blocks/{oid.key}/{base}"
-            with self._lock:
-                if (name, index) in self._bad_blocks:
-                    continue
+        for name, _, first in self._holders(oid, index, block_size):
             file = self._open_block_file(name)
             if file is None or not self._whole_once(name, file):
                 continue
