@@ -206,6 +206,54 @@ def test_a_stream_is_cached_by_parts_and_a_damaged_block_alone_is_fetched_again(
     assert again.cache.stats()["damaged"] == 1
 
 
+def read_by_descriptor(handle, offset: int, size: int) -> bytes:
+    """What libfuse sends for a read: the bytes at the (fd, position)s the handle answers, else its pieces."""
+    segments = handle.fd_segments(offset, size)
+    if segments is None:
+        return join(handle.pieces(offset, size))
+    return b"".join(os.pread(fd, length, position) for fd, position, length in segments)
+
+
+def test_a_remount_serves_checked_part_files_by_descriptor_and_never_a_damaged_block(s3_server, s3_bucket, link,
+                                                                                     tmp_path):
+    data, oid, key = put_object(s3_server, s3_bucket, 4 << 20, seed=10)
+    store = link.store(s3_bucket)
+    obj = StoredObject(oid, len(data), store, key)
+    read_in_full_once(tmp_path, obj, data)
+    requests = link.requests
+    clean = make_reader(tmp_path)                          # a remount on the same cache
+    handle = clean.open_stored(obj, b"", 0, obj.size)
+    try:
+        chunk = 128 * KiB
+        assert b"".join(read_by_descriptor(handle, offset, chunk) for offset in range(0, obj.size, chunk)) == data
+    finally:
+        handle.close()
+        clean.close()
+    assert link.requests == requests
+    assert counter(clean, "reads_by_descriptor") == obj.size // chunk
+    directory = tmp_path / "cache" / "blocks" / oid.key
+    victim = max(os.listdir(directory), key=lambda name: (name.count("-"), name))
+    _, first, count = (int(part) for part in victim.split("-"))
+    assert count > 2
+    content = bytearray((directory / victim).read_bytes())
+    content[BLOCK + 7] ^= 1                                # the second block of that part file
+    (directory / victim).write_bytes(bytes(content))
+    again = make_reader(tmp_path)
+    handle = again.open_stored(obj, b"", 0, obj.size)
+    try:
+        damaged = (first + 1) * BLOCK
+        assert handle.fd_segments(damaged, 4096) is None   # a file with a damaged block is never read by fd
+        assert read_by_descriptor(handle, damaged, 4096) == data[damaged:damaged + 4096]
+        chunk = 128 * KiB
+        assert b"".join(read_by_descriptor(handle, offset, chunk) for offset in range(0, obj.size, chunk)) == data
+    finally:
+        handle.close()
+        again.close()
+    assert link.requests == requests + 1                   # the damaged block alone, fetched again
+    assert counter(again, "store_bytes") == BLOCK
+    assert again.cache.stats()["damaged"] == 1
+
+
 def test_a_corrupt_object_read_in_full_fails_and_leaves_nothing_cached(s3_server, s3_bucket, link, tmp_path,
                                                                        caplog):
     data, oid, key = put_object(s3_server, s3_bucket, 3 << 20, seed=7)
@@ -250,7 +298,9 @@ def test_blocks_are_checked_against_the_sums_of_a_verified_read(s3_server, s3_bu
 
 def test_a_remounted_daemon_rereads_from_the_cache_without_requests(schema, s3_server, db_config, mounts):
     """Through real mounts: a cold sequential read of a large value keeps every block it read in the disk cache,
-    so after an unmount and a new mount on the same cache the re-read makes no request to the store."""
+    so after an unmount and a new mount on the same cache the re-read makes no request to the store and is served
+    by the part files' descriptors; a part file damaged before the next mount has its damaged block alone
+    fetched again, never served."""
     with djfs.config.override(**s3_config(s3_server, "reread")):
         schema.set_external_storage(s3_server.create_bucket(f"djfs-reread-{uuid.uuid4().hex[:12]}"))
 
@@ -262,17 +312,26 @@ def test_a_remounted_daemon_rereads_from_the_cache_without_requests(schema, s3_s
     cache = mounts.base / "reread-cache"
     options = [f"schemas={schema.database}", "whole_max=1MiB", "block_size=1MiB"]
     contents = []
-    for run in range(2):
+    for run in range(3):
+        if run == 2:  # damage the second 256 KiB of a part file
+            parts = [path for path in (cache / "blocks").glob("*/*") if path.name.count("-") == 2]
+            victim = max(parts, key=lambda path: int(path.name.split("-")[2]))
+            damaged = bytearray(victim.read_bytes())
+            damaged[hashing.CHECK_BLOCK + 3] ^= 1
+            victim.write_bytes(bytes(damaged))
         mount = mounts.mount({**s3_config(s3_server, "reread"), "cache-location": str(cache)}, options)
         path = mount.path(schema.database, "Value", "k=1", "v.npy")
         assert wait_for(path.exists)
         before = mount.stats()
         contents.append(path.read_bytes())
-        requests = mount.stats().get("store_requests", 0) - before.get("store_requests", 0)
+        after = mount.stats()
+        requests = after.get("store_requests", 0) - before.get("store_requests", 0)
+        by_descriptor = after.get("reads_by_descriptor", 0) - before.get("reads_by_descriptor", 0)
         mount.stop()  # the daemon finishes its cache writes before it exits
         if run == 0:
             assert requests > 0
         else:
-            assert requests == 0, requests
-    assert contents[0] == contents[1]
+            assert requests == run - 1, requests      # none, then the damaged block's
+            assert by_descriptor > 0
+    assert contents[0] == contents[1] == contents[2]
     np.testing.assert_array_equal(np.load(io.BytesIO(contents[1])), value)

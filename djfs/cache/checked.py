@@ -26,6 +26,7 @@ MAGIC = b"DJFSCK01"
 _FOOTER = struct.Struct("<8sQII")
 FOOTER_SIZE = _FOOTER.size + 8
 BLOCK = hashing.CHECK_BLOCK
+VERIFY_STEP = 4 * BLOCK   # bytes a whole-file check reads at a time (fits the CPU's cache)
 
 
 class DamagedFile(CorruptObjectError):
@@ -193,10 +194,23 @@ class CheckedFile:
         self._check(view, 0)
 
     def verify(self) -> None:
-        """Check every block (for a file whose data libfuse will read by descriptor, unchecked)."""
-        step = 64 * BLOCK
-        for start in range(0, self.size, step):
-            self._check(memoryview(pread_all(self.fd, min(step, self.size - start), start)), start // BLOCK)
+        """Check every block (for a file whose data libfuse will read by descriptor, unchecked).
+
+        Read through one small buffer, reused: it stays in the CPU's cache between the read and the hash (three
+        times faster than fresh buffers of 16 MiB, measured; an ``mmap`` would be faster still, but a file
+        truncated under it would kill the process with SIGBUS)."""
+        buffer = memoryview(bytearray(VERIFY_STEP))
+        if hasattr(os, "posix_fadvise"):  # the whole file read ahead from the disk at once, not 1 MiB at a time
+            os.posix_fadvise(self.fd, 0, self.size, os.POSIX_FADV_WILLNEED)
+        for start in range(0, self.size, VERIFY_STEP):
+            length = min(VERIFY_STEP, self.size - start)
+            done = 0
+            while done < length:
+                count = os.preadv(self.fd, [buffer[done:length]], start + done)
+                if not count:
+                    raise DamagedFile(f"{self.label} shrank while read")
+                done += count
+            self._check(buffer[:length], start // BLOCK)
 
     def _check(self, view: memoryview, first: int) -> None:
         for number, start in enumerate(range(0, len(view), BLOCK), first):

@@ -90,6 +90,7 @@ class ObjectCache:
         self._block_files = BlockFiles(lambda key: _listdir(self._full(f"blocks/{key}")), rescan_interval)
         self._open_blocks: LRUCache = LRUCache(maxsize=64)  # name -> block file kept open (closed when dropped)
         self._bad_blocks: LRUCache = LRUCache(maxsize=4096)  # (name, block) found damaged in a file of many
+        self._whole_blocks: LRUCache = LRUCache(maxsize=4096)  # name -> (identity, every block good) of block files
         self._counters = dict(hits=0, misses=0, fills=0, block_hits=0, block_misses=0, evictions=0, errors=0,
                               damaged=0, sums_hits=0)
         self._pending = 0   # bytes queued for the background writer
@@ -227,8 +228,7 @@ class ObjectCache:
         return file
 
     def _verify_once(self, name: str, file: CheckedFile) -> None:
-        info = os.fstat(file.fd)
-        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        identity = _identity(file.fd)
         with self._lock:
             if self._verified.get(name) == identity:
                 return
@@ -253,11 +253,7 @@ class ObjectCache:
                         return file.read(index * block_size, block_size)
                 except DamagedFile:
                     pass
-        for base, first, _ in self._block_files.holding(oid.key, block_size, index):
-            name = f"blocks/{oid.key}/{base}"
-            with self._lock:
-                if (name, index) in self._bad_blocks:
-                    continue
+        for name, base, first in self._holders(oid, index, block_size):
             file = self._open_block_file(name)
             if file is None:
                 continue
@@ -320,6 +316,53 @@ class ObjectCache:
             self._count("block_hits", run)
             return blocks, run
         return None, 1
+
+    def holds_block(self, oid: ObjectId, index: int, block_size: int) -> bool:
+        """Whether a block file known to this process holds block ``index`` (not known damaged); no file read."""
+        return any(True for _ in self._holders(oid, index, block_size))
+
+    def _holders(self, oid: ObjectId, index: int, block_size: int) -> Iterator[tuple[str, str, int]]:
+        """(cache name, file name, first block) of each block file known to hold block ``index``, but for those
+        where it was found damaged."""
+        for base, first, _ in self._block_files.holding(oid.key, block_size, index):
+            name = f"blocks/{oid.key}/{base}"
+            with self._lock:
+                if (name, index) in self._bad_blocks:
+                    continue
+            yield name, base, first
+
+    def block_segment(self, oid: ObjectId, index: int, block_size: int) -> tuple[CheckedFile, int] | None:
+        """A block file holding block ``index`` that this process has checked whole (every block, once), and the
+        position of the block in it: the mount hands libfuse (descriptor, position) instead of copying the
+        bytes.  None when no such file is known, or the files holding the block have a damaged block (those are
+        read block by block, ``get_blocks``, so that only the damaged block is a miss).
+
+        The file is open: a renamed-over or evicted file still reads the content checked here; block files
+        are renamed into place complete, so a file being written is never opened."""
+        for name, _, first in self._holders(oid, index, block_size):
+            file = self._open_block_file(name)
+            if file is None or not self._whole_once(name, file):
+                continue
+            self._touch(name, file_size(file.size))
+            self._count("block_hits")
+            return file, (index - first) * block_size
+        return None
+
+    def _whole_once(self, name: str, file: CheckedFile) -> bool:
+        """Whether every block of a block file matches its checksum (checked once per process and identity)."""
+        identity = _identity(file.fd)
+        with self._lock:
+            known = self._whole_blocks.get(name)
+        if known is not None and known[0] == identity:
+            return known[1]
+        try:
+            file.verify()
+            good = True
+        except DamagedFile:
+            good = False  # the damaged block is logged, counted and fetched again when read (get_blocks)
+        with self._lock:
+            self._whole_blocks[name] = (identity, good)
+        return good
 
     def _open_block_file(self, name: str) -> CheckedFile | None:
         """A block file, kept open for the next blocks read from it (a file of many is read block by block)."""
@@ -719,6 +762,12 @@ class ObjectCache:
             pass
         except OSError as error:
             log.warning("can't remove %s from the cache: %s", path, error)
+
+
+def _identity(fd: int) -> tuple[int, int, int, int]:
+    """What tells an open file from another under the same name (a replaced file is checked again)."""
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _listdir(path: str) -> list[str]:

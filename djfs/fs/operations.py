@@ -59,15 +59,26 @@ FUSE_CAP_SPLICE_WRITE = 1 << 7
 FUSE_CAP_SPLICE_MOVE = 1 << 8
 
 
+_BUF_FIELDS = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p), ("fd", ctypes.c_int),
+               ("pos", ctypes.c_int64)]
+if (mfusepy.fuse_version_major, mfusepy.fuse_version_minor) >= (3, 17):
+    _BUF_FIELDS.append(("mem_size", ctypes.c_size_t))
+
+
 class _Buf(ctypes.Structure):
-    """libfuse's ``struct fuse_buf`` (3.17 appends ``mem_size``; allocating it too is harmless for older ones)."""
-    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p), ("fd", ctypes.c_int),
-                ("pos", ctypes.c_int64), ("mem_size", ctypes.c_size_t)]
+    """libfuse's ``struct fuse_buf``, as the loaded libfuse lays it out (3.17 appends ``mem_size``): a vector of
+    several buffers must have libfuse's stride."""
+    _fields_ = _BUF_FIELDS
 
 
-class _BufVec(ctypes.Structure):
-    """libfuse's ``struct fuse_bufvec`` with its one inline buffer (mfusepy declares ``buf`` as a pointer)."""
-    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t), ("buf", _Buf * 1)]
+@functools.cache
+def _bufvec(count: int) -> type[ctypes.Structure]:
+    """libfuse's ``struct fuse_bufvec`` with ``count`` inline buffers (its ``buf`` is a trailing array; mfusepy
+    declares it as a pointer)."""
+    class BufVec(ctypes.Structure):
+        _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t),
+                    ("buf", _Buf * count)]
+    return BufVec
 
 
 _libc = ctypes.CDLL(None)
@@ -572,29 +583,31 @@ class Operations(mfusepy.Operations):
         return join(self._pieces(path, size, offset, fi))
 
     def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fi: Any) -> int:
-        """Like ``read``, but data in a cache file goes to libfuse as (fd, position): no copy through Python,
-        and other data is copied once, from the bytes where it lies into the buffer libfuse sends."""
+        """Like ``read``, but data in cache files goes to libfuse as (fd, position) segments: no copy through
+        Python, and other data is copied once, from the bytes where it lies into the buffer libfuse sends."""
         try:
             handle = self._handle(fi)
-            segment = handle.fd_segment(offset, size)
-            pieces = None if segment is not None else self._pieces(path, size, offset, fi)
+            segments = handle.fd_segments(offset, size)
+            pieces = None if segments is not None else self._pieces(path, size, offset, fi)
         except mfusepy.FuseOSError as error:
             return -error.errno
-        vector = _libc.calloc(1, ctypes.sizeof(_BufVec))
+        kind = _bufvec(len(segments) if segments else 1)
+        vector = _libc.calloc(1, ctypes.sizeof(kind))  # libfuse frees it
         if not vector:
             return -errno.ENOMEM
-        buffers = _BufVec.from_address(vector)
-        buffers.count = 1
-        if segment is not None:
-            fd, position, length = segment
-            buffers.buf[0].size = length
-            buffers.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK
-            buffers.buf[0].fd = fd
-            buffers.buf[0].pos = position
+        buffers = kind.from_address(vector)
+        if segments is not None:
+            buffers.count = len(segments)
+            for buffer, (fd, position, length) in zip(buffers.buf, segments):
+                buffer.size = length
+                buffer.flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK
+                buffer.fd = fd
+                buffer.pos = position
             self.stats.add("reads")
-            self.stats.add("read_bytes", length)
+            self.stats.add("read_bytes", sum(segment[2] for segment in segments))
         else:
             assert pieces is not None
+            buffers.count = 1
             total = sum(piece[2] for piece in pieces)
             memory = _libc.malloc(max(1, total))  # libfuse frees it (fuse_free_buf)
             if not memory:
@@ -606,7 +619,8 @@ class Operations(mfusepy.Operations):
                 position += length
             buffers.buf[0].size = total
             buffers.buf[0].mem = memory
-            buffers.buf[0].mem_size = total
+            if hasattr(buffers.buf[0], "mem_size"):
+                buffers.buf[0].mem_size = total
         ctypes.cast(bufpp, ctypes.POINTER(ctypes.c_void_p))[0] = vector
         return 0
 

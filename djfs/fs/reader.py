@@ -7,7 +7,8 @@ file and answers reads as *pieces* (bytes, start, length) that the operations la
 libfuse's buffer:
 
 * **cached object** (the whole object is in the disk cache, checked once per process): the operations layer
-  hands libfuse the file descriptor and position (no copy through Python);
+  hands libfuse the file descriptor and position (no copy through Python); likewise a read that lies in one
+  block file of the cache (a part a remount re-reads) once this process has checked all that file's blocks;
 * **small object** (``<= whole_max``): filled whole into the cache on first open, verified against its content
   digest while it streams in; one download however many threads or processes open it;
 * **large object**: read by blocks of ``block_size`` (256 KiB).  A miss fetches just the blocks the read needs
@@ -46,7 +47,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Protocol
@@ -70,6 +71,8 @@ SEQUENTIAL_SLACK = 1 * MiB    # the kernel's read-ahead requests arrive slightly
 PASS_PENDING = 64 * MiB       # bytes a verifying pass may hold for blocks that arrived ahead of its position
 MAX_PASSES = 8                # objects verified from their blocks at once (each holds at most PASS_PENDING)
 RECENT_BLOCKS = 65_536        # blocks whose fetches are remembered for blocks_fetched_again (16 GiB of 256 KiB)
+FD_SEGMENTS = 64              # block files a handle keeps open for libfuse's reads by descriptor
+MAX_SEGMENTS = 8              # block files one read may be served from by descriptor
 RENDER_VERSION = "v1"         # of decoded files in the cache: bump when views.render changes its output
 
 
@@ -116,6 +119,8 @@ class StoredObject:
 
 #: a piece of a read: (bytes, start, length) — the reply is the concatenation of the pieces
 Piece = tuple[bytes | bytearray, int, int]
+#: a piece of a read that libfuse reads itself: (file descriptor, position, length)
+Segment = tuple[int, int, int]
 
 
 class Handle(Protocol):
@@ -123,7 +128,7 @@ class Handle(Protocol):
 
     def pieces(self, offset: int, size: int) -> list[Piece]: ...
 
-    def fd_segment(self, offset: int, size: int) -> tuple[int, int, int] | None: ...
+    def fd_segments(self, offset: int, size: int) -> list[Segment] | None: ...
 
     def close(self) -> None: ...
 
@@ -146,7 +151,7 @@ class MemoryHandle:
         end = min(offset + size, self.size)
         return [(self.content, offset, end - offset)] if offset < end else []
 
-    def fd_segment(self, offset: int, size: int) -> tuple[int, int, int] | None:
+    def fd_segments(self, offset: int, size: int) -> list[Segment] | None:
         return None
 
     def close(self) -> None:
@@ -185,12 +190,12 @@ class FileHandle(_ViewHandle):
         self.data_offset = data_offset
         self.size = size
 
-    def fd_segment(self, offset: int, size: int) -> tuple[int, int, int] | None:
-        """(fd, position, length) when the request lies in the data part: libfuse can read it itself."""
+    def fd_segments(self, offset: int, size: int) -> list[Segment] | None:
+        """[(fd, position, length)] when the request lies in the data part: libfuse can read it itself."""
         hlen = len(self.header)
         if offset < hlen or offset >= self.size:
             return None
-        return self.fd, self.data_offset + offset - hlen, min(size, self.size - offset)
+        return [(self.fd, self.data_offset + offset - hlen, min(size, self.size - offset))]
 
     def _object_pieces(self, start: int, stop: int) -> list[Piece]:
         data = self._file.read(start, stop - start)
@@ -212,9 +217,46 @@ class BlockHandle(_ViewHandle):
         self._lock = threading.Lock()
         self._expect: int | None = None   # object offset right after the last read
         self._ahead: _Readahead | None = None
+        # block files served by descriptor, most recent last: (object offset of their data, its end, file); held
+        # open (up to FD_SEGMENTS) so that libfuse, which reads the descriptor after ``fd_segments`` returns,
+        # never reads a descriptor closed (or reused) meanwhile
+        self._segments: deque[tuple[int, int, CheckedFile]] = deque(maxlen=FD_SEGMENTS)
 
-    def fd_segment(self, offset: int, size: int) -> tuple[int, int, int] | None:
-        return None
+    def fd_segments(self, offset: int, size: int) -> list[Segment] | None:
+        """(fd, position, length) of each block file the request lies in, when every one of them was checked whole
+        by this process: libfuse reads them itself, no copy through Python.  None otherwise (then ``pieces``)."""
+        hlen = len(self.header)
+        if offset < hlen or offset >= self.size:
+            return None
+        start = self.data_offset + offset - hlen
+        stop = start + min(size, self.size - offset)
+        segments: list[Segment] = []
+        while start < stop:
+            found = self._segment_at(start)
+            if found is None or len(segments) == MAX_SEGMENTS:
+                return None
+            begin, end, file = found
+            take = min(stop, end) - start
+            segments.append((file.fd, start - begin, take))
+            start += take
+        self.reader.stats.add("reads_by_descriptor")
+        return segments
+
+    def _segment_at(self, start: int) -> tuple[int, int, CheckedFile] | None:
+        """(object offset of its data, its end, file) of a checked block file holding object offset ``start``."""
+        with self._lock:
+            for segment in reversed(self._segments):
+                if segment[0] <= start < segment[1]:
+                    return segment
+        found = self.reader.cached_segment(self.obj, start)
+        if found is None:
+            return None
+        segment = (found[0], found[0] + found[1].size, found[1])
+        with self._lock:
+            self._segments.append(segment)
+        if segment[1] < self.obj.size:  # a sequential reader goes on into the next file: check it meanwhile
+            self.reader.check_ahead(self.obj, segment[1])
+        return segment
 
     def _object_pieces(self, start: int, stop: int) -> list[Piece]:
         block_size = self.reader.block_size
@@ -245,6 +287,7 @@ class BlockHandle(_ViewHandle):
     def close(self) -> None:
         with self._lock:
             self._ahead = None
+            self._segments.clear()  # the cache keeps its own block files open; the others close when dropped
 
 
 def _runs(indexes: list[int]) -> list[list[int]]:
@@ -441,6 +484,32 @@ class Reader:
             data = self._memory.get(key)
             return data if data is not None else self._unwritten.get(key)
 
+    def cached_segment(self, obj: StoredObject, start: int) -> tuple[int, CheckedFile] | None:
+        """(object offset of its data, file) of a block file holding object offset ``start`` that this process
+        has checked whole; None when the object proved corrupt, or no such file is known.  (A block file is
+        listed once it is complete on disk: a fresh block still in memory only, not yet written, is not found.)"""
+        index = start // self.block_size
+        with self._lock:
+            if obj.hash in self._corrupt:
+                return None
+        try:
+            found = self.cache.block_segment(obj.oid, index, self.block_size)
+        except Exception as error:  # a broken cache is only a miss
+            log.warning("cache read of block %d of %s failed: %s", index, obj.hash, error)
+            return None
+        if found is None:
+            return None
+        file, position = found
+        return index * self.block_size - position, file
+
+    def check_ahead(self, obj: StoredObject, start: int) -> None:
+        """Check the block file holding object offset ``start`` whole on the part pool (a re-read's next file:
+        read from the disk and checked while libfuse serves the current one)."""
+        try:
+            self._pool.submit(self.cached_segment, obj, start)
+        except RuntimeError:  # shutting down
+            pass
+
     def blocks(self, obj: StoredObject, first: int, last: int) -> list[bytes | bytearray]:
         """Blocks ``first..last`` of an object: from memory, the disk cache or the store, each fetched once.
 
@@ -477,10 +546,12 @@ class Reader:
         return [found[index] for index in range(first, last + 1)]
 
     def claim_run(self, obj: StoredObject, first: int, last: int) -> dict[int, Future]:
-        """Claim the blocks of ``first..last`` that nobody holds or fetches (for a read-ahead part)."""
+        """Claim the blocks of ``first..last`` that nobody holds or fetches, nor the disk cache keeps (for a
+        read-ahead part: a cached block is read when asked for, mostly by descriptor, not ahead into memory)."""
         claimed = {}
         for index in range(first, last + 1):
-            if self._held((obj.hash, index)) is not None or (obj.hash, index) in self._failures:
+            if self._held((obj.hash, index)) is not None or (obj.hash, index) in self._failures or \
+                    self.cache.holds_block(obj.oid, index, self.block_size):
                 continue
             future = self._flights.claim_new((obj.hash, index))
             if future is not None:
