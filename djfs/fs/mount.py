@@ -392,6 +392,19 @@ def _tune_malloc(block_size: int) -> None:
         pass
 
 
+def _raise_open_files_limit() -> None:
+    """Let the daemon hold as many descriptors as the hard limit allows: open handles keep the cache files they
+    serve by descriptor open (up to ``reader.FD_SEGMENTS`` each), and many distributions start processes with a
+    soft limit of 1024.  Running out is not an error (the read is then copied), only slower."""
+    import resource
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+    except (ValueError, OSError) as error:
+        log.info("open files limit left as it is: %s", error)
+
+
 def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     """The daemon, in the foreground: returns when the file system is unmounted."""
     from .. import config
@@ -401,6 +414,7 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
 
     _apply_config(config, options)
     _tune_malloc(options.block_size)
+    _raise_open_files_limit()
     default_timeout = KERNEL_TIMEOUT if can_invalidate(mfusepy) else SHORT_TIMEOUT
     options = dataclasses.replace(options, entry_timeout=_or(options.entry_timeout, default_timeout),
                                   attr_timeout=_or(options.attr_timeout, default_timeout))
