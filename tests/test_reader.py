@@ -296,6 +296,35 @@ def test_blocks_are_checked_against_the_sums_of_a_verified_read(s3_server, s3_bu
         second.close()
 
 
+def test_sums_recorded_later_are_found_without_a_remount(s3_server, s3_bucket, link, tmp_path):
+    """A daemon that read an object before any block sums existed picks up sums recorded later (by a library
+    fetch, another daemon) after the cache's rescan interval, and from then on refuses a damaged block."""
+    data, oid, key = put_object(s3_server, s3_bucket, 3 << 20, seed=9)
+    store = link.store(s3_bucket)
+    obj = StoredObject(oid, len(data), store, key)
+    reader = Reader(ObjectCache(tmp_path / "cache", 1 << 30, rescan_interval=0.2), block_size=BLOCK,
+                    part_size=PART, whole_max=0, readahead=4, threads=8, stats=Stats())
+    try:
+        handle = reader.open_stored(obj, b"", 0, len(data))
+        try:
+            assert join(handle.pieces(0, 1000)) == data[:1000]  # no sums recorded yet: length-checked
+        finally:
+            handle.close()
+        ObjectCache(tmp_path / "cache", 1 << 30).put_sums(oid, len(data), hashing.sums_of(data))  # recorded elsewhere
+        damaged = bytearray(data)
+        damaged[2 * BLOCK + 10] ^= 1
+        s3_server.store(s3_bucket).put(key, bytes(damaged))     # then the store's copy goes bad
+        time.sleep(0.3)                                          # past the rescan interval
+        handle = reader.open_stored(obj, b"", 0, len(data))
+        try:
+            with pytest.raises(CorruptObjectError, match="checksums"):
+                handle.pieces(2 * BLOCK, 1000)
+        finally:
+            handle.close()
+    finally:
+        reader.close()
+
+
 def test_a_remounted_daemon_rereads_from_the_cache_without_requests(schema, s3_server, db_config, mounts):
     """Through real mounts: a cold sequential read of a large value keeps every block it read in the disk cache,
     so after an unmount and a new mount on the same cache the re-read makes no request to the store and is served

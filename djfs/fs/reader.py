@@ -411,7 +411,10 @@ class Reader:
                                           getsizeof=len)
         self._unwritten: dict[tuple[str, int], bytes] = {}   # blocks queued for the disk cache
         self._failures: TTLCache = TTLCache(maxsize=10_000, ttl=failure_ttl)
-        self._sums: LRUCache = LRUCache(maxsize=4096)        # key -> block sums, or False: none recorded
+        self._sums: LRUCache = LRUCache(maxsize=4096)        # key -> block sums recorded for it
+        # keys with no sums recorded, asked again after the cache's rescan interval: a library fetch or another
+        # daemon may record them meanwhile, and from then on this daemon's range reads of the object are checked
+        self._no_sums: TTLCache = TTLCache(maxsize=4096, ttl=cache.rescan_interval)
         self._passes: OrderedDict[str, _Pass] = OrderedDict()
         self._corrupt: LRUCache = LRUCache(maxsize=4096)     # key -> what was found wrong
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="djfs-parts")
@@ -688,10 +691,15 @@ class Reader:
             return None
         with self._lock:
             sums = self._sums.get(obj.hash)
+            if sums is None and obj.hash in self._no_sums:
+                return None
         if sums is None:
-            sums = self.cache.get_sums(obj.oid, obj.size) or False
+            sums = self.cache.get_sums(obj.oid, obj.size)
             with self._lock:
-                self._sums[obj.hash] = sums
+                if sums:
+                    self._sums[obj.hash] = sums
+                else:
+                    self._no_sums[obj.hash] = True
         return sums or None
 
     def _offer(self, obj: StoredObject, index: int, data: bytes, sums: list[int]) -> None:
@@ -724,6 +732,7 @@ class Reader:
             sums = verifying.sums
             with self._lock:
                 self._sums[obj.hash] = sums
+                self._no_sums.pop(obj.hash, None)
             self.stats.add("objects_verified")
             try:
                 self.cache.put_sums(obj.oid, obj.size, sums)
