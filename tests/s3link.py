@@ -7,13 +7,13 @@ from __future__ import annotations
 import socket
 import threading
 
+from djfs.testing.relay import TcpHop, close_both
 from djfs.testing.s3 import REGION, MotoServer
 
 
-class S3Link:
+class S3Link(TcpHop):
     def __init__(self, server: MotoServer) -> None:
         self.server = server
-        self.upstream = (server.host, server.port)
         self.requests = 0
         self.answered = 0            # response bytes forwarded
         self.in_flight = 0
@@ -24,9 +24,7 @@ class S3Link:
         self.cuts = 0                # the next this many responses are cut after ``cut_after`` bytes
         self.cut_after = 64 << 10
         self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True, name="s3link").start()
+        super().__init__((server.host, server.port), name="s3link")
 
     def store(self, bucket: str, **options):
         """An S3Store that talks to the server through this link."""
@@ -41,20 +39,9 @@ class S3Link:
             self.barrier = threading.Barrier(parties, timeout=20)
             self._meeting = parties
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
     def _serve(self, client: socket.socket) -> None:
-        try:
-            server = socket.create_connection(self.upstream, timeout=10)
-            server.settimeout(None)
-        except OSError:
-            client.close()
+        server = self._connect(client, timeout=10)
+        if server is None:
             return
         state = {"answered": True, "cut": False, "sent": 0}
         threading.Thread(target=self._requests, args=(client, server, state), daemon=True).start()
@@ -83,7 +70,7 @@ class S3Link:
         except OSError:
             pass
         finally:
-            _close(client, server)
+            close_both(client, server)
 
     def _responses(self, server: socket.socket, client: socket.socket, state: dict) -> None:
         try:
@@ -102,22 +89,4 @@ class S3Link:
         except OSError:
             pass
         finally:
-            _close(client, server)
-
-    def close(self) -> None:
-        self._listener.close()
-
-    def __enter__(self) -> "S3Link":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _close(*sockets: socket.socket) -> None:
-    for sock in sockets:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
+            close_both(client, server)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Self
 
 CHUNK = 256 * 1024  # bytes per receive: large, so that several fast connections cost the relay little CPU
 
@@ -46,12 +47,62 @@ class Pace:
             time.sleep(start - now)
 
 
-class Relay:
+class TcpHop:
+    """A listener on loopback that hands each accepted connection to ``_serve`` on its own thread: the part
+    every TCP hop of the tests shares (this relay, and hops that watch or cut requests)."""
+
+    def __init__(self, upstream: tuple[str, int], host: str = "127.0.0.1", name: str = "hop") -> None:
+        self.upstream = upstream
+        self._listener = socket.create_server((host, 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True, name=name).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _connect(self, client: socket.socket, timeout: float) -> socket.socket | None:
+        """A connection to the upstream server, or None (the client's connection closed, as a down server's)."""
+        try:
+            server = socket.create_connection(self.upstream, timeout=timeout)
+        except OSError:
+            client.close()
+            return None
+        server.settimeout(None)
+        return server
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def close_both(*sockets: socket.socket) -> None:
+    """Shut down and close sockets, whatever state they are in."""
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+
+class Relay(TcpHop):
     """``with Relay(upstream_port, delay=0.01, connection_rate=90 << 20) as relay:`` then talk to ``relay.port``."""
 
     def __init__(self, upstream_port: int, *, delay: float = 0.0, rate: float | None = None,
                  connection_rate: float | None = None, host: str = "127.0.0.1") -> None:
-        self.upstream = (host, upstream_port)
         self.delay = delay
         self.connection_rate = connection_rate  # read when a connection opens
         self.delivered = 0
@@ -62,9 +113,7 @@ class Relay:
         self.rate = rate
         self._open = threading.Event()
         self._open.set()
-        self._listener = socket.create_server((host, 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True, name="relay").start()
+        super().__init__((host, upstream_port), host, name="relay")
 
     @property
     def rate(self) -> float | None:
@@ -90,21 +139,10 @@ class Relay:
     def release(self) -> None:
         self._open.set()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
     def _serve(self, client: socket.socket) -> None:
         self._open.wait(60)
-        try:
-            server = socket.create_connection(self.upstream, timeout=5)
-            server.settimeout(None)
-        except OSError:
-            client.close()  # the server is down: the client sees its connection closed
+        server = self._connect(client, timeout=5)
+        if server is None:
             return
         with self._lock:
             self.connections += 1
@@ -143,18 +181,4 @@ class Relay:
         except OSError:
             pass
         finally:
-            for sock in (source, target):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-
-    def close(self) -> None:
-        self._listener.close()
-
-    def __enter__(self) -> "Relay":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            close_both(source, target)
