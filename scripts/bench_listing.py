@@ -208,7 +208,7 @@ class Bench:
         import pymysql
 
         from djfs.fs.tree import Table, probe_sql
-        from djfs.heading import Heading
+        from djfs.relational.heading import Heading
         connection = pymysql.connect(host=self.db.host, port=self.db.port, user=self.db.user,
                                      password=self.db.password or "", autocommit=True)
         result = {}
