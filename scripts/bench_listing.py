@@ -12,7 +12,9 @@ resident memory:
 
 against the same SQL the mount runs (its pages and its change probe), sent directly with pymysql, ``ls -lR`` /
 ``ls`` of an equivalent real directory tree on local disk, and ``ls -lR`` of the same tree served from memory by a
-Python FUSE file system with djfs's own readdirplus (the ceiling of FUSE through mfusepy on this machine).
+Python FUSE file system with djfs's own readdirplus (the ceiling of FUSE through mfusepy on this machine).  As
+``[info]``: the same tree served from memory through libfuse's low-level API with listings kept by the kernel
+(``djfs.testing.memoryfs``: opendir answered ENOSYS), cold and warm, with the requests that reached Python.
 
 Usage: python scripts/bench_listing.py [--repeat 3] [-o mount_option ...]
 """

@@ -7,8 +7,10 @@ values, 192 bytes) and ``row.json`` (``{"trial": N}``, 20 bytes) per row.  Run i
 ``python -m djfs.testing.memoryfs MOUNTPOINT [--rows N]``; through the mount's root:
 
 * ``user.memoryfs.calls`` (getxattr): the requests that reached Python so far, per kind, as JSON;
-* ``user.memoryfs.add`` (setxattr, mounted ``--writable``; value ``DIRECTORY/NAME``): add an empty file to a directory, then tell the
-  kernel to forget the directory's kept listing (``notify_inval_inode``) -- or, value prefixed ``quiet:``, don't.
+* ``user.memoryfs.inodes`` (getxattr): how many node ids the kernel holds (FORGET gives them back);
+* ``user.memoryfs.add`` (setxattr, mounted ``--writable``; value ``DIRECTORY/NAME``): add an empty file to a
+  directory, then tell the kernel to forget the directory's kept listing (``notify_inval_inode``) -- or, the value
+  prefixed ``quiet:``, don't.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from ..fs import lowlevel
 
 CALLS_XATTR = "user.memoryfs.calls"
+INODES_XATTR = "user.memoryfs.inodes"
 ADD_XATTR = "user.memoryfs.add"
 QUIET = "quiet:"
 DIRECTORY = {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2}
@@ -105,6 +108,8 @@ class MemoryOperations(lowlevel.Operations):
         if path == "/" and name == CALLS_XATTR:
             with self._lock:
                 return json.dumps(dict(self.calls)).encode()
+        if path == "/" and name == INODES_XATTR and self.session is not None:
+            return str(len(self.session.inodes)).encode()
         raise OSError(errno.ENODATA if name.startswith("user.") else errno.EOPNOTSUPP, name)
 
     def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
@@ -132,14 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=60.0, help="the kernel's entry and attribute timeouts")
     parser.add_argument("--single-thread", action="store_true")
+    parser.add_argument("--opendir", action="store_true",
+                        help="answer opendir (as libfuse's high-level API does): the kernel keeps no listing")
     parser.add_argument("--writable", action="store_true",
                         help="mount read-write (for user.memoryfs.add); read-only, the kernel never asks again for "
                              "a directory's attributes after listing it (no atime to update)")
     args = parser.parse_args(argv)
     operations = MemoryOperations(table_tree(args.rows))
-    session = lowlevel.Session(operations, args.mountpoint, ["fsname=memoryfs", "default_permissions", "rw" if args.writable else "ro"],
+    options = ["fsname=memoryfs", "default_permissions", "rw" if args.writable else "ro"]
+    session = lowlevel.Session(operations, args.mountpoint, options,
                                entry_timeout=args.timeout, attr_timeout=args.timeout,
-                               threads=not args.single_thread)
+                               threads=not args.single_thread, keep_listings=not args.opendir)
     operations.session = session
     started = time.monotonic()
     result = session.run()
