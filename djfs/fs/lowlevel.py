@@ -33,6 +33,7 @@ import stat
 import threading
 from typing import Any, Callable, Sequence
 
+from .callbacks import fill_stat, pin_thread_state
 from .libfuse import LibfuseError, find, load_mfusepy
 
 log = logging.getLogger(__name__)
@@ -143,35 +144,10 @@ def _library() -> ctypes.CDLL:
 
 
 _lib = _library()
-_pinned: set[int] = set()
-
-
-def pin_thread_state() -> None:
-    """Keep the calling libfuse thread's Python thread state from one callback to the next (one
-    ``PyGILState_Ensure`` never released) instead of ctypes creating and destroying one per call: a fifth of a
-    daemon's CPU time in ``ls -lR``.  Called with the GIL held, from inside a callback."""
-    thread = threading.get_ident()
-    if thread not in _pinned:
-        ctypes.pythonapi.PyGILState_Ensure()
-        _pinned.add(thread)
 
 
 def join(path: str, name: str) -> str:
     return f"/{name}" if path == "/" else f"{path}/{name}"
-
-
-_TIMES = {"st_atime": "st_atimespec", "st_mtime": "st_mtimespec", "st_ctime": "st_ctimespec"}
-
-
-def fill_stat(entry: Any, attributes: Attributes) -> None:
-    """Write ``struct stat`` fields from a dict (times in nanoseconds) into a zeroed ``mfusepy.c_stat``."""
-    for key, value in attributes.items():
-        timespec = _TIMES.get(key)
-        if timespec is None:
-            setattr(entry, key, value)
-        else:
-            field = getattr(entry, timespec)
-            field.tv_sec, field.tv_nsec = divmod(value, 1_000_000_000)
 
 
 class Inodes:

@@ -42,6 +42,7 @@ from ..errors import BlobError, DjfsError
 from ..settings import Config
 from ..stores import configured_store
 from . import views
+from .callbacks import fill_stat, pin_thread_state
 from .datajoint_files import DataJointFiles
 from .libfuse import can_invalidate, describe, load_mfusepy
 from .reader import Handle, MemoryHandle, Piece, Reader, Stats, StoredObject, join
@@ -150,8 +151,6 @@ class FileSystem(mfusepy.FUSE):
     without one.  The kernel then asks for the listing a buffer at a time; ``Operations.directory`` keeps it
     meanwhile, so it is built once per listing."""
 
-    _pinned: set[int] = set()  # libfuse threads whose Python thread state is kept
-
     def __init__(self, operations: Any, mountpoint: str, **options: Any) -> None:
         self._fuse: int | None = None      # libfuse's ``struct fuse *``, known from ``init`` to ``destroy``
         self._notify_lock = threading.Lock()
@@ -159,13 +158,8 @@ class FileSystem(mfusepy.FUSE):
         super().__init__(operations, mountpoint, **options)
 
     def _wrapper(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Every call, on libfuse's own threads: keep each such thread's Python thread state from one call to
-        the next (one ``PyGILState_Ensure`` never released) instead of Python creating and destroying one per
-        call (ctypes callbacks on foreign threads): a fifth of the daemon's CPU time in ``ls -lR``."""
-        thread = threading.get_ident()
-        if thread not in self._pinned:
-            ctypes.pythonapi.PyGILState_Ensure()
-            self._pinned.add(thread)
+        """Every call, on libfuse's own threads: its thread state kept (``callbacks.pin_thread_state``)."""
+        pin_thread_state()
         if self._count is not None:
             self._count(func.__name__)
         return super()._wrapper(func, *args, **kwargs)
@@ -222,22 +216,6 @@ class FileSystem(mfusepy.FUSE):
             if plus:
                 operations.entries_given(decoded)
         return 0
-
-
-_TIMESPECS = {"st_atime": "st_atimespec", "st_mtime": "st_mtimespec", "st_ctime": "st_ctimespec"}
-
-
-def fill_stat(entry: Any, attributes: dict[str, Any]) -> None:
-    """Write attributes as ``Operations`` makes them (``struct stat`` fields, times in nanoseconds) into a
-    ``struct stat``: what ``mfusepy.set_st_attrs`` does, without its checks per key (1.4 µs instead of 2.5:
-    readdirplus fills one per entry)."""
-    for key, value in attributes.items():
-        timespec = _TIMESPECS.get(key)
-        if timespec is None:
-            setattr(entry, key, value)
-        else:
-            field = getattr(entry, timespec)
-            field.tv_sec, field.tv_nsec = divmod(value, 1_000_000_000)
 
 
 if can_invalidate(mfusepy):
