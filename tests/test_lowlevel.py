@@ -182,8 +182,9 @@ def test_inode_table_counts_lookups() -> None:
     assert inodes.find("/a") == first  # one lookup still held
     inodes.forget(first, 1)
     assert inodes.find("/a") is None and len(inodes) == 1
-    with pytest.raises(KeyError):
+    with pytest.raises(OSError) as raised:
         inodes.path(first)
+    assert raised.value.errno == errno.ESTALE
     assert inodes.hold("/a") not in (first, ROOT)  # numbers are never reused
     inodes.forget(ROOT, 5)
     assert inodes.path(ROOT) == "/" and inodes.find("/") == ROOT

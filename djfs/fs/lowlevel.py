@@ -16,8 +16,9 @@ What the low-level API asks in exchange, and this module provides:
 * the directory stream: a listing is handed out from ``offset`` in buffers of the kernel's size, each entry with
   its attributes (``fuse_add_direntry_plus``), its offset the entry's index + 1.
 
-``Operations`` is the path-based interface a file system implements (``getattr``, ``listing``, ``open``,
-``read``, ``release``, ``statfs``, ``getxattr`` ...); errors are raised as ``OSError`` with an errno.  Only
+``Operations`` is the path-based interface a file system implements, shaped like djfs's mfusepy ``Operations``
+(``getattr``, ``directory``/``entry_attributes``, ``open``, ``read``, ``release``, ``statfs``, ``getxattr``
+...); errors are raised as ``OSError`` with an errno.  Only
 libfuse 3 has this API (``struct fuse_lowlevel_ops`` as of 3.14; libfuse takes its size, so later members are
 simply absent); the ``struct stat`` and ``struct fuse_file_info`` types are mfusepy's, loaded for libfuse 3.
 """
@@ -165,8 +166,11 @@ class Inodes:
         self._lock = threading.Lock()
 
     def path(self, ino: int) -> str:
-        """The path of a node id the kernel holds (KeyError: it was forgotten, the kernel's mistake)."""
-        return self._paths[ino]
+        """The path of a node id the kernel holds (ESTALE if it was forgotten: the kernel's mistake)."""
+        try:
+            return self._paths[ino]
+        except KeyError:
+            raise OSError(errno.ESTALE, f"node {ino} was forgotten") from None
 
     def find(self, path: str) -> int | None:
         """The node id the kernel knows ``path`` by, None if it holds none."""
@@ -201,8 +205,11 @@ class Inodes:
 
 
 class Operations:
-    """The path-based file system a ``Session`` carries.  Every method may raise ``OSError`` (its errno is the
-    answer); the defaults answer what a read-only file system without the method should."""
+    """The path-based file system a ``Session`` carries, in the shape of djfs's own ``Operations``: mfusepy's
+    signatures (``fi`` is mfusepy's ``fuse_file_info``, times in nanoseconds as with ``use_ns``) and djfs's
+    listing pair ``directory``/``entry_attributes``, so that one class can serve the high-level API through
+    mfusepy and this one.  Every method may raise ``OSError`` (its errno is the answer); the defaults answer what
+    a read-only file system without the method should."""
 
     def init(self) -> None:
         """The kernel has connected (called on libfuse's thread): start threads and connections here."""
@@ -210,35 +217,41 @@ class Operations:
     def destroy(self) -> None:
         """The session ends."""
 
-    def getattr(self, path: str) -> Attributes:
+    def getattr(self, path: str, fh: Any = None) -> Attributes:
         raise OSError(errno.ENOSYS, "getattr")
 
-    def listing(self, path: str) -> Sequence[tuple[str, Attributes | None]]:
-        """A directory's entries as (name, attributes), the same list for every offset of one listing
-        (attributes None: asked of ``getattr``)."""
-        raise OSError(errno.ENOSYS, "listing")
+    def directory(self, path: str, offset: int = 0, keep: bool = True) -> Sequence[tuple[str, Any]]:
+        """A directory's entries as (name, value), the same list for every ``offset`` the kernel reads it from
+        (``.`` and ``..`` as the file system wants them)."""
+        raise OSError(errno.ENOSYS, "directory")
 
-    def open(self, path: str, flags: int) -> tuple[int, bool]:
-        """A handle for ``read``/``release``, and whether the kernel may keep the pages it cached before."""
-        return 0, False
+    def entry_attributes(self, path: str, name: str, value: Any) -> Attributes:
+        """The attributes of entry ``name`` of directory ``path``: its value, if ``directory`` gave attributes,
+        else ``getattr``'s."""
+        return value if isinstance(value, dict) else self.getattr(join(path, name))
 
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+    def open(self, path: str, fi: Any) -> int:
+        """Set ``fi.fh`` for ``read``/``release`` and ``fi.keep_cache`` (the kernel may keep the pages it cached
+        before)."""
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         raise OSError(errno.ENOSYS, "read")
 
-    def release(self, path: str, fh: int) -> None:
-        pass
+    def release(self, path: str, fi: Any) -> int:
+        return 0
 
     def statfs(self, path: str) -> dict[str, int]:
         return {}
 
-    def getxattr(self, path: str, name: str) -> bytes:
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         """An attribute's value; EOPNOTSUPP (the default) tells programs such as ``ls`` not to ask again."""
         raise OSError(errno.EOPNOTSUPP, name)
 
     def listxattr(self, path: str) -> list[str]:
         return []
 
-    def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         raise OSError(errno.EROFS, name)
 
     def count_call(self, name: str) -> None:
@@ -416,18 +429,17 @@ class Session:
         _lib.fuse_reply_attr(req, ctypes.byref(attributes), self.attr_timeout)
 
     def _open(self, req: int, ino: int, fi: Any) -> None:
-        info = fi.contents
-        info.fh, keep = self.operations.open(self.inodes.path(ino), info.flags)
-        info.keep_cache = int(keep)
+        path = self.inodes.path(ino)
+        self.operations.open(path, fi.contents)
         if _lib.fuse_reply_open(req, fi) != 0:  # interrupted: no release will come
-            self.operations.release(self.inodes.path(ino), info.fh)
+            self.operations.release(path, fi.contents)
 
     def _read(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
-        data = self.operations.read(self.inodes.path(ino), size, offset, fi.contents.fh)
+        data = self.operations.read(self.inodes.path(ino), size, offset, fi.contents)
         _lib.fuse_reply_buf(req, data, len(data))
 
     def _release(self, req: int, ino: int, fi: Any) -> None:
-        self.operations.release(self.inodes.path(ino), fi.contents.fh)
+        self.operations.release(self.inodes.path(ino), fi.contents)
         _lib.fuse_reply_err(req, 0)
 
     def _opendir(self, req: int, ino: int, fi: Any) -> None:
@@ -449,25 +461,24 @@ class Session:
         """One buffer of a directory's listing from ``offset`` on (an entry's offset: its index + 1); with
         ``plus``, every entry but ``.`` and ``..`` with its attributes and a lookup count."""
         path = self.inodes.path(ino)
-        entries = self.operations.listing(path)
+        operations = self.operations
+        entries = operations.directory(path, offset)
         buffer = ctypes.create_string_buffer(size)
         start = ctypes.addressof(buffer)
         used = 0
         held: list[int] = []
         entry = EntryParam()
         for index in range(offset, len(entries)):
-            name, attributes = entries[index]
+            name, value = entries[index]
             ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
             if name in (".", ".."):  # no node id: the kernel keeps neither
                 entry.attr.st_mode, entry.attr.st_ino = stat.S_IFDIR, ino
             elif plus:
-                child = join(path, name)
-                self._entry(child, self.operations.getattr(child) if attributes is None else attributes, entry)
+                self._entry(join(path, name), operations.entry_attributes(path, name, value), entry)
             else:
-                child = join(path, name)
-                attributes = self.operations.getattr(child) if attributes is None else attributes
+                attributes = operations.entry_attributes(path, name, value)
                 entry.attr.st_mode = attributes["st_mode"]
-                entry.attr.st_ino = attributes.get("st_ino") or self.inodes.find(child) or ino
+                entry.attr.st_ino = attributes.get("st_ino") or self.inodes.find(join(path, name)) or ino
             encoded = name.encode(self.encoding)
             if plus:
                 needed = _lib.fuse_add_direntry_plus(req, start + used, size - used, encoded, ctypes.byref(entry),

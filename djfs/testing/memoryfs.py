@@ -24,6 +24,7 @@ import stat
 import sys
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -85,26 +86,27 @@ class MemoryOperations(lowlevel.Operations):
         with self._lock:
             self.calls[name] += 1
 
-    def getattr(self, path: str) -> dict:
+    def getattr(self, path: str, fh: Any = None) -> dict:
         try:
             return self.attributes[path]
         except KeyError:
             raise OSError(errno.ENOENT, path) from None
 
-    def listing(self, path: str) -> list:
+    def directory(self, path: str, offset: int = 0, keep: bool = True) -> list:
         if path not in self.tree:
             raise OSError(errno.ENOTDIR if path in self.attributes else errno.ENOENT, path)
         return [(".", None), ("..", None), *self.tree[path]]
 
-    def open(self, path: str, flags: int) -> tuple[int, bool]:
+    def open(self, path: str, fi: Any) -> int:
         if stat.S_ISDIR(self.getattr(path)["st_mode"]):
             raise OSError(errno.EISDIR, path)
-        return 0, True  # contents never change
+        fi.keep_cache = 1  # contents never change
+        return 0
 
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         return content(path)[offset:offset + size]
 
-    def getxattr(self, path: str, name: str) -> bytes:
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if path == "/" and name == CALLS_XATTR:
             with self._lock:
                 return json.dumps(dict(self.calls)).encode()
@@ -112,7 +114,7 @@ class MemoryOperations(lowlevel.Operations):
             return str(len(self.session.inodes)).encode()
         raise OSError(errno.ENODATA if name.startswith("user.") else errno.EOPNOTSUPP, name)
 
-    def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         if path != "/" or name != ADD_XATTR:
             raise OSError(errno.ENOTSUP, name)
         text = value.decode()
@@ -129,6 +131,7 @@ class MemoryOperations(lowlevel.Operations):
             result = self.session.invalidate_inode(directory)
             if result not in (0, -errno.ENOENT):
                 raise OSError(-result, f"invalidating {directory}")
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
