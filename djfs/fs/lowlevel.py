@@ -34,7 +34,7 @@ import stat
 import threading
 from typing import Any, Callable, Sequence
 
-from .callbacks import fill_stat, pin_thread_state
+from .callbacks import fill_stat, free_bufvec, pin_thread_state
 from .libfuse import LibfuseError, find, load_mfusepy
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ mfusepy = load_mfusepy(3)  # its c_stat, fuse_file_info, fuse_conn_info and c_st
 
 ROOT = 1  # FUSE_ROOT_ID
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # the kernel would alternate readdirplus and readdir: always plus here
+FUSE_BUF_SPLICE_MOVE = 1 << 3  # fuse_reply_data: move pages rather than copy them, where splicing is on
 Attributes = dict[str, Any]  # struct stat fields (st_mode, st_size ...), times in nanoseconds like mfusepy's use_ns
 
 
@@ -126,6 +127,7 @@ def _library() -> ctypes.CDLL:
         "fuse_reply_attr": (c_int, [_req, ctypes.POINTER(mfusepy.c_stat), ctypes.c_double]),
         "fuse_reply_open": (c_int, [_req, _fi]),
         "fuse_reply_buf": (c_int, [_req, c_void_p, _size]),
+        "fuse_reply_data": (c_int, [_req, c_void_p, c_int]),
         "fuse_reply_xattr": (c_int, [_req, _size]),
         "fuse_reply_statfs": (c_int, [_req, ctypes.POINTER(mfusepy.c_statvfs)]),
         "fuse_add_direntry": (_size, [_req, c_void_p, _size, c_char_p, ctypes.POINTER(mfusepy.c_stat), _off]),
@@ -211,8 +213,9 @@ class Operations:
     mfusepy and this one.  Every method may raise ``OSError`` (its errno is the answer); the defaults answer what
     a read-only file system without the method should."""
 
-    def init(self) -> None:
-        """The kernel has connected (called on libfuse's thread): start threads and connections here."""
+    def init(self, conn: Any) -> None:
+        """The kernel has connected (called on libfuse's thread): start threads and connections here.  ``conn``
+        is libfuse's ``fuse_conn_info`` (mfusepy's type): flags such as splicing are asked for in ``conn.want``."""
 
     def destroy(self) -> None:
         """The session ends."""
@@ -236,6 +239,9 @@ class Operations:
         return 0
 
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        """The bytes at ``offset``, unless the file system has ``read_buf(path, bufpp, size, offset, fi)``, as
+        mfusepy calls it: store a ``fuse_bufvec`` made by ``callbacks.fd_bufvec`` or ``memory_bufvec`` in
+        ``*bufpp`` and return 0 (or -errno); its segments are sent with ``fuse_reply_data``, then freed."""
         raise OSError(errno.ENOSYS, "read")
 
     def release(self, path: str, fi: Any) -> int:
@@ -282,6 +288,8 @@ class Session:
         self._session: int | None = None  # libfuse's ``struct fuse_session *`` while it exists
         self._session_lock = threading.Lock()
         self._ops = LowLevelOps()
+        read_buf = getattr(operations, "read_buf", None)  # djfs marks it libfuse_ignore when turned off
+        self._read_buf = read_buf if callable(read_buf) and not getattr(read_buf, "libfuse_ignore", False) else None
         self._callbacks: list[Any] = []  # the ctypes callbacks, alive as long as libfuse may call them
         for name, prototype in _OPS:
             handler = getattr(self, f"_{name}", None)
@@ -391,7 +399,7 @@ class Session:
     def _init(self, userdata: Any, conn: Any) -> None:
         info = ctypes.cast(conn, ctypes.POINTER(mfusepy.fuse_conn_info)).contents
         info.want &= ~FUSE_CAP_READDIRPLUS_AUTO
-        self.operations.init()
+        self.operations.init(info)
 
     def _destroy(self, userdata: Any) -> None:
         self.operations.destroy()
@@ -435,8 +443,20 @@ class Session:
             self.operations.release(path, fi.contents)
 
     def _read(self, req: int, ino: int, size: int, offset: int, fi: Any) -> None:
-        data = self.operations.read(self.inodes.path(ino), size, offset, fi.contents)
-        _lib.fuse_reply_buf(req, data, len(data))
+        path = self.inodes.path(ino)
+        if self._read_buf is None:
+            data = self.operations.read(path, size, offset, fi.contents)
+            _lib.fuse_reply_buf(req, data, len(data))
+            return
+        vector = ctypes.c_void_p()
+        result = self._read_buf(path, ctypes.pointer(vector), size, offset, fi.contents)
+        if result < 0 or not vector.value:
+            free_bufvec(vector.value or 0)
+            raise OSError(-result if result < 0 else errno.EIO, path)
+        try:
+            _lib.fuse_reply_data(req, vector.value, FUSE_BUF_SPLICE_MOVE)
+        finally:
+            free_bufvec(vector.value)
 
     def _release(self, req: int, ino: int, fi: Any) -> None:
         self.operations.release(self.inodes.path(ino), fi.contents)

@@ -10,16 +10,20 @@ values, 192 bytes) and ``row.json`` (``{"trial": N}``, 20 bytes) per row.  Run i
 * ``user.memoryfs.inodes`` (getxattr): how many node ids the kernel holds (FORGET gives them back);
 * ``user.memoryfs.add`` (setxattr, mounted ``--writable``; value ``DIRECTORY/NAME``): add an empty file to a
   directory, then tell the kernel to forget the directory's kept listing (``notify_inval_inode``) -- or, the value
-  prefixed ``quiet:``, don't.
+  prefixed ``quiet:``, don't;
+* ``user.memoryfs.forget`` (setxattr, ``--writable``; value a directory other than the root): tell the kernel to
+  drop the names in it (``notify_inval_entry``), and with them the inodes beneath, which it then FORGETs.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import errno
 import io
 import json
+import os
 import stat
 import sys
 import threading
@@ -28,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from ..fs import lowlevel
+from ..fs import callbacks, lowlevel
 
 CALLS_XATTR = "user.memoryfs.calls"
 INODES_XATTR = "user.memoryfs.inodes"
 ADD_XATTR = "user.memoryfs.add"
+FORGET_XATTR = "user.memoryfs.forget"
 QUIET = "quiet:"
 DIRECTORY = {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2}
 FRAMES_SIZE, ROW_SIZE = 192, 20
@@ -101,10 +106,29 @@ class MemoryOperations(lowlevel.Operations):
         if stat.S_ISDIR(self.getattr(path)["st_mode"]):
             raise OSError(errno.EISDIR, path)
         fi.keep_cache = 1  # contents never change
+        if self.read_buf is not None:  # the bytes in a memory file, handed to libfuse by descriptor
+            fi.fh = os.memfd_create("memoryfs")
+            os.write(fi.fh, content(path))
         return 0
 
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        self.count_call("copied_reads")
         return content(path)[offset:offset + size]
+
+    def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fi: Any) -> int:
+        """Like djfs's ``Operations.read_buf``: the bytes as a (descriptor, position, length) segment."""
+        length = max(0, min(size, os.fstat(fi.fh).st_size - offset))
+        vector = callbacks.fd_bufvec([(fi.fh, offset, length)] if length else [])
+        if not vector:
+            return -errno.ENOMEM
+        self.count_call("fd_segments")
+        ctypes.cast(bufpp, ctypes.POINTER(ctypes.c_void_p))[0] = vector
+        return 0
+
+    def release(self, path: str, fi: Any) -> int:
+        if self.read_buf is not None:
+            os.close(fi.fh)
+        return 0
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if path == "/" and name == CALLS_XATTR:
@@ -115,9 +139,17 @@ class MemoryOperations(lowlevel.Operations):
         raise OSError(errno.ENODATA if name.startswith("user.") else errno.EOPNOTSUPP, name)
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
-        if path != "/" or name != ADD_XATTR:
+        """The controls (see the module docstring): requests on the root, so telling the kernel about other
+        inodes can't wait on the one being served."""
+        if path == "/" and name == ADD_XATTR:
+            self._add(value.decode())
+        elif path == "/" and name == FORGET_XATTR:
+            self._drop_names(value.decode())
+        else:
             raise OSError(errno.ENOTSUP, name)
-        text = value.decode()
+        return 0
+
+    def _add(self, text: str) -> None:
         quiet = text.startswith(QUIET)
         directory, _, file = text.removeprefix(QUIET).rpartition("/")
         directory = directory or "/"
@@ -127,11 +159,17 @@ class MemoryOperations(lowlevel.Operations):
         self.tree[directory] = [*self.tree[directory], (file, attributes)]
         self.attributes[lowlevel.join(directory, file)] = attributes
         if not quiet and self.session is not None and directory != "/":
-            # a request on the root: telling the kernel about another inode can't wait on this one
             result = self.session.invalidate_inode(directory)
             if result not in (0, -errno.ENOENT):
                 raise OSError(-result, f"invalidating {directory}")
-        return 0
+
+    def _drop_names(self, directory: str) -> None:
+        if directory not in self.tree or directory == "/" or self.session is None:
+            raise OSError(errno.ENOENT, directory)
+        for name, _ in self.tree[directory]:
+            result = self.session.invalidate_entry(directory, name)
+            if result not in (0, -errno.ENOENT):
+                raise OSError(-result, f"invalidating {directory}/{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--timeout", type=float, default=60.0, help="the kernel's entry and attribute timeouts")
     parser.add_argument("--single-thread", action="store_true")
+    parser.add_argument("--copy-reads", action="store_true", help="read (bytes through Python), not read_buf")
     parser.add_argument("--opendir", action="store_true",
                         help="answer opendir (as libfuse's high-level API does): the kernel keeps no listing")
     parser.add_argument("--writable", action="store_true",
@@ -147,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                              "a directory's attributes after listing it (no atime to update)")
     args = parser.parse_args(argv)
     operations = MemoryOperations(table_tree(args.rows))
+    if args.copy_reads:
+        operations.read_buf = None  # type: ignore[method-assign,assignment]
     options = ["fsname=memoryfs", "default_permissions", "rw" if args.writable else "ro"]
     session = lowlevel.Session(operations, args.mountpoint, options,
                                entry_timeout=args.timeout, attr_timeout=args.timeout,
