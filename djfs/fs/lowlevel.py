@@ -3,9 +3,10 @@
 Why: the kernel keeps a directory's listing in its page cache (``FOPEN_CACHE_DIR``) only when the file system
 asks for it at opendir, and libfuse 3.14's high-level ``opendir`` never passes that flag on (mfusepy is built on
 the high-level API).  Through the low-level API, ``opendir`` can answer ENOSYS: the kernel then stops sending
-OPENDIR and RELEASEDIR altogether and keeps every listing (``FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR``) until the
-directory's inode is invalidated (``Session.invalidate_inode``) or its mtime changes.  A second ``ls -lR`` then
-reaches the file system not at all, instead of with four round trips per directory.
+OPENDIR and RELEASEDIR altogether and keeps every listing (``FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR``) in its page
+cache until the directory's inode is invalidated (``Session.invalidate_inode``) or its attributes are refreshed
+(after ``attr_timeout``; observed with kernel 6.x).  A second ``ls -lR`` then reaches the file system not at all,
+instead of with four round trips per directory.
 
 What the low-level API asks in exchange, and this module provides:
 
@@ -17,10 +18,11 @@ What the low-level API asks in exchange, and this module provides:
   its attributes (``fuse_add_direntry_plus``), its offset the entry's index + 1.
 
 ``Operations`` is the path-based interface a file system implements, shaped like djfs's mfusepy ``Operations``
-(``getattr``, ``directory``/``entry_attributes``, ``open``, ``read``, ``release``, ``statfs``, ``getxattr``
-...); errors are raised as ``OSError`` with an errno.  Only
-libfuse 3 has this API (``struct fuse_lowlevel_ops`` as of 3.14; libfuse takes its size, so later members are
-simply absent); the ``struct stat`` and ``struct fuse_file_info`` types are mfusepy's, loaded for libfuse 3.
+(``getattr``, ``directory``/``entry_attributes``, ``open``, ``read``/``read_buf``, ``release``, ``statfs``,
+``getxattr`` ...); errors are raised as ``OSError`` with an errno.  Only libfuse 3 has this API (``struct
+fuse_lowlevel_ops`` as of 3.14; libfuse takes its size, so later members are simply absent; libfuse 2's
+low-level API differs and is not bound); the ``struct stat``, ``fuse_file_info`` and ``fuse_conn_info`` types are
+mfusepy's, loaded for libfuse 3.
 """
 
 from __future__ import annotations
