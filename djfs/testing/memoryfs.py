@@ -27,7 +27,6 @@ import os
 import stat
 import sys
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -193,10 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                                entry_timeout=args.timeout, attr_timeout=args.timeout,
                                threads=not args.single_thread, keep_listings=not args.opendir)
     operations.session = session
-    started = time.monotonic()
-    result = session.run()
-    print(f"memoryfs: served {time.monotonic() - started:.1f} s, {dict(operations.calls)}", file=sys.stderr)
-    return 0 if result >= 0 else 1
+    return 0 if session.run() >= 0 else 1
 
 
 if __name__ == "__main__":
