@@ -82,9 +82,21 @@ def ls_recursive(path) -> list[str]:
     return subprocess.run(["ls", "-lR", str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
 
 
-def test_ls_lR_costs_queries_per_page_not_per_row_and_no_getattr_per_entry(lab, mounts):
+def calls(stats: dict, *names: str) -> int:
+    """The FUSE requests of these kinds the daemon counted (``calls.<name>``)."""
+    return sum(stats.get(f"calls.{name}", 0) for name in names)
+
+
+#: the requests of a listing and of a stat, by API (mfusepy's callback names; the low-level requests)
+LISTING_CALLS = {"high": ("readdir_fuse_3",), "low": ("readdirplus", "readdir", "opendir")}
+STAT_CALLS = {"high": ("getattr_fuse_3",), "low": ("getattr", "lookup")}
+
+
+@pytest.mark.parametrize("api", ["low", "high"])
+def test_ls_lR_costs_queries_per_page_not_per_row_and_no_getattr_per_entry(lab, mounts, api):
     mount = mounts.mount({}, ["listing_timeout=30", "entry_timeout=30", "attr_timeout=30",
-                              f"schemas={lab.name}", "page_size=50"])
+                              f"schemas={lab.name}", "page_size=50", f"fuse_api={api}"])
+    assert mount.stats().get("fuse_api", "high") == api
     table = mount.path(lab.name, "Session")
     os.listdir(mount.path(lab.name))
     before = mount.stats()
@@ -101,16 +113,32 @@ def test_ls_lR_costs_queries_per_page_not_per_row_and_no_getattr_per_entry(lab, 
     getattrs = after.get("getattrs", 0) - before.get("getattrs", 0)
     assert getattrs < rows // 4, getattrs
     directories = 1 + len(SUBJECTS) + rows
-    first_readdirs = after.get("calls.readdir_fuse_3", 0) - before.get("calls.readdir_fuse_3", 0)
+    first_readdirs = calls(after, *LISTING_CALLS[api]) - calls(before, *LISTING_CALLS[api])
     assert first_readdirs >= 2 * directories  # with offsets: each directory's end is asked for by a call
-    # listed again while unchanged: only the probe may reach the database, and the rows come from memory; the
-    # kernel holds every entry, so each listing goes to libfuse whole and libfuse answers its end itself
-    before = mount.stats()
-    assert ls_recursive(table) == lines
-    after = mount.stats()
-    assert after["sql_queries"] - before["sql_queries"] <= 1
-    assert after.get("calls.readdir_fuse_3", 0) - before.get("calls.readdir_fuse_3", 0) == directories
-    assert after.get("calls.getattr_fuse_3", 0) == before.get("calls.getattr_fuse_3", 0)
+    if api == "high":
+        # listed again while unchanged: only the probe may reach the database, and the rows come from memory;
+        # the kernel holds every entry, so each listing goes to libfuse whole and libfuse answers its end itself
+        before = mount.stats()
+        assert ls_recursive(table) == lines
+        after = mount.stats()
+        assert after["sql_queries"] - before["sql_queries"] <= 1
+        assert calls(after, *LISTING_CALLS[api]) - calls(before, *LISTING_CALLS[api]) == directories
+        assert calls(after, *STAT_CALLS[api]) == calls(before, *STAT_CALLS[api])
+        return
+    # the low-level API: the kernel keeps every listing, and ls -lR again reaches the daemon not at all (no
+    # request, no SQL).  Another helper's benchmark may drop the kernel's caches (drop_caches) in the middle of
+    # a window, which makes the kernel ask again: a few windows are tried, one must be silent
+    windows = []
+    for _ in range(3):
+        before = mount.stats()
+        assert ls_recursive(table) == lines
+        after = mount.stats()
+        windows.append({key: after[key] - before.get(key, 0) for key in after
+                        if key.startswith("calls.") and key != "calls.getxattr" and after[key] != before.get(key, 0)}
+                       | {"sql": after["sql_queries"] - before["sql_queries"]})
+        if windows[-1] == {"sql": 0}:
+            break
+    assert windows[-1] == {"sql": 0}, windows
 
 
 def test_one_hundred_thousand_rows_at_one_level(lab, mounts):
@@ -240,7 +268,8 @@ def test_changes_made_elsewhere_reach_a_kernel_that_keeps_entries_for_long(lab, 
         before = mount.stats()
         assert {path: os.stat(path).st_size for path in sizes} == sizes
         after = mount.stats()
-        assert after.get("calls.getattr_fuse_3", 0) == before.get("calls.getattr_fuse_3", 0)
+        assert calls(after, *STAT_CALLS["high"], *STAT_CALLS["low"]) == \
+            calls(before, *STAT_CALLS["high"], *STAT_CALLS["low"])
 
     other = lab.connection
     with djfs.config.override(**lab.settings):

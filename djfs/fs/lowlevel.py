@@ -151,6 +151,36 @@ def _library() -> ctypes.CDLL:
 _lib = _library()
 
 
+def _new_session(ops: LowLevelOps, options: Sequence[str], debug: bool = False) -> int | None:
+    """``fuse_session_new`` with these mount options (None if libfuse refuses them: it says why on stderr)."""
+    argv = [b"djfs"] + ([b"-d"] if debug else [])
+    if options:
+        argv += [b"-o", ",".join(options).encode()]
+    arguments = Args(len(argv), (ctypes.c_char_p * len(argv))(*argv), 0)
+    return _lib.fuse_session_new(ctypes.byref(arguments), ctypes.byref(ops), ctypes.sizeof(ops), None)
+
+
+def refused_options(options: Sequence[str]) -> list[str]:
+    """The options (``name`` or ``name=value``) libfuse's low-level session does not take, each tried alone:
+    libfuse 3 takes mount options (``allow_other``, ``max_read=`` ...) and its own (``max_background=`` ...),
+    not the high-level API's (``entry_timeout=``, ``use_ino``, ``kernel_cache`` ...).  Nothing is mounted."""
+    refused = []
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(quiet, 2)  # libfuse prints "unknown option(s)" for each: the caller says it better
+        for option in options:
+            session = _new_session(LowLevelOps(), [option])
+            if session:
+                _lib.fuse_session_destroy(session)
+            else:
+                refused.append(option)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
+    return refused
+
+
 def join(path: str, name: str) -> str:
     return f"/{name}" if path == "/" else f"{path}/{name}"
 
@@ -272,16 +302,19 @@ class Session:
     ``keep_listings``: answer opendir ENOSYS, so the kernel keeps listings until told otherwise (see the module
     docstring); else opendir succeeds with no flags, as libfuse's high-level API does.  ``options`` are mount
     options (``ro``, ``fsname=...``, ``default_permissions`` ...); ``entry_timeout``/``attr_timeout`` how long
-    the kernel keeps names and attributes."""
+    the kernel keeps names and attributes; ``negative_timeout`` how long it keeps a name that is missing (a
+    negative entry; 0: it asks again each time)."""
 
     def __init__(self, operations: Operations, mountpoint: str, options: Sequence[str] = (), *,
-                 entry_timeout: float = 1.0, attr_timeout: float = 1.0, keep_listings: bool = True,
-                 threads: bool = True, debug: bool = False, encoding: str = "utf-8") -> None:
+                 entry_timeout: float = 1.0, attr_timeout: float = 1.0, negative_timeout: float = 0.0,
+                 keep_listings: bool = True, threads: bool = True, debug: bool = False,
+                 encoding: str = "utf-8") -> None:
         self.operations = operations
         self.mountpoint = mountpoint
         self.options = list(options)
         self.entry_timeout = entry_timeout
         self.attr_timeout = attr_timeout
+        self.negative_timeout = negative_timeout
         self.keep_listings = keep_listings
         self.threads = threads
         self.debug = debug
@@ -305,13 +338,7 @@ class Session:
     def run(self, signals: bool = True) -> int:
         """Mount, serve until unmounted (or, with ``signals``, SIGINT/SIGTERM/SIGHUP), unmount: the loop's
         result (0, a signal number or -errno)."""
-        argv = [b"djfs"] + (["-d"] if self.debug else [])
-        if self.options:
-            argv += [b"-o", ",".join(self.options).encode()]
-        argv = [item if isinstance(item, bytes) else item.encode() for item in argv]
-        arguments = Args(len(argv), (ctypes.c_char_p * len(argv))(*argv), 0)
-        session = _lib.fuse_session_new(ctypes.byref(arguments), ctypes.byref(self._ops),
-                                        ctypes.sizeof(self._ops), None)
+        session = _new_session(self._ops, self.options, self.debug)
         if not session:
             raise LibfuseError(f"fuse_session_new refused the options {self.options}")
         handlers = False
@@ -418,7 +445,15 @@ class Session:
     def _lookup(self, req: int, parent: int, name: bytes) -> None:
         path = join(self.inodes.path(parent), name.decode(self.encoding))
         entry = EntryParam()
-        self._entry(path, self.operations.getattr(path), entry)
+        try:
+            attributes = self.operations.getattr(path)
+        except OSError as error:
+            if error.errno != errno.ENOENT or not self.negative_timeout:
+                raise
+            entry.entry_timeout = self.negative_timeout  # node id 0: the kernel keeps the name as missing
+            _lib.fuse_reply_entry(req, ctypes.byref(entry))
+            return
+        self._entry(path, attributes, entry)
         if _lib.fuse_reply_entry(req, ctypes.byref(entry)) != 0:
             self.inodes.forget(entry.ino, 1)
 
