@@ -53,10 +53,12 @@ class Carrier(lowlevel.Operations):
 
     def directory(self, path: str, offset: int = 0, keep: bool = True) -> Sequence[tuple[str, Any]]:
         entries = self.operations.directory(path, offset, keep)
-        if offset == 0 and path.count("/") == 1:  # the root or a schema: its tables or schemas, for the watcher
-            holdings = self.operations.tree.holdings
-            if holdings is not None:
+        holdings = self.operations.tree.holdings
+        if offset == 0 and holdings is not None:
+            if path.count("/") == 1:  # the root or a schema: its schemas or tables, for the watcher
                 holdings.directory(path, (name for name, _ in entries if name not in (".", "..")))
+            elif any(getattr(spec, "transient", False) for _, spec in entries):
+                holdings.passing(path)  # e.g. a view unknown while its store is down: listed again later
         return entries
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:

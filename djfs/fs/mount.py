@@ -60,6 +60,7 @@ runtime sane; in the daemon, libfuse's ``init`` is still what starts every threa
 
 from __future__ import annotations
 
+import ctypes.util
 import dataclasses
 import logging
 import os
@@ -75,7 +76,8 @@ from typing import Any
 from ..errors import DjfsError
 from ..hashing import CHECK_BLOCK
 from ..settings import parse_size
-from .libfuse import LibfuseError, can_invalidate, describe, load_mfusepy, parse_version, resolve
+from .libfuse import (NAME_VARIABLE, PATH_VARIABLE, LibfuseError, can_invalidate, describe, load_mfusepy,
+                      parse_version, resolve)
 
 log = logging.getLogger(__name__)
 
@@ -555,8 +557,10 @@ def mount(mountpoint: str, option_strings: list[str], schemas: list[str] | None 
 def check_api(options: MountOptions) -> None:
     """Say at the terminal, not in the daemon's log, what the API the mount would use can't do: libfuse 2 with
     ``fuse_api=low``, or a ``-o`` option libfuse's low-level session does not take."""
-    library = resolve(options.libfuse) or os.environ.get("FUSE_LIBRARY_PATH", "")  # as the daemon will load it
-    major = options.libfuse or (2 if library and "fuse3" not in library else 3)
+    library = resolve(options.libfuse)
+    if library is None:  # the user's variables choose, as they will for the daemon's mfusepy (not loaded here)
+        library = os.environ.get(PATH_VARIABLE) or ctypes.util.find_library(os.environ.get(NAME_VARIABLE, "")) or ""
+    major = options.libfuse or (3 if "fuse3" in library else 2)
     if options.api(major) != "low":
         return
     from .lowlevel import refused_options

@@ -37,7 +37,8 @@ DIRECTORIES = 1.0
 
 
 class Gone(str):
-    """A path whose entry is gone (vanished row, file, table or schema), not merely changed."""
+    """A path whose name the kernel must drop too, not only its inode: its entry is gone (a vanished row, file,
+    table or schema), or the kernel may keep listings under it that nothing watches any more."""
 
 
 @dataclass
@@ -65,6 +66,13 @@ class Holdings:
         # the root's or a schema's directory -> (when its listing was last handed out, the names in it); only
         # where the kernel keeps listings (djfs.fs.carrier records them)
         self.directories: dict[str, tuple[float, frozenset[str]]] = {}
+        self.transient: set[str] = set()      # listings with a file whose error may pass: to be asked again
+
+    def passing(self, path: str) -> None:
+        """A listing with a file whose error may pass (a store not answering) was handed out: where the kernel
+        keeps listings, it is told to forget it at the next round, so that the next listing asks again."""
+        with self._lock:
+            self.transient.add(path)
 
     def directory(self, path: str, names: Iterable[str]) -> None:
         """The listing of the root or of a schema (its schemas or tables) was handed out."""
@@ -151,12 +159,17 @@ class Watcher:
         now = time.monotonic()
         with self.holdings._lock:
             retired, self.holdings.retired = self.holdings.retired, []
+            transient, self.holdings.transient = self.holdings.transient, set()
             tables = list(self.holdings.tables.items())
+            released = []
             for key, held in tables:
-                if now - held.seen > self.hold:   # the kernel asks again before it uses any of it
+                if now - held.seen > self.hold:   # the kernel asks again before it uses any of its entries ...
                     del self.holdings.tables[key]
+                    released.append(Gone(held.base))  # ... and, where it keeps listings, drops those too
         for held in retired:
             self._forget(self._everything(None, held))
+        self._forget(sorted(transient))
+        self._forget(released)
         for key, held in tables:
             if self._stop.is_set():
                 return
@@ -176,10 +189,11 @@ class Watcher:
             directories = list(self.holdings.directories.items())
         stale: list[str] = []
         for path, (seen, names) in directories:
-            if now - seen > self.hold:
+            if now - seen > self.hold:  # not watched any more: the kernel drops the listing it keeps
                 with self.holdings._lock:
                     if self.holdings.directories.get(path, (None,))[0] == seen:
                         del self.holdings.directories[path]
+                stale.append(path)
                 continue
             try:
                 current = frozenset(self.tree.schemas(stale_ok=False) if path == "/" else
