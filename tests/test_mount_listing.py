@@ -19,7 +19,7 @@ import djfs
 from djfs import blob
 from djfs.fs import paths
 from djfs.testing.tables import item_table
-from fixtures_fuse import errno_of, module_schema, wait_for
+from fixtures_fuse import errno_of, module_schema, quiet_windows, wait_for
 
 FAST = ["listing_timeout=0.3", "entry_timeout=0.2", "attr_timeout=0.2", "negative_timeout=0"]
 SUBJECTS = [f"s{index:02d}" for index in range(23)] + ["a/b", "ü z", "%41"]
@@ -126,19 +126,9 @@ def test_ls_lR_costs_queries_per_page_not_per_row_and_no_getattr_per_entry(lab, 
         assert calls(after, *STAT_CALLS[api]) == calls(before, *STAT_CALLS[api])
         return
     # the low-level API: the kernel keeps every listing, and ls -lR again reaches the daemon not at all (no
-    # request, no SQL).  Another helper's benchmark may drop the kernel's caches (drop_caches) in the middle of
-    # a window, which makes the kernel ask again: a few windows are tried, one must be silent
-    windows = []
-    for _ in range(3):
-        before = mount.stats()
-        assert ls_recursive(table) == lines
-        after = mount.stats()
-        windows.append({key: after[key] - before.get(key, 0) for key in after
-                        if key.startswith("calls.") and key != "calls.getxattr" and after[key] != before.get(key, 0)}
-                       | {"sql": after["sql_queries"] - before["sql_queries"]})
-        if windows[-1] == {"sql": 0}:
-            break
-    assert windows[-1] == {"sql": 0}, windows
+    # request, no SQL)
+    windows = quiet_windows(mount, lambda: ls_recursive(table) == lines or pytest.fail("another listing"))
+    assert windows[-1] == {}, windows
 
 
 def test_one_hundred_thousand_rows_at_one_level(lab, mounts):

@@ -32,6 +32,7 @@ import errno
 import itertools
 import logging
 import os
+import signal
 import stat
 import threading
 from typing import Any, Callable, Sequence
@@ -342,8 +343,13 @@ class Session:
         if not session:
             raise LibfuseError(f"fuse_session_new refused the options {self.options}")
         handlers = False
+        python_sigint = None
         try:
             if signals:
+                if threading.current_thread() is threading.main_thread():
+                    # libfuse takes over only signals left at their default: Python's SIGINT handler would never
+                    # run while this thread is in libfuse's loop (mfusepy does the same)
+                    python_sigint = signal.signal(signal.SIGINT, signal.SIG_DFL)
                 if _lib.fuse_set_signal_handlers(session) != 0:
                     raise LibfuseError("fuse_set_signal_handlers failed")
                 handlers = True
@@ -360,6 +366,8 @@ class Session:
         finally:
             if handlers:
                 _lib.fuse_remove_signal_handlers(session)
+            if python_sigint is not None:
+                signal.signal(signal.SIGINT, python_sigint)
             _lib.fuse_session_destroy(session)
 
     def _loop(self, session: int) -> int:
