@@ -4,8 +4,10 @@ Why: the kernel keeps a directory's listing in its page cache (``FOPEN_CACHE_DIR
 asks for it at opendir, and libfuse 3.14's high-level ``opendir`` never passes that flag on (mfusepy is built on
 the high-level API).  Through the low-level API, ``opendir`` can answer ENOSYS: the kernel then stops sending
 OPENDIR and RELEASEDIR altogether and keeps every listing (``FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR``) in its page
-cache until the directory's inode is invalidated (``Session.invalidate_inode``) or its attributes are refreshed
-(after ``attr_timeout``; observed with kernel 6.x).  A second ``ls -lR`` then reaches the file system not at all,
+cache until the directory's inode is invalidated (``Session.invalidate_inode``), its inode is evicted, or a
+refresh of its attributes shows another mtime: a refresh with the same mtime keeps it (seen with djfs on kernel
+6.x: past ``attr_timeout`` only LOOKUPs came, no READDIRPLUS), so a file system whose directory mtimes don't
+follow their contents must invalidate what changed.  A second ``ls -lR`` then reaches the file system not at all,
 instead of with four round trips per directory.
 
 What the low-level API asks in exchange, and this module provides:
