@@ -329,7 +329,7 @@ def test_a_remounted_daemon_rereads_from_the_cache_without_requests(schema, s3_s
     """Through real mounts: a cold sequential read of a large value keeps every block it read in the disk cache,
     so after an unmount and a new mount on the same cache the re-read makes no request to the store and is served
     by the part files' descriptors; a part file damaged before the next mount has its damaged block alone
-    fetched again, never served."""
+    fetched again, never served.  (And the daemon loads boto3 before it mounts.)"""
     with djfs.config.override(**s3_config(s3_server, "reread")):
         schema.set_external_storage(s3_server.create_bucket(f"djfs-reread-{uuid.uuid4().hex[:12]}"))
 
@@ -359,6 +359,8 @@ def test_a_remounted_daemon_rereads_from_the_cache_without_requests(schema, s3_s
         mount.stop()  # the daemon finishes its cache writes before it exits
         if run == 0:
             assert requests > 0
+            log = mount.log_text()  # S3 configured: boto3 was loaded before the mount answered anything
+            assert log.index("botocore's S3 model loaded") < log.index("mounting "), log
         else:
             assert requests == run - 1, requests      # none, then the damaged block's
             assert by_descriptor > 0

@@ -397,6 +397,30 @@ def test_s3_ranged_reads_skip_botocores_pipeline_and_never_show_their_signed_url
     assert not any("Signature" in text or "X-Amz" in text for text in texts), texts
 
 
+def test_s3_clients_share_one_session_preloaded_and_keep_their_own_credentials(s3_server, s3_bucket, monkeypatch):
+    """After ``preload()`` (the mount does it before it answers a read), a store's first client loads none of
+    botocore's model files: one boto3 session per process; each client keeps its store's credentials and
+    endpoint."""
+    import botocore.loaders
+
+    from djfs.stores import s3
+    s3.preload()
+    loads = []  # botocore's model and endpoint files read from disk
+    original = botocore.loaders.JSONFileLoader.load_file
+    monkeypatch.setattr(botocore.loaders.JSONFileLoader, "load_file",
+                        lambda self, path: loads.append(path) or original(self, path))
+    good = S3Store(s3_bucket, "p", s3_server.endpoint, "us-east-1", ACCESS, SECRET, timeout=5, retries=0)
+    other = S3Store(s3_bucket, "q", f"http://127.0.0.1:{free_port()}", "eu-west-1", "AKIAOTHERKEY", "other-secret",
+                    timeout=1, retries=0)
+    good.put(KEY, b"shared session")
+    assert good.get(KEY) == b"shared session"
+    assert loads == []
+    credentials = [store._client._request_signer._credentials for store in (good, other)]
+    assert [(c.access_key, c.secret_key) for c in credentials] == [(ACCESS, SECRET), ("AKIAOTHERKEY", "other-secret")]
+    assert [store._client.meta.region_name for store in (good, other)] == ["us-east-1", "eu-west-1"]
+    assert other._client.meta.endpoint_url == other.endpoint_url
+
+
 def test_s3_unreachable_endpoint_fails_in_bounded_time():
     closed = S3Store("some-bucket", "", f"http://127.0.0.1:{free_port()}", None, "a", "b", timeout=1, retries=1)
     start = time.monotonic()
