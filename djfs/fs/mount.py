@@ -414,7 +414,7 @@ def uses_s3(config: Any) -> bool:
 
 
 def _preload_s3(config: Any) -> None:
-    """Load boto3 and botocore's S3 model before the mount appears (0.2–0.5 s on a loaded machine), when a store is
+    """Load boto3 and botocore's S3 model before the mount appears (0.1–0.5 s on a loaded machine), when a store is
     on S3: else a fresh mount's first reads wait for it (measured: the first 8 random reads of a fresh mount
     waited 0.2–0.45 s for their client).  No store's client is made, no connection opened, no thread started."""
     if not uses_s3(config):
