@@ -480,6 +480,7 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
         operations.read_buf = _ignored  # type: ignore[method-assign]
     # fsname is what `mount` shows as the source; a bare word could be taken for a path by fusermount
     fsname = "djfs:" + (":".join(options.schemas) if options.schemas else "all")
+    _preload_s3(config)
     if api == "low":
         from . import carrier
         log.info("mounting %s with %s, low-level API (cache %s; kernel timeouts %g s, listings kept by the "
@@ -502,7 +503,6 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     fuse_options.update(options.fuse)
     if debug:
         fuse_options["debug"] = True
-    _preload_s3(config)
     log.info("mounting %s with %s (cache %s; kernel timeouts %g s%s)", mountpoint, describe(mfusepy),
              config["cache-location"], options.entry_timeout,
              ", invalidated on change" if can_invalidate(mfusepy) else "")
