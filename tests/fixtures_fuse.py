@@ -220,6 +220,14 @@ def quiet_windows(mount: "Mount", action, attempts: int = 3) -> list[dict[str, i
     return windows
 
 
+def listing_or_errno(path) -> list[str] | int:
+    """A directory's sorted names, or the errno listing it fails with."""
+    try:
+        return sorted(os.listdir(path))
+    except OSError as error:
+        return error.errno
+
+
 def errno_of(function, *args) -> int | None:
     """The errno ``function(*args)`` fails with, or None if it succeeds."""
     try:

@@ -10,8 +10,11 @@ found by comparing the listings served with the table's current ones: one query 
 rows that did not change.  A path whose entry vanished is a ``Gone`` (a ``str``), so that a low-level mount can
 also have the kernel drop its name at once (``djfs.fs.carrier``).  Where the kernel keeps listings themselves
 (the low-level mount), a listing with a row added, changed or gone is forgotten too, and so are the listings of
-the root and of schemas (``Holdings.directory``) whose schemas or tables changed, checked every round.  A table the kernel can no longer hold (nothing served for longer than its timeouts)
-is not watched.  A dropped table or schema, or a table whose heading changed, is forgotten whole.
+the root and of schemas (``Holdings.directory``) whose schemas or tables changed, checked every
+``max(listing_timeout, DIRECTORIES)``.  A table the kernel can no longer hold entries of (nothing served for
+longer than its timeouts) is not watched any more, and its directory's name is dropped (``Gone``) with every
+listing the kernel keeps under it: such listings outlive the timeouts.  A dropped table or schema, or a table
+whose heading changed, is forgotten whole.
 
 libfuse 2's high-level API has no such call: there the mount keeps the kernel's timeouts short instead
 (``djfs.fs.mount``).  Invalidation runs on the watcher's own thread only, never inside a FUSE callback (libfuse:
