@@ -497,6 +497,8 @@ class Operations(mfusepy.Operations):
         counters = self.stats.snapshot()
         if self._database is not None:
             counters["sql_queries"] = self._database.queries
+        if self._tree is not None:
+            counters["rows_from_listings"] = self._tree.rows_from_listings
         counters["open_handles"] = len(self._handles)
         if self._watcher is not None:
             counters["invalidated_paths"] = self._watcher.invalidated
