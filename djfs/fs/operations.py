@@ -566,7 +566,7 @@ class Operations(mfusepy.Operations):
             raise DjfsError(f"{node.path}: {spec.error}")
         if spec.source == "json":
             assert spec.content is not None
-            return MemoryHandle(spec.content), spec.identity
+            return MemoryHandle(spec.content), views.digest_of(spec.content)
         if spec.source == "inline":
             return self._open_inline(node, spec)
         if spec.source == "datajoint":

@@ -329,6 +329,7 @@ class _RowsLevel(NamedTuple):
     rows' own directories are listed from without resolving their paths."""
 
     table: "Table"
+    base: str          # the table's path
     values: tuple      # the key prefix of the directory
     names: tuple       # ... as its path spells it
     until: float
@@ -588,8 +589,9 @@ class Tree:
                 self.holdings.listing(node.table, self._base(path), version, node.values, path.rstrip("/"), names)
             if len(node.values) + 1 == len(node.table.primary_key):  # its rows' directories: from this listing
                 with self._lock:
-                    self._rows_levels[path.rstrip("/")] = _RowsLevel(node.table, node.values, tuple(
-                        self._row_names(path)), time.monotonic() + self.catalog_timeout)
+                    self._rows_levels[path.rstrip("/")] = _RowsLevel(
+                        node.table, self._base(path), node.values, tuple(self._row_names(path)),
+                        time.monotonic() + self.catalog_timeout)
             if self.datajoint is not None and not node.values:  # learn the table's blob heads in parallel
                 self.datajoint.prefetch_table(self.db, node.table)
         elif node.kind in ("row", "folder"):
@@ -645,7 +647,7 @@ class Tree:
         row = self._make_row(table, names, layout, record)
         values = (*level.values, record[table.key_positions[-1]])
         if self.holdings is not None:
-            self.holdings.row(table, self._base(path), version, names, values, row)
+            self.holdings.row(table, level.base, version, names, values, row)
         with self._lock:
             self.rows_from_listings += 1
         return self._row_entries(path, table, version, names, values, row)
@@ -778,8 +780,7 @@ class Tree:
                 files[extra.name] = extra
         content = views.row_json(heading, plain)
         files[views.ROW_FILE] = views.FileSpec(views.ROW_FILE, "json", len(content), self.started,
-                                               views.inode_of(where, views.ROW_FILE), "json",
-                                               identity=views.digest_of(content), content=content)
+                                               views.inode_of(where, views.ROW_FILE), "json", content=content)
         return Row(files)
 
     def _external_file(self, where: str, name: str, columns: tuple) -> views.FileSpec:
