@@ -365,6 +365,8 @@ def test_row_directories_are_listed_from_their_tables_listing_and_stay_current(d
         assert database.queries - queries <= 1  # the table's probe, if it was due: no query per row
         assert files(3)["data.npy"].size == 128 + 3 * 8  # the .npy header, then three int64
         assert note(4) == "d"
+        # a stat of a file after its directory was listed (libfuse 2's ls -l) takes the row the listing made
+        assert tree.lookup(f"{base}/k=3/data.npy").file is files(3)["data.npy"]
 
         connection.query(f"UPDATE `{schema_name}`.`t` SET note = 'changed' WHERE k = 2")
         connection.query(f"DELETE FROM `{schema_name}`.`t` WHERE k = 3")

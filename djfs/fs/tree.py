@@ -479,7 +479,7 @@ class Tree:
         if known is not None and known[0] == version and known[1].table is table:
             node, row = known[1], known[2]
         else:
-            node, row = self._node_below(table, path, parts)
+            node, row = self._node_below(table, path, parts, version)
             if node.file is None or not node.file.transient:
                 with self._lock:
                     self._nodes[path] = (version, node, row)
@@ -488,8 +488,10 @@ class Tree:
             holdings.row(table, f"/{schema}/{parts[1]}", version, names, node.values, row)
         return node
 
-    def _node_below(self, table: Table, path: str, parts: list[str]) -> tuple[Node, Row]:
-        """The node, and the row it belongs to (an empty one for a directory of the key levels)."""
+    def _node_below(self, table: Table, path: str, parts: list[str],
+                    version: Hashable = None) -> tuple[Node, Row]:
+        """The node, and the row it belongs to (an empty one for a directory of the key levels); ``version``:
+        the table's current token, if known."""
         schema, key = table.schema, table.primary_key
         depth = min(len(parts) - 2, len(key))
         try:
@@ -503,13 +505,27 @@ class Tree:
                         mtime=self.started), NO_FILES
         if len(parts) not in (2 + len(key) + 1, 2 + len(key) + 2):
             raise NotFound(path)
-        row = self.row(table, parts[2:2 + len(key)], values, stale_ok=True)
+        row = self._listed_row(table, version, "/" + "/".join(parts[:2 + len(key)]))
+        if row is None:
+            row = self.row(table, parts[2:2 + len(key)], values, stale_ok=True)
         spec = row.files.get("/".join(parts[2 + len(key):]))
         if spec is None:
             if len(parts) == 2 + len(key) + 1 and any(n.startswith(parts[-1] + "/") for n in row.files):
                 return Node("folder", path, schema, table, values, mtime=self.started), row
             raise NotFound(path)
         return Node("file", path, schema, table, values, spec, mtime=spec.mtime), row
+
+    def _listed_row(self, table: Table, version: Hashable, path: str) -> Row | None:
+        """The row of the row directory ``path`` as ``list`` made it, if it did at ``version`` (a stat of each
+        file after a listing, as with libfuse 2, then makes no row again); else None."""
+        if version is None:
+            return None
+        with self._lock:
+            known = self._row_listings.get(path)
+        if known is None or known.version != version or known.table is not table or \
+                time.monotonic() >= known.until:
+            return None
+        return known.row
 
     def prefix_exists(self, table: Table, names: list[str], values: tuple) -> bool:
         """Whether a directory of the key levels (or a row) exists, at the table's current version."""
