@@ -269,17 +269,24 @@ def test_changes_made_elsewhere_reach_a_kernel_that_keeps_entries_for_long(lab, 
         assert mount.stats()["invalidated_paths"] > 0
 
 
+def small_table(connection, schema_name: str, rows: int) -> None:
+    """A new schema with one table ``t`` (k, note, data): rows k = 1, 2, ... noted 'a', 'b', ...; only k = 3 holds
+    a blob (three int64)."""
+    connection.query(f"CREATE DATABASE `{schema_name}`")
+    connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, note varchar(32), data longblob, "
+                     f"PRIMARY KEY (k))")
+    for k in range(1, rows + 1):
+        connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (%s, %s, %s)",
+                         (k, "abcdefgh"[k - 1], blob.pack(np.arange(3)) if k == 3 else None))
+
+
 def test_the_watcher_has_the_kernel_forget_only_rows_that_changed(db_config, connection, schema_name):
     """Against the real server, without FUSE: what a listing handed out is compared with the table's rows once
     they changed; only the rows that vanished or changed (their directories and files) and the table's directory
     are to be forgotten, unchanged rows are not; a dropped table is forgotten whole, once."""
     from djfs.fs.tree import Database, Tree
     from djfs.fs.watch import Holdings, Watcher
-    connection.query(f"CREATE DATABASE `{schema_name}`")
-    connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, note varchar(16), data longblob, "
-                     f"PRIMARY KEY (k))")
-    connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (1, 'a', NULL), (2, 'b', NULL), (3, 'c', %s), "
-                     f"(4, 'd', NULL)", (blob.pack(np.arange(3)),))
+    small_table(connection, schema_name, 4)
     database = Database(djfs.config)
     forgotten: list[str] = []
     try:
@@ -342,11 +349,7 @@ def test_row_directories_are_listed_from_their_tables_listing_and_stay_current(d
     afterwards is listed changed or gone once the table's probe sees it (``listing_timeout``); an altered table
     (another heading) is listed with its new columns once its heading is asked again (``heading_timeout``)."""
     from djfs.fs.tree import Database, NotFound, Tree
-    connection.query(f"CREATE DATABASE `{schema_name}`")
-    connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, note varchar(32), data longblob, "
-                     f"PRIMARY KEY (k))")
-    connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (1, 'a', NULL), (2, 'b', NULL), (3, 'c', %s), "
-                     f"(4, 'd', NULL), (5, 'e', NULL)", (blob.pack(np.arange(3)),))
+    small_table(connection, schema_name, 5)
     database = Database(djfs.config)
     try:
         tree = Tree(database, schemas=[schema_name], listing_timeout=0.05, heading_timeout=3, catalog_timeout=60)
