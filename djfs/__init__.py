@@ -17,13 +17,13 @@ from .settings import Config, ConfigError, LazyConfig
 config: Config = LazyConfig()  # read from dj_local_conf.json / $DJ_CONFIG / DJ_* on first use
 
 from . import blob, errors  # noqa: E402
-from .condition import Not, Top  # noqa: E402
+from .relational.condition import Not, Top  # noqa: E402
 from .connection import Connection, conn  # noqa: E402
 from .errors import DjfsError  # noqa: E402
-from .expression import QueryExpression, U  # noqa: E402
-from .schema import Schema, VirtualModule  # noqa: E402
-from .table import FreeTable  # noqa: E402
-from .user_tables import Computed, Imported, Lookup, Manual, Part  # noqa: E402
+from .relational.expression import QueryExpression, U  # noqa: E402
+from .relational.schema import Schema, VirtualModule  # noqa: E402
+from .relational.table import FreeTable  # noqa: E402
+from .relational.user_tables import Computed, Imported, Lookup, Manual, Part  # noqa: E402
 
 DataJointError = DjfsError
 create_virtual_module = VirtualModule  # DataJoint's older name

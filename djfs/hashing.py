@@ -6,7 +6,7 @@ SHA-256 over the bytes below, encoded base64 URL-safe without padding (43 charac
     serialized object  ||  0x00  ||  origin
 
 where ``origin`` is the UTF-8 text ``<full table name>\\n<primary key as canonical JSON>[\\n<store>]`` — see
-``djfs.external.origin_of``.  The origin is kept in ``~external`` beside the hash so that any reader (the cache,
+``djfs.objects.external.origin_of``.  The origin is kept in ``~external`` beside the hash so that any reader (the cache,
 the mount, ``gc``) can verify an object without knowing where it came from.
 """
 

@@ -12,7 +12,9 @@ resident memory:
 
 against the same SQL the mount runs (its pages and its change probe), sent directly with pymysql, ``ls -lR`` /
 ``ls`` of an equivalent real directory tree on local disk, and ``ls -lR`` of the same tree served from memory by a
-Python FUSE file system with djfs's own readdirplus (the ceiling of FUSE through mfusepy on this machine).
+Python FUSE file system with djfs's own readdirplus (the ceiling of FUSE through mfusepy on this machine).  As
+``[info]``: the same tree served from memory through libfuse's low-level API with listings kept by the kernel
+(``djfs.testing.memoryfs``: opendir answered ENOSYS), cold and warm, with the requests that reached Python.
 
 Usage: python scripts/bench_listing.py [--repeat 3] [-o mount_option ...]
 """
@@ -44,18 +46,15 @@ def memory_main(mountpoint: str) -> None:
     and listings whose entries the kernel holds handed to libfuse whole), no SQL, no cache."""
     import ctypes
     import errno
-    import stat as stat_module
 
     from djfs.fs.libfuse import load_mfusepy
     mfusepy = load_mfusepy()
-    from djfs.fs.operations import FileSystem, fill_stat
+    from djfs.fs.callbacks import fill_stat
+    from djfs.fs.operations import FileSystem
+    from djfs.testing.memoryfs import DIRECTORY as directory
+    from djfs.testing.memoryfs import table_tree
 
-    directory = {"st_mode": stat_module.S_IFDIR | 0o555, "st_nlink": 2}
-    tree: dict[str, list[tuple[str, dict]]] = {"/": [("Trial", directory)], "/Trial": []}
-    for i in range(ROWS):
-        tree["/Trial"].append((f"trial={i}", directory))
-        tree[f"/Trial/trial={i}"] = [(name, {"st_mode": stat_module.S_IFREG | 0o444, "st_nlink": 1, "st_size": size})
-                                     for name, size in (("frames.npy", 192), ("row.json", 20))]
+    tree = table_tree(ROWS)
     attributes = {f"{base}/{name}".replace("//", "/"): value for base, entries in tree.items()
                   for name, value in entries}
     attributes["/"] = directory
@@ -210,7 +209,7 @@ class Bench:
         import pymysql
 
         from djfs.fs.tree import Table, probe_sql
-        from djfs.heading import Heading
+        from djfs.relational.heading import Heading
         connection = pymysql.connect(host=self.db.host, port=self.db.port, user=self.db.user,
                                      password=self.db.password or "", autocommit=True)
         result = {}
@@ -251,6 +250,35 @@ class Bench:
             return {"cold": cold, "warm": warm}
         finally:
             unmount(mountpoint, process)
+
+    def low_level_memory(self) -> dict:
+        """``ls -lR`` through the same tree served from memory by a Python FUSE on libfuse's low-level API whose
+        opendir answers ENOSYS, so that the kernel keeps listings (``djfs.testing.memoryfs``), with the
+        requests that reached Python during each run."""
+        from bench_mount import unmount, wait_mounted
+        mountpoint = tempfile.mkdtemp(prefix="lowlevel-", dir=self.root)
+        process = subprocess.Popen([sys.executable, "-m", "djfs.testing.memoryfs", mountpoint, "--rows", str(ROWS),
+                                    "--timeout", "60"])
+        wait_mounted(mountpoint, process)
+        try:
+            trials = os.path.join(mountpoint, "Trial")
+            c0 = self.memory_calls(mountpoint)
+            cold = timed(["ls", "-lR", trials])
+            c1 = self.memory_calls(mountpoint)
+            warm = timed(["ls", "-lR", trials])
+            c2 = self.memory_calls(mountpoint)
+            lines = subprocess.run(["ls", "-lR", trials], capture_output=True, text=True, check=True).stdout
+            assert sum(line.startswith("-") for line in lines.splitlines()) == 2 * ROWS
+            return {"cold": cold, "warm": warm, "cold_calls": self.calls(c0, c1), "warm_calls": self.calls(c1, c2)}
+        finally:
+            unmount(mountpoint, process)
+
+    @staticmethod
+    def memory_calls(mountpoint: str) -> dict[str, int]:
+        """The requests that reached ``memoryfs`` so far (the reading of them, a getxattr, left out)."""
+        from djfs.testing.memoryfs import CALLS_XATTR
+        calls = json.loads(os.getxattr(mountpoint, CALLS_XATTR))
+        return {f"calls.{name}": count for name, count in calls.items() if name != "getxattr"}
 
     def local_tree(self) -> Path:
         """The same layout on local disk: 10,000 directories of two files of the mount's sizes, and 100,000
@@ -306,13 +334,15 @@ def main() -> int:
     bench = Bench(root, args.options)
     try:
         bench.setup()
-        mounts, sqls, locals_, memories = [], [], [], []
+        mounts, sqls, locals_, memories, low_levels = [], [], [], [], []
         for _ in range(args.repeat):
             mounts.append(bench.through_mount())
             sqls.append(bench.sql_directly())
             locals_.append(bench.local())
             memories.append(bench.in_memory())
+            low_levels.append(bench.low_level_memory())
         mount, sql, local, memory = medians(mounts), medians(sqls), medians(locals_), medians(memories)
+        low_level = medians(low_levels)
     finally:
         bench.close()
         if not args.keep:
@@ -337,6 +367,10 @@ def main() -> int:
     growth = mount["rss_growth"] / MiB
     print(f"  {'daemon RSS growth over all of it':<38} {growth:7.1f} MiB (goal < 100 MiB) "
           f"[{'ok' if growth < 100 else 'MISSED'}]")
+    print(f"  [info] ceiling: low-level Python FUSE from memory, kernel-kept listings: cold {low_level['cold']:.2f} s, "
+          f"warm {low_level['warm']:.2f} s (high-level: cold {memory['cold']:.2f} s, warm {memory['warm']:.2f} s)")
+    for label in ("cold", "warm"):
+        print(f"  [info] requests reaching Python in it, {label:<13} {described(low_level[label + '_calls'])}")
     return 0
 
 

@@ -14,7 +14,7 @@ import pytest
 
 import djfs
 from djfs import cli
-from djfs.external_dj import datajoint_pack
+from djfs.objects.external_dj import datajoint_pack
 from djfs.errors import CorruptObjectError, DataError, DjfsError
 from djfs.stores import clear_store_cache
 
@@ -386,7 +386,7 @@ def test_s3_locations_are_derooted_as_datajoint_does(location, prefix):
 
 
 def test_object_names_and_hashes_are_datajoints():
-    from djfs.external_dj import Entry, md5, subfold
+    from djfs.objects.external_dj import Entry, md5, subfold
     packed = datajoint_pack([1, 2, 3])
     assert packed.hex() == "646a3000" "02" "0300000000000000" + "".join(
         f"0400000000000000" "0a" "0100" f"{k:02x}" for k in (1, 2, 3))
@@ -417,7 +417,7 @@ def test_datajoint_object_names_never_escape_a_store(tmp_path, name, valid):
 
 
 def test_hostile_names_from_the_database_are_refused():
-    from djfs.external_dj import Entry
+    from djfs.objects.external_dj import Entry
     digest = bytes(16)
     for row in [(digest, 1, "../x", None, None), (digest, 1, "a/b", None, None), (digest, 1, "..", None, None),
                 (digest, 1, None, "../../etc/passwd", None), (digest, 1, None, "/abs", None),

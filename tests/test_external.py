@@ -14,7 +14,7 @@ import djfs
 from djfs import blob, hashing
 from djfs.cache import open_cache
 from djfs.errors import CorruptObjectError, DeclarationError, MissingObjectError, QueryError, StoreError
-from djfs.external import origin_of
+from djfs.objects.external import origin_of
 
 
 @pytest.fixture

@@ -264,7 +264,7 @@ def test_gc_grace_zero_keeps_the_objects_of_an_insert_in_flight(schema, backend,
     A failed insert releases its locks, and then its object is an orphan that gc removes."""
     backend(schema)
     table = declare_items(schema)
-    from djfs.external import ExternalTable
+    from djfs.objects.external import ExternalTable
     uploaded, proceed = threading.Event(), threading.Event()
     commit = ExternalTable.commit
 

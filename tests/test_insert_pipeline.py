@@ -14,7 +14,7 @@ import pytest
 import djfs
 from djfs import blob, hashing
 from djfs.errors import StoreError
-from djfs.external import origin_of, serialize
+from djfs.objects.external import origin_of, serialize
 from djfs.stores import file as file_store
 from djfs.stores.file import FileStore
 
@@ -89,7 +89,7 @@ def movies_table(schema, kind: str):
 @pytest.mark.parametrize("layout", ["C", "F", "strided", "small"])
 @pytest.mark.parametrize("kind", ["npy@", "external"])
 def test_insert_stores_the_plain_serialization_under_its_hash(file_schema, small_pieces, monkeypatch, kind, layout):
-    monkeypatch.setattr(djfs.external, "STAGE_THRESHOLD", 1)  # every value takes the staged, pipelined path
+    monkeypatch.setattr(djfs.objects.external, "STAGE_THRESHOLD", 1)  # every value takes the staged, pipelined path
     schema, root = file_schema
     table = movies_table(schema, kind)
     value = LAYOUTS[layout]()
@@ -119,7 +119,7 @@ def failing_on_write(monkeypatch, n: int) -> list[int]:
 @pytest.mark.parametrize("staged", [True, False], ids=["staged", "put"])
 @pytest.mark.parametrize("kind", ["npy@", "external"])
 def test_a_write_failing_midway_leaves_no_object_and_no_row(file_schema, small_pieces, monkeypatch, kind, staged):
-    monkeypatch.setattr(djfs.external, "STAGE_THRESHOLD", 1 if staged else 1 << 40)
+    monkeypatch.setattr(djfs.objects.external, "STAGE_THRESHOLD", 1 if staged else 1 << 40)
     schema, root = file_schema
     table = movies_table(schema, kind)
     original = file_store._write_all

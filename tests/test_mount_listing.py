@@ -187,7 +187,7 @@ def test_the_change_probe_sees_every_change_the_mount_shows_and_nothing_else(db_
     """Against the real server: inserts, deletes, updates of each kind of column change the token; reads and
     changes of bytes the mount reads afresh at open (a blob's tail) don't."""
     from djfs.fs.tree import Database, Table, Tree
-    from djfs.heading import Heading
+    from djfs.relational.heading import Heading
     connection.query(f"CREATE DATABASE `{schema_name}`")
     connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, a varchar(8) COLLATE utf8mb4_bin, "
                      f"b varchar(8) COLLATE utf8mb4_general_ci, doc longtext, data longblob, PRIMARY KEY (k))")

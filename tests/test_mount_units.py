@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from djfs import blob
-from djfs.external import view_of
+from djfs.objects.external import view_of
 from djfs.fs import paths, views
 from djfs.fs.mount import MountError, MountOptions
 from djfs.fs.tree import Memo, Unavailable
-from djfs.heading import Attribute
+from djfs.relational.heading import Attribute
 
 
 def attribute(name: str, sql_type: str, kind: str | None = None) -> Attribute:
@@ -94,7 +94,7 @@ def test_a_compressed_blob_with_a_short_prefix_asks_for_the_whole_blob():
 
 
 def test_row_json_is_json_for_every_type():
-    from djfs.heading import Heading
+    from djfs.relational.heading import Heading
     heading = Heading({name: attribute(name, sql, kind) for name, sql, kind in [
         ("day", "date", None), ("uid", "binary(16)", "uuid"), ("flag", "tinyint", "bool"), ("x", "double", None),
         ("data", "longtext", "json"), ("raw", "varbinary(4)", None)]})
@@ -163,7 +163,7 @@ def test_memo_weighs_values_and_expires_by_value():
 def test_row_json_is_the_indented_json_of_the_row(values):
     import json
 
-    from djfs.heading import Heading
+    from djfs.relational.heading import Heading
     kinds = {"doc": ("longtext", "json"), "b": ("tinyint", "bool"), "f": ("double", None)}
     heading = Heading({name: attribute(name, *kinds.get(name, ("varchar(64)", None))) for name in values})
     document = views.row_json(heading, values)

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 import djfs
 from djfs import hashing, npy
 from djfs.errors import CorruptObjectError, DataError, DeclarationError
-from djfs.external import origin_of
+from djfs.objects.external import origin_of
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def test_malformed_objects_raise_corrupt_object_error(data):
 @pytest.fixture
 def staged_always(monkeypatch):
     """Every value takes the path of large ones: written to a hidden file while hashed, renamed at upload."""
-    monkeypatch.setattr(djfs.external, "STAGE_THRESHOLD", 1)
+    monkeypatch.setattr(djfs.objects.external, "STAGE_THRESHOLD", 1)
 
 
 def hidden_files(root) -> list:

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .. import hashing
 from ..errors import CorruptObjectError
 from ..stores.base import pread_all
+
+if TYPE_CHECKING:
+    import hashlib
 
 MAGIC = b"DJFSCK01"
 _FOOTER = struct.Struct("<8sQII")

@@ -1,4 +1,4 @@
-"""The mount's files of DataJoint 0.12-0.14's kinds (``djfs.external_dj``).
+"""The mount's files of DataJoint 0.12-0.14's kinds (``djfs.objects.external_dj``).
 
 * ``blob@store``: ``<attr>.npy`` / ``.bin`` / ``.blob``, the same views as ``external`` (``views``);
 * ``attach@store`` and in-table ``attach``: the attachment under its own name, ``<attr>/<attachment name>``;
@@ -30,8 +30,8 @@ from typing import Any, BinaryIO
 from cachetools import LRUCache, TTLCache
 
 from ..errors import CorruptObjectError, DjfsError, MissingObjectError, StoreError
-from ..external import View
-from ..external_dj import TABLE_PREFIX, Entry, check_attachment_name
+from ..objects.external import View
+from ..objects.external_dj import TABLE_PREFIX, Entry, check_attachment_name
 from ..settings import store_spec
 from . import views
 

@@ -42,6 +42,7 @@ from ..errors import BlobError, DjfsError
 from ..settings import Config
 from ..stores import configured_store
 from . import views
+from .callbacks import fd_bufvec, fill_stat, memory_bufvec, pin_thread_state
 from .datajoint_files import DataJointFiles
 from .libfuse import can_invalidate, describe, load_mfusepy
 from .reader import Handle, MemoryHandle, Piece, Reader, Stats, StoredObject, join
@@ -53,49 +54,8 @@ mfusepy = load_mfusepy()  # libfuse 3 unless chosen otherwise (djfs.fs.libfuse),
 
 STATS_XATTR = "user.djfs.stats"
 ENODATA = getattr(errno, "ENODATA", getattr(errno, "ENOATTR", 61))
-FUSE_BUF_IS_FD = 1 << 1
-FUSE_BUF_FD_SEEK = 1 << 2
 FUSE_CAP_SPLICE_WRITE = 1 << 7
 FUSE_CAP_SPLICE_MOVE = 1 << 8
-
-
-_BUF_FIELDS = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p), ("fd", ctypes.c_int),
-               ("pos", ctypes.c_int64)]
-if (mfusepy.fuse_version_major, mfusepy.fuse_version_minor) >= (3, 17):
-    _BUF_FIELDS.append(("mem_size", ctypes.c_size_t))
-
-
-class _Buf(ctypes.Structure):
-    """libfuse's ``struct fuse_buf``, as the loaded libfuse lays it out (3.17 appends ``mem_size``): a vector of
-    several buffers must have libfuse's stride."""
-    _fields_ = _BUF_FIELDS
-
-
-@functools.cache
-def _bufvec(count: int) -> type[ctypes.Structure]:
-    """libfuse's ``struct fuse_bufvec`` with ``count`` inline buffers (its ``buf`` is a trailing array; mfusepy
-    declares it as a pointer)."""
-    class BufVec(ctypes.Structure):
-        _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t),
-                    ("buf", _Buf * count)]
-    return BufVec
-
-
-_libc = ctypes.CDLL(None)
-_libc.calloc.restype = ctypes.c_void_p
-_libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
-_libc.malloc.restype = ctypes.c_void_p
-_libc.malloc.argtypes = [ctypes.c_size_t]
-_libc.free.argtypes = [ctypes.c_void_p]
-
-
-def _address(data: bytes | bytearray) -> int:
-    """Where a bytes or bytearray object keeps its bytes (no copy), for one memmove into libfuse's buffer."""
-    if isinstance(data, bytearray):
-        return ctypes.addressof(ctypes.c_char.from_buffer(data)) if data else 0
-    if not isinstance(data, bytes):
-        raise TypeError(f"can't address {type(data).__name__}")
-    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
 
 
 def _fuse_errors(method: Callable) -> Callable:
@@ -150,8 +110,6 @@ class FileSystem(mfusepy.FUSE):
     without one.  The kernel then asks for the listing a buffer at a time; ``Operations.directory`` keeps it
     meanwhile, so it is built once per listing."""
 
-    _pinned: set[int] = set()  # libfuse threads whose Python thread state is kept
-
     def __init__(self, operations: Any, mountpoint: str, **options: Any) -> None:
         self._fuse: int | None = None      # libfuse's ``struct fuse *``, known from ``init`` to ``destroy``
         self._notify_lock = threading.Lock()
@@ -159,13 +117,8 @@ class FileSystem(mfusepy.FUSE):
         super().__init__(operations, mountpoint, **options)
 
     def _wrapper(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Every call, on libfuse's own threads: keep each such thread's Python thread state from one call to
-        the next (one ``PyGILState_Ensure`` never released) instead of Python creating and destroying one per
-        call (ctypes callbacks on foreign threads): a fifth of the daemon's CPU time in ``ls -lR``."""
-        thread = threading.get_ident()
-        if thread not in self._pinned:
-            ctypes.pythonapi.PyGILState_Ensure()
-            self._pinned.add(thread)
+        """Every call, on libfuse's own threads: its thread state kept (``callbacks.pin_thread_state``)."""
+        pin_thread_state()
         if self._count is not None:
             self._count(func.__name__)
         return super()._wrapper(func, *args, **kwargs)
@@ -224,21 +177,7 @@ class FileSystem(mfusepy.FUSE):
         return 0
 
 
-_TIMESPECS = {"st_atime": "st_atimespec", "st_mtime": "st_mtimespec", "st_ctime": "st_ctimespec"}
 STAT_SIZE = ctypes.sizeof(mfusepy.c_stat)
-
-
-def fill_stat(entry: Any, attributes: dict[str, Any]) -> None:
-    """Write attributes as ``Operations`` makes them (``struct stat`` fields, times in nanoseconds) into a
-    ``struct stat``: what ``mfusepy.set_st_attrs`` does, without its checks per key (1.4 µs instead of 2.5:
-    readdirplus fills one per entry)."""
-    for key, value in attributes.items():
-        timespec = _TIMESPECS.get(key)
-        if timespec is None:
-            setattr(entry, key, value)
-        else:
-            field = getattr(entry, timespec)
-            field.tv_sec, field.tv_nsec = divmod(value, 1_000_000_000)
 
 
 if can_invalidate(mfusepy):
@@ -625,36 +564,17 @@ class Operations(mfusepy.Operations):
             pieces = None if segments is not None else self._pieces(path, size, offset, fi)
         except mfusepy.FuseOSError as error:
             return -error.errno
-        kind = _bufvec(len(segments) if segments else 1)
-        vector = _libc.calloc(1, ctypes.sizeof(kind))  # libfuse frees it
-        if not vector:
-            return -errno.ENOMEM
-        buffers = kind.from_address(vector)
+        # libfuse frees the vector and its memory buffer once it has replied
         if segments is not None:
-            buffers.count = len(segments)
-            for buffer, (fd, position, length) in zip(buffers.buf, segments):
-                buffer.size = length
-                buffer.flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK
-                buffer.fd = fd
-                buffer.pos = position
-            self.stats.add("reads")
-            self.stats.add("read_bytes", sum(segment[2] for segment in segments))
+            vector = fd_bufvec(segments)
         else:
             assert pieces is not None
-            buffers.count = 1
-            total = sum(piece[2] for piece in pieces)
-            memory = _libc.malloc(max(1, total))  # libfuse frees it (fuse_free_buf)
-            if not memory:
-                _libc.free(vector)
-                return -errno.ENOMEM
-            position = 0
-            for data, start, length in pieces:
-                ctypes.memmove(memory + position, _address(data) + start, length)
-                position += length
-            buffers.buf[0].size = total
-            buffers.buf[0].mem = memory
-            if hasattr(buffers.buf[0], "mem_size"):
-                buffers.buf[0].mem_size = total
+            vector = memory_bufvec(pieces)
+        if not vector:
+            return -errno.ENOMEM
+        if segments is not None:
+            self.stats.add("reads")
+            self.stats.add("read_bytes", sum(segment[2] for segment in segments))
         ctypes.cast(bufpp, ctypes.POINTER(ctypes.c_void_p))[0] = vector
         return 0
 

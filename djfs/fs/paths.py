@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 from urllib.parse import quote, quote_from_bytes, unquote, unquote_to_bytes
 
-from ..heading import Attribute
+from ..relational.heading import Attribute
 
 #: printable ASCII that stays as is; '/' and '%' are escaped (so are controls, NUL and non-ASCII)
 SAFE = "".join(c for c in string.punctuation + " " if c not in "/%")

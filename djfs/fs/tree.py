@@ -49,9 +49,9 @@ from .. import hashing
 from ..singleflight import SingleFlight
 from ..connection import Connection
 from ..errors import ConnectionLostError, DjfsError, QueryError
-from ..external import EXTERNAL_TABLE
-from ..heading import Heading
-from ..user_tables import class_name
+from ..objects.external import EXTERNAL_TABLE
+from ..relational.heading import Heading
+from ..relational.user_tables import class_name
 from . import datajoint_files, paths, views
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """How one stored value becomes one file of the mount.
 
 Every blob or external attribute of a row is one file, named after the attribute and the *view* of its value
-(``djfs.external.view_of`` decides it when an external value is stored; for blobs kept inside MySQL the same
+(``djfs.objects.external.view_of`` decides it when an external value is stored; for blobs kept inside MySQL the same
 rules are applied here to the blob's first bytes):
 
 ``<attr>.npy``   a numeric or boolean array with ndim >= 1: a real ``.npy`` (header + column-major data) that
@@ -38,8 +38,8 @@ import numpy as np
 
 from .. import blob, npy
 from ..errors import CorruptObjectError
-from ..external import View
-from ..heading import Heading
+from ..objects.external import View
+from ..relational.heading import Heading
 from . import tiff
 
 EXTENSIONS = {"npy": ".npy", "bytes": ".bin", "blob": ".blob", "tif": ".tif"}

@@ -51,16 +51,16 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from . import blob, hashing, npy
-from .errors import CorruptObjectError, DjfsError, MissingObjectError, StoreError
-from .settings import Config
+from .. import blob, hashing, npy
+from ..errors import CorruptObjectError, DjfsError, MissingObjectError, StoreError
+from ..settings import Config
 
 if TYPE_CHECKING:
-    from .condition import Where
-    from .connection import Connection
-    from .expression import QueryExpression as Table
+    from ..relational.condition import Where
+    from ..connection import Connection
+    from ..relational.expression import QueryExpression as Table
     from .gc import GCReport
-    from .stores.base import Staged
+    from ..stores.base import Staged
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class ExternalTable:
     def config(self) -> Config:
         if self._config is not None:
             return self._config
-        from . import config
+        from .. import config
         return config
 
     @property
@@ -222,7 +222,7 @@ class ExternalTable:
 
     @functools.cached_property
     def datajoint(self):
-        """DataJoint 0.12-0.14's ``~external_<store>`` tables of this schema (``djfs.external_dj``)."""
+        """DataJoint 0.12-0.14's ``~external_<store>`` tables of this schema (``djfs.objects.external_dj``)."""
         from .external_dj import DataJointStores
         return DataJointStores(self.connection, self.database)
 
@@ -243,7 +243,7 @@ class ExternalTable:
                                      "table_name = %s", (self.database, EXTERNAL_TABLE)).fetchone() is not None
 
     def set_folder(self, folder: str) -> None:
-        from .stores import validate_folder
+        from ..stores import validate_folder
         self._folder = validate_folder(folder)
         self.declare()
 
@@ -256,12 +256,12 @@ class ExternalTable:
 
     def store(self, name: str = "", folder: str | None = None):
         """The store object of the default ('') or a named store, for this schema's folder."""
-        from .stores import configured_store, store_settings
+        from ..stores import configured_store, store_settings
         store_settings(self.config, name, self.database)  # a missing setting is named before a missing folder
         return configured_store(self.config, name, folder or self.folder, self.database)
 
     def cache(self):
-        from .cache import open_cache
+        from ..cache import open_cache
         location = self.config["cache-location"]
         return open_cache(location, self.config["cache-size"]) if location else None
 
@@ -359,8 +359,8 @@ class ExternalTable:
         cache = self.cache()
         if cache is None:
             return
-        from .cache import CacheError
-        from .cache.objects import RECORD_SUMS_OVER
+        from ..cache import CacheError
+        from ..cache.objects import RECORD_SUMS_OVER
         for obj in objects:
             if obj.sums is not None and obj.packed.size > RECORD_SUMS_OVER:
                 try:
@@ -488,7 +488,7 @@ class ExternalTable:
     def read_object(self, entry: dict, bar=None) -> bytearray:
         """The bytes of one object, checked against its hash (``verify-reads = size``: its size only), through
         the cache when one is configured."""
-        from .cache.through import read_object
+        from ..cache.through import read_object
         hash_ = hashing.validate(entry["hash"])
         size, origin = int(entry["size"]), bytes(entry["origin"])
         store = self.store(entry["store"], entry["folder"])

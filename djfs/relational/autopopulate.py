@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from .errors import DjfsError
+from ..errors import DjfsError
 
 if TYPE_CHECKING:
     from .expression import QueryExpression

@@ -24,13 +24,13 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .condition import Not, Top, Where, assert_join_compatibility, make_condition
-from .errors import DjfsError, QueryError
+from ..errors import DjfsError, QueryError
 from .fetch import Fetch, Fetch1, limit_clause, order_clause
 from .heading import Heading
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .external import ExternalTable
+    from ..connection import Connection
+    from ..objects.external import ExternalTable
 
 _aliases = itertools.count()
 IDENTIFIER = re.compile(r"^\s*(?P<name>[A-Za-z_]\w*)\s*$")
@@ -79,7 +79,7 @@ class QueryExpression:
         found = self._find_external(database)
         if found is not None:
             return found
-        from .external import ExternalTable
+        from ..objects.external import ExternalTable
         return ExternalTable(self.connection, database)
 
     # -- reading
@@ -219,7 +219,7 @@ class QueryExpression:
     aggregate = aggr
 
     def __repr__(self) -> str:
-        from . import config
+        from .. import config
         limit = config["display.limit"]
         try:
             rows = self.fetch(limit=limit, as_dict=True, format_objects=False)

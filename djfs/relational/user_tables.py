@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from . import autopopulate
-from .errors import DeclarationError
+from ..errors import DeclarationError
 from .naming import BASE_NAME, PART_NAME, class_name, to_camel_case, to_snake_case  # noqa: F401 - re-exported
 from .table import Table
 
@@ -46,7 +46,7 @@ class AutoPopulate(UserTable):
         return autopopulate.default_key_source(self)
 
     def populate(self, *restrictions: Any, **options: Any) -> dict:
-        """See ``djfs.autopopulate.populate`` (DataJoint's arguments and result)."""
+        """See ``djfs.relational.autopopulate.populate`` (DataJoint's arguments and result)."""
         return autopopulate.populate(self, *restrictions, **options)
 
 

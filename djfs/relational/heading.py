@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from ..connection import Connection
 
 #: djfs types that are not plain SQL types, kept as ``:<type>:`` at the start of the column comment
 SPECIAL_TYPE = re.compile(r"^:(?P<type>uuid|json|bool|external(?:-[a-z][a-z0-9_]*)?|npy@(?:[a-z][a-z0-9_]*)?"
                           r"|(?:blob|attach|filepath)@[a-z][-\w]*|attach):(?P<comment>.*)$", re.S)
-#: DataJoint 0.12-0.14's own kinds (``djfs.external_dj``): the type is the kind, the store in ``Attribute.store``
+#: DataJoint 0.12-0.14's own kinds (``djfs.objects.external_dj``): the type is the kind, the store in ``Attribute.store``
 DATAJOINT_KINDS = ("blob@", "attach@", "filepath@", "attach")
 BLOB_TYPES = ("tinyblob", "blob", "mediumblob", "longblob")
 

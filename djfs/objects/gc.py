@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import hashing
-from .errors import DjfsError, IntegrityError
+from .. import hashing
+from ..errors import DjfsError, IntegrityError
 
 if TYPE_CHECKING:
     from .external import ExternalTable

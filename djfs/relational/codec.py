@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import blob
+from .. import blob
 from .condition import sql_value
-from .errors import DataError, QueryError
+from ..errors import DataError, QueryError
 from .heading import Attribute
 
 
@@ -45,7 +45,7 @@ def encode(attribute: Attribute, value: Any, where: str, external_hash: Callable
         if value is None and attribute.default is not None:
             return DEFAULT  # as DataJoint: None for an attribute with a default means the default
         raise DataError(f"{where} can't be NULL")
-    if attribute.is_external or attribute.datajoint_kind:  # DataJoint's kinds: djfs.external_dj encoded it
+    if attribute.is_external or attribute.datajoint_kind:  # DataJoint's kinds: djfs.objects.external_dj encoded it
         return external_hash()
     if attribute.is_blob:
         return blob.pack(value)

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import external_dj
+from ..objects import external_dj
 from .codec import decode
-from .errors import QueryError
+from ..errors import QueryError
 
 if TYPE_CHECKING:
     from .expression import QueryExpression as Table
@@ -96,7 +96,7 @@ def as_record_array(table: "Table", names: list[str], rows: list[dict]) -> np.nd
 
 def _format(format: str | None) -> str:
     if format is None:
-        from . import config
+        from .. import config
         format = config["fetch_format"]
     if format not in ("array", "frame"):
         raise QueryError(f"fetch format must be 'array' or 'frame', not {format!r}")

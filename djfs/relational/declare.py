@@ -22,8 +22,8 @@ from typing import Any
 
 from pymysql.converters import escape_string
 
-from .errors import DeclarationError
-from .settings import STORE_NAME
+from ..errors import DeclarationError
+from ..settings import STORE_NAME
 
 EXTERNAL_TABLE = "~external"
 HASH_SQL_TYPE = "char(43) CHARACTER SET ascii COLLATE ascii_bin"
@@ -56,7 +56,7 @@ TYPE_PATTERNS: list[tuple[re.Pattern, str | None]] = [(re.compile(p, re.I), sql)
     (r"^json$", "longtext"),
     (rf"^external(-{STORE_NAME})?$", HASH_SQL_TYPE),
     (rf"^npy@({STORE_NAME})?$", HASH_SQL_TYPE),   # external object stored as .npy (djfs.npy)
-    (r"^(blob|attach|filepath)@[a-z][-\w]*$", "binary(16)"),  # DataJoint 0.12-0.14's kinds (djfs.external_dj)
+    (r"^(blob|attach|filepath)@[a-z][-\w]*$", "binary(16)"),  # DataJoint 0.12-0.14's kinds (djfs.objects.external_dj)
     (r"^attach$", "longblob"),
 ]]
 SPECIAL_TYPES = ("uuid", "json", "bool", "boolean")

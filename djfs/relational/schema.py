@@ -8,10 +8,10 @@ import re
 import types
 from typing import Any
 
-from .connection import Connection, conn
+from ..connection import Connection, conn
 from .declare import declare
-from .errors import DeclarationError, DjfsError
-from .external import ExternalTable
+from ..errors import DeclarationError, DjfsError
+from ..objects.external import ExternalTable
 from .table import check_safemode, confirm
 from .user_tables import Lookup, Part, UserTable, class_name, tier_of, to_camel_case
 

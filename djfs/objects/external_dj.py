@@ -37,16 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import blob
-from .errors import CorruptObjectError, DataError, DjfsError, IntegrityError, MissingObjectError, StoreError
+from .. import blob
+from ..errors import CorruptObjectError, DataError, DjfsError, IntegrityError, MissingObjectError, StoreError
 from .external import TRUSTED_SIZE, ExternalTable
-from .hashing import ObjectId
-from .settings import Config, store_spec
+from ..hashing import ObjectId
+from ..settings import Config, store_spec
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from ..connection import Connection
     from .gc import GCReport
-    from .table import Table
+    from ..relational.table import Table
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def check_attachment_name(name: object) -> str:
 
 def check_relative_path(path: object) -> str:
     """A filepath's relative path from the database: '/'-separated names, none '.', '..' or hidden."""
-    from .stores.base import NAME_KEYS
+    from ..stores.base import NAME_KEYS
     if not NAME_KEYS.is_valid(path):
         raise CorruptObjectError(f"refusing relative path {str(path)[:100]!r} of a filepath: {NAME_KEYS.rule}")
     return path  # type: ignore[return-value]
@@ -406,7 +406,7 @@ class DataJointExternal:
             self._declared = True
 
     def store(self):
-        from .stores import open_datajoint_store
+        from ..stores import open_datajoint_store
         return open_datajoint_store(self.spec, timeout=self.config["store-timeout"],
                                     retries=self.config["store-retries"],
                                     max_concurrency=self.config["transfer-threads"])
@@ -436,7 +436,7 @@ class DataJointExternal:
     def read(self, entry: Entry) -> bytearray:
         """A blob's bytes, checked against its MD5 (``verify-reads = size``: its size only), through the cache
         when one is configured: the same path as ``external``'s objects."""
-        from .cache.through import read_object
+        from ..cache.through import read_object
         store, key = self.store(), self.key(entry)
         if entry.size > TRUSTED_SIZE and store.size(key) != entry.size:  # no huge allocation on a row's word
             raise CorruptObjectError(f"object {key!r} in {store.describe()} does not have the {entry.size} bytes "
@@ -555,7 +555,7 @@ class DataJointExternal:
 
     def _sweep_orphans(self, report: "GCReport", dry_run: bool, grace: float) -> None:
         from .gc import remove_orphans
-        from .stores import validate_prefix
+        from ..stores import validate_prefix
         folds = self.spec["subfolding"]
         cutoff = time.time() - grace
         candidates = {}

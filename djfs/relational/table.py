@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import external_dj
+from ..objects import external_dj
 from .codec import DEFAULT, encode
 from .condition import Where, sql_value
-from .errors import DataError, DjfsError, DuplicateError, QueryError
+from ..errors import DataError, DjfsError, DuplicateError, QueryError
 from .expression import QueryExpression
 from .heading import Heading
 from .naming import class_name, master_of
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .external import ExternalTable
+    from ..connection import Connection
+    from ..objects.external import ExternalTable
 
 log = logging.getLogger(__name__)
 
@@ -445,7 +445,7 @@ class _Cancelled(Exception):
 def check_safemode(safemode: bool | None, what: str, bypass: str = "safemode=False") -> bool:
     """The effective safemode; refuses when it is on and no terminal can answer the question."""
     if safemode is None:
-        from . import config
+        from .. import config
         safemode = config["safemode"]
     if safemode and not (sys.stdin is not None and sys.stdin.isatty()):
         raise DjfsError(f"{what}: safemode is on and stdin is not a terminal, so nobody can confirm; pass "
@@ -505,7 +505,7 @@ def _delete_rows(connection: "Connection", database: str, table: str, where: Whe
     if not table.startswith("~"):
         externals = Heading.load(connection, database, table).externals
         if externals:
-            from .external import ExternalTable
+            from ..objects.external import ExternalTable
             ExternalTable(connection, database).mark_deleted(full, where, externals)
     cursor = connection.query(f"DELETE FROM {full} WHERE {where.sql}", where.args, context=f"delete from {full}")
     if counts is not None:

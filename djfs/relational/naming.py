@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import DeclarationError
+from ..errors import DeclarationError
 
 CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 #: DataJoint's table names: an optional tier prefix, then snake_case; ``<master>__<part>`` for part tables

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import QueryError
+from ..errors import QueryError
 from .heading import Heading
 
 if TYPE_CHECKING:
