@@ -103,6 +103,7 @@ def test_row_json_is_json_for_every_type():
     import json
     assert json.loads(document) == {"day": "2024-01-02", "uid": str(uuid.UUID(int=1)), "flag": True, "x": None,
                                     "data": {"a": 1}, "raw": "0001"}
+    assert b'"flag": true' in document  # not 1 (which equals True in Python)
 
 
 def test_mount_options():
