@@ -12,9 +12,10 @@ import pytest
 from djfs import blob
 from djfs.objects.external import view_of
 from djfs.fs import paths, views
-from djfs.fs.mount import MountError, MountOptions
+from djfs.fs.mount import MountError, MountOptions, uses_s3
 from djfs.fs.tree import Memo, Unavailable
 from djfs.relational.heading import Attribute
+from djfs.settings import Config
 
 
 def attribute(name: str, sql_type: str, kind: str | None = None) -> Attribute:
@@ -209,3 +210,22 @@ def test_readdirplus_entries_from_templates_are_their_attributes(spec):
     fill_stat(expected, operations.entry_attributes("/s/T", "k=1", spec))
     operations.fill_entry(filled, "/s/T", "k=1", spec)
     assert bytes(filled) == bytes(expected)
+
+
+S3_SPEC = {"protocol": "s3", "endpoint": "s3.example.org", "bucket": "b", "access_key": "a", "secret_key": "s",
+           "location": "dj"}
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({}, False),
+    ({"external-location": "file:///data/store"}, False),
+    ({"external-location": "s3://bucket/prefix"}, True),
+    ({"external-location": "file:///data", "external-location-raw": "s3+http://127.0.0.1:9000/b"}, True),
+    ({"stores": {"raw": {"protocol": "file", "location": "/data"}}}, False),
+    ({"stores": {"raw": {"protocol": "file", "location": "/data"}, "cloud": S3_SPEC}}, True),
+])
+def test_the_mount_preloads_boto3_only_when_a_store_is_on_s3(settings, expected):
+    config = Config()
+    for key, value in settings.items():
+        config[key] = value
+    assert uses_s3(config) is expected

@@ -254,6 +254,32 @@ def test_a_remount_serves_checked_part_files_by_descriptor_and_never_a_damaged_b
     assert again.cache.stats()["damaged"] == 1
 
 
+def test_a_cold_read_copies_the_blocks_it_holds_and_never_checks_their_files_back(s3_server, s3_bucket, link,
+                                                                                  tmp_path, monkeypatch):
+    """Blocks just fetched from the store (held in memory) are served from memory even once their part files are
+    on disk: a cold read reads no part file back to check it whole before handing it to libfuse."""
+    from djfs.cache import CheckedFile
+    data, oid, key = put_object(s3_server, s3_bucket, 4 << 20, seed=11)
+    obj = StoredObject(oid, len(data), link.store(s3_bucket), key)
+    checked = []
+    original = CheckedFile.verify
+    monkeypatch.setattr(CheckedFile, "verify", lambda file, *args: checked.append(file) or original(file, *args))
+    reader = make_reader(tmp_path)
+    handle = reader.open_stored(obj, b"", 0, obj.size)
+    chunk, half = 128 * KiB, obj.size // 2
+    try:
+        first = b"".join(read_by_descriptor(handle, offset, chunk) for offset in range(0, half, chunk))
+        reader.cache.flush()                               # the blocks fetched so far are in part files now
+        assert any((tmp_path / "cache" / "blocks" / oid.key).iterdir())
+        second = b"".join(read_by_descriptor(handle, offset, chunk) for offset in range(half, obj.size, chunk))
+    finally:
+        handle.close()
+        reader.close()
+    assert first + second == data
+    assert counter(reader, "reads_by_descriptor") == 0
+    assert checked == []
+
+
 def test_a_corrupt_object_read_in_full_fails_and_leaves_nothing_cached(s3_server, s3_bucket, link, tmp_path,
                                                                        caplog):
     data, oid, key = put_object(s3_server, s3_bucket, 3 << 20, seed=7)
@@ -329,7 +355,7 @@ def test_a_remounted_daemon_rereads_from_the_cache_without_requests(schema, s3_s
     """Through real mounts: a cold sequential read of a large value keeps every block it read in the disk cache,
     so after an unmount and a new mount on the same cache the re-read makes no request to the store and is served
     by the part files' descriptors; a part file damaged before the next mount has its damaged block alone
-    fetched again, never served."""
+    fetched again, never served.  (And the daemon loads boto3 before it mounts.)"""
     with djfs.config.override(**s3_config(s3_server, "reread")):
         schema.set_external_storage(s3_server.create_bucket(f"djfs-reread-{uuid.uuid4().hex[:12]}"))
 
@@ -359,6 +385,8 @@ def test_a_remounted_daemon_rereads_from_the_cache_without_requests(schema, s3_s
         mount.stop()  # the daemon finishes its cache writes before it exits
         if run == 0:
             assert requests > 0
+            log = mount.log_text()  # S3 configured: boto3 was loaded before the mount answered anything
+            assert log.index("botocore's S3 model loaded") < log.index("mounting "), log
         else:
             assert requests == run - 1, requests      # none, then the damaged block's
             assert by_descriptor > 0

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import traceback
+import uuid
 from pathlib import Path
 
 import pytest
@@ -395,6 +396,63 @@ def test_s3_ranged_reads_skip_botocores_pipeline_and_never_show_their_signed_url
     texts.append(error_text(caught.value))
     assert_no_secret(*texts)
     assert not any("Signature" in text or "X-Amz" in text for text in texts), texts
+
+
+def test_s3_clients_share_one_session_preloaded_and_keep_their_own_credentials(s3_server, s3_bucket, monkeypatch):
+    """After ``preload()`` (the mount does it before it answers a read), a store's first client loads none of
+    botocore's model files: one boto3 session per process; each client keeps its store's credentials and
+    endpoint."""
+    import botocore.loaders
+
+    from djfs.stores import s3
+    s3.preload()
+    loads = []  # botocore's model and endpoint files read from disk
+    original = botocore.loaders.JSONFileLoader.load_file
+    monkeypatch.setattr(botocore.loaders.JSONFileLoader, "load_file",
+                        lambda self, path: loads.append(path) or original(self, path))
+    good = S3Store(s3_bucket, "p", s3_server.endpoint, "us-east-1", ACCESS, SECRET, timeout=5, retries=0)
+    other = S3Store(s3_bucket, "q", f"http://127.0.0.1:{free_port()}", "eu-west-1", "AKIAOTHERKEY", "other-secret",
+                    timeout=1, retries=0)
+    good.put(KEY, b"shared session")
+    assert good.get(KEY) == b"shared session"
+    assert loads == []
+    credentials = [store._client._request_signer._credentials for store in (good, other)]
+    assert [(c.access_key, c.secret_key) for c in credentials] == [(ACCESS, SECRET), ("AKIAOTHERKEY", "other-secret")]
+    assert [store._client.meta.region_name for store in (good, other)] == ["us-east-1", "eu-west-1"]
+    assert other._client.meta.endpoint_url == other.endpoint_url
+
+
+def test_s3_ranged_reads_of_a_key_reuse_its_presigned_url_and_a_refused_one_is_signed_again(s3rver, monkeypatch):
+    """The mount's ranged GETs of one key reuse its presigned URL (the range is not signed): one signature for
+    many reads, one per key; after ``PRESIGNED_REUSE`` a new one; a reused URL refused with 403 (credentials
+    rotated) is signed anew once, without spending a retry.  s3rver checks signatures."""
+    from djfs.stores import s3
+    store = s3rver.store(s3rver.create_bucket(f"djfs-presign-{uuid.uuid4().hex[:8]}"), "p", retries=0)
+    data = bytes(range(256)) * 400
+    store.put(KEY, data)
+    store.put("ab/cd/other", data[:1000])
+    signed = []
+    client = store._client
+    original = client.generate_presigned_url
+    monkeypatch.setattr(client, "generate_presigned_url", lambda *a, **k: signed.append(k["Params"]["Key"]) or
+                        original(*a, **k))
+
+    def read(key: str, offset: int, length: int) -> bytes:
+        with store.open_range(key, offset, length) as stream:
+            return stream.read_exact(length)
+    for offset in range(0, 50_000, 10_000):
+        assert read(KEY, offset, 5000) == data[offset:offset + 5000]
+    assert read("ab/cd/other", 10, 100) == data[10:110]
+    assert signed == ["p/" + KEY, "p/ab/cd/other"]
+    with store._lock:                                   # the kept URL's signature no longer holds
+        store._urls["p/" + KEY] = store._urls["p/" + KEY].replace("Signature=", "Signature=AAAA")
+    assert read(KEY, 7, 70) == data[7:77]
+    assert signed[2:] == ["p/" + KEY]
+    monkeypatch.setattr(store, "_urls", s3.TTLCache(maxsize=s3.PRESIGNED_KEPT, ttl=0.05))
+    assert read(KEY, 0, 10) == data[:10]
+    time.sleep(0.1)
+    assert read(KEY, 0, 10) == data[:10]
+    assert signed[3:] == ["p/" + KEY] * 2
 
 
 def test_s3_unreachable_endpoint_fails_in_bounded_time():

@@ -405,6 +405,30 @@ def _raise_open_files_limit() -> None:
         log.info("open files limit left as it is: %s", error)
 
 
+def uses_s3(config: Any) -> bool:
+    """Whether any store of the configuration is on S3 (djfs's ``external-location[-<store>]``, DataJoint's
+    ``stores``)."""
+    locations = [config[key] for key in config if key.startswith("external-location")]
+    return any(isinstance(location, str) and location.startswith("s3") for location in locations) or \
+        any(spec.get("protocol") == "s3" for spec in (config["stores"] or {}).values())
+
+
+def _preload_s3(config: Any) -> None:
+    """Load boto3 and botocore's S3 model before the mount appears (0.1–0.5 s on a loaded machine), when a store is
+    on S3: else a fresh mount's first reads wait for it (measured: the first 8 random reads of a fresh mount
+    waited 0.2–0.45 s for their client).  No store's client is made, no connection opened, no thread started."""
+    if not uses_s3(config):
+        return
+    started = time.monotonic()
+    try:
+        from ..stores import s3
+        s3.preload()
+    except Exception as error:  # only an optimisation: the first client loads it then
+        log.info("S3 preload skipped: %s", error)
+        return
+    log.info("boto3 and botocore's S3 model loaded in %.2f s", time.monotonic() - started)
+
+
 def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     """The daemon, in the foreground: returns when the file system is unmounted."""
     from .. import config
@@ -432,6 +456,7 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     fuse_options.update(options.fuse)
     if debug:
         fuse_options["debug"] = True
+    _preload_s3(config)
     log.info("mounting %s with %s (cache %s; kernel timeouts %g s%s)", mountpoint, describe(mfusepy),
              config["cache-location"], options.entry_timeout,
              ", invalidated on change" if can_invalidate(mfusepy) else "")

@@ -224,12 +224,17 @@ class BlockHandle(_ViewHandle):
 
     def fd_segments(self, offset: int, size: int) -> list[Segment] | None:
         """(fd, position, length) of each block file the request lies in, when every one of them was checked whole
-        by this process: libfuse reads them itself, no copy through Python.  None otherwise (then ``pieces``)."""
+        by this process: libfuse reads them itself, no copy through Python.  None otherwise (then ``pieces``), and
+        when the blocks are in memory: a cold read's blocks, just fetched and checked, are copied from there rather
+        than each part file read back and checked whole first (measured: 0.1-0.2 s less daemon CPU per GiB, and the
+        read-ahead, which follows the copied reads, keeps its 8 MiB parts)."""
         hlen = len(self.header)
         if offset < hlen or offset >= self.size:
             return None
         start = self.data_offset + offset - hlen
         stop = start + min(size, self.size - offset)
+        if self.reader.in_memory(self.obj, start, stop):
+            return None  # fresh from the store (a cold read): copied from memory, no whole-file check of its file
         segments: list[Segment] = []
         while start < stop:
             found = self._segment_at(start)
@@ -486,6 +491,12 @@ class Reader:
         with self._lock:
             data = self._memory.get(key)
             return data if data is not None else self._unwritten.get(key)
+
+    def in_memory(self, obj: StoredObject, start: int, stop: int) -> bool:
+        """Whether every block of object bytes ``start..stop`` is held in memory (its LRU order untouched)."""
+        keys = [(obj.hash, index) for index in range(start // self.block_size, (stop - 1) // self.block_size + 1)]
+        with self._lock:
+            return all(key in self._memory or key in self._unwritten for key in keys)
 
     def cached_segment(self, obj: StoredObject, start: int) -> tuple[int, CheckedFile] | None:
         """(object offset of its data, file) of a block file holding object offset ``start`` that this process

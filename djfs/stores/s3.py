@@ -10,11 +10,15 @@
 * Ranged GETs (the mount's ``open_range``: many small requests; the parts of ``get_into``) go out as presigned
   GETs through the client's own connection pool (its TLS settings, proxies and timeouts), skipping botocore's
   per-request pipeline (events, serialization, signing, parsing: ~2.3 ms of CPU per GET here, ~0.6 ms this way);
-  the signed URL is never shown.
+  the signed URL is never shown.  A key's URL serves its ranged GETs for ``PRESIGNED_REUSE`` seconds (signing
+  was a sixth of the mount's Python time on random reads); a 403 on a reused URL is retried with a fresh one.
 * Credentials are the explicit ones when given, else boto3's standard chain (``AWS_*`` variables, profiles,
   instance roles).  They are kept out of every message and ``repr``: errors name the bucket and the endpoint.
 * The boto3 client is created on first use, and again in a forked child: no connection or thread exists before
-  a FUSE daemon forks, and a child never shares its parent's sockets.
+  a FUSE daemon forks, and a child never shares its parent's sockets.  Every store's client comes from one boto3
+  session per process (``_session``): a session loads botocore's S3 model and endpoint rules (0.2–0.5 s with the
+  imports, on a loaded machine), its clients share them (a second client costs ~5 ms).  ``preload()`` does that
+  loading ahead (the mount, before it answers its first read: a fresh daemon's first reads don't wait for it).
 """
 
 from __future__ import annotations
@@ -29,15 +33,56 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from cachetools import TTLCache
+
 from ..errors import CorruptObjectError, MissingObjectError, StoreError
 from .base import STRICT_KEYS, Data, Filled, KeyRule, ObjectInfo, RangeStream, Store, as_chunks, check_size, validate_prefix
 
 MiB = 1 << 20
-PRESIGNED_SECONDS = 900   # validity of a presigned GET (made per request: only needs to outlive the request)
+PRESIGNED_SECONDS = 900   # validity of a presigned GET
+PRESIGNED_REUSE = 60.0    # seconds a key's presigned GET serves further ranged GETs (the range is not signed)
+PRESIGNED_KEPT = 1024     # presigned GETs a store keeps for reuse
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller parts (except the last one)
 MAX_PARTS = 10_000
 _T = TypeVar("_T")
+
+_session_lock = threading.Lock()
+_session_of: tuple[int, Any] | None = None   # (pid, the boto3 session every store's client comes from)
+
+
+def _new_session_lock() -> None:
+    """In a forked child: a fresh lock (another thread of the parent may have held it at the fork)."""
+    global _session_lock
+    _session_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_session_lock)
+
+
+def _session() -> Any:
+    """The process's boto3 session (a new one in a forked child); call with ``_session_lock`` held: a session is
+    not thread-safe, its clients are."""
+    global _session_of
+    if _session_of is None or _session_of[0] != os.getpid():
+        try:
+            import boto3
+        except ImportError as error:  # pragma: no cover - boto3 is a dependency
+            raise StoreError("the S3 store needs boto3: pip install boto3") from error
+        _session_of = (os.getpid(), boto3.session.Session())
+    return _session_of[1]
+
+
+def preload() -> None:
+    """Load what every S3 client needs (boto3, botocore's S3 model and endpoint rules) into the process's session,
+    by building a client that is never used: no credentials are looked up, no connection is opened, no thread is
+    started.  Then the first real client costs milliseconds."""
+    from botocore.config import Config
+    with _session_lock:
+        _session().client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
+                          aws_access_key_id="preload", aws_secret_access_key="preload",
+                          config=Config(s3={"addressing_style": "path"}))
+
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
@@ -158,6 +203,7 @@ class S3Store(Store):
             addressing_style = "path" if endpoint_url and not host.endswith("amazonaws.com") else "auto"
         self.addressing_style = addressing_style
         self._lock = threading.Lock()
+        self._urls: TTLCache = TTLCache(maxsize=PRESIGNED_KEPT, ttl=PRESIGNED_REUSE)  # key -> its presigned GET
         self._client_pid: int | None = None
         self._client_object: Any = None
         self._bucket_checked = False
@@ -182,7 +228,6 @@ class S3Store(Store):
 
     def _make_client(self) -> Any:
         try:
-            import boto3
             from botocore.config import Config
         except ImportError as error:  # pragma: no cover - boto3 is a dependency
             raise StoreError("the S3 store needs boto3: pip install boto3") from error
@@ -204,8 +249,9 @@ class S3Store(Store):
             credentials = dict(aws_access_key_id=self._access_key.reveal(),
                                aws_secret_access_key=self._secret_key.reveal())
         region = self.region or _region_of(self.endpoint_url)
-        session = boto3.session.Session(region_name=region, **credentials)
-        return session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        with _session_lock:
+            return _session().client("s3", region_name=region, endpoint_url=self.endpoint_url, config=config,
+                                     **credentials)
 
     def _key(self, key: str) -> str:
         self.keys.validate(key)
@@ -467,7 +513,6 @@ class S3Store(Store):
         mode (connection errors, 429 and 5xx answers); a response shaped like ``get_object``'s (``Body``,
         ``ContentEncoding``), or None when this botocore lacks the parts (then the caller uses ``get_object``).
         Errors never show the URL: it carries a signature."""
-        from botocore.awsrequest import AWSRequest
         from botocore.exceptions import BotoCoreError
         from botocore.response import StreamingBody
 
@@ -481,11 +526,7 @@ class S3Store(Store):
             if attempt:
                 time.sleep(min(2.0, 0.05 * 2 ** attempt))
             try:
-                url = client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": full},
-                                                    ExpiresIn=PRESIGNED_SECONDS)
-                request = AWSRequest(method="GET", url=url, headers=headers).prepare()
-                request.stream_output = True
-                response = session.send(request)
+                response = self._send_presigned(client, session, full, headers, fresh=attempt > 0)
             except BotoCoreError as error:  # its message may hold the URL: only its kind is told
                 problem = type(error).__name__
                 continue
@@ -496,13 +537,7 @@ class S3Store(Store):
                 length = response.headers.get("Content-Length")
                 body = StreamingBody(response.raw, int(length) if length is not None else None)
                 return {"Body": body, "ContentEncoding": response.headers.get("Content-Encoding")}
-            document = b""
-            try:
-                document = response.raw.read(64 * 1024)  # the error document; then the connection is free again
-            except Exception:
-                pass
-            finally:
-                response.raw.release_conn()
+            document = _error_document(response)
             if status == 404 and b"<Code>NoSuchBucket</Code>" in document:
                 raise StoreError(f"can't read {key!r} in {self.describe()}: bucket {self.bucket!r} does not exist "
                                  f"at {self.endpoint_url or 'the default AWS endpoint'}")
@@ -515,6 +550,34 @@ class S3Store(Store):
             if status not in _RETRY_STATUS:
                 break
         raise StoreError(f"can't read {key!r} in {self.describe()}: {problem}")
+
+    def _send_presigned(self, client: Any, session: Any, full: str, headers: dict[str, str], fresh: bool) -> Any:
+        """Send a presigned GET of bucket key ``full``; a 403 on a reused URL (signed with credentials rotated
+        since) is sent once more, signed anew."""
+        from botocore.awsrequest import AWSRequest
+        while True:
+            reused, url = self._presigned_url(client, full, fresh)
+            request = AWSRequest(method="GET", url=url, headers=headers).prepare()
+            request.stream_output = True
+            response = session.send(request)
+            if not (reused and response.status_code == 403):
+                return response
+            _error_document(response)
+            fresh = True
+
+    def _presigned_url(self, client: Any, full: str, fresh: bool) -> tuple[bool, str]:
+        """(whether it is reused, a presigned GET of bucket key ``full``): the key's URL signed within the last
+        ``PRESIGNED_REUSE`` seconds, unless ``fresh``; the range header is not part of what is signed."""
+        if not fresh:
+            with self._lock:
+                url = self._urls.get(full)
+            if url is not None:
+                return True, url
+        url = client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": full},
+                                            ExpiresIn=PRESIGNED_SECONDS)
+        with self._lock:
+            self._urls[full] = url
+        return False, url
 
     def get_into(self, key: str, buffer: memoryview, filled: Filled | None = None) -> None:
         view = memoryview(buffer).cast("B")
@@ -607,6 +670,17 @@ def _region_of(endpoint_url: str | None) -> str | None:
     if host.endswith("amazonaws.com"):
         return None
     return "us-east-1"  # what MinIO, Ceph and moto expect unless configured otherwise
+
+
+def _error_document(response: Any) -> bytes:
+    """The start of an answer that is not the object (an S3 error document), read so the connection is free
+    again."""
+    try:
+        return response.raw.read(64 * 1024)
+    except Exception:
+        return b""
+    finally:
+        response.raw.release_conn()
 
 
 def _plain_body(response: dict) -> Any:
