@@ -45,10 +45,12 @@ def memory_main(mountpoint: str) -> None:
     """The ceiling of any Python FUSE file system here: the same tree (10,000 directories of two files) served
     from a dict by djfs's own ``FileSystem`` (readdirplus, no opendir, no xattrs, the kernel's timeouts of 60 s
     and listings whose entries the kernel holds handed to libfuse whole), no SQL, no cache."""
+    import ctypes
     import errno
 
     from djfs.fs.libfuse import load_mfusepy
     mfusepy = load_mfusepy()
+    from djfs.fs.callbacks import fill_stat
     from djfs.fs.operations import FileSystem
     from djfs.testing.memoryfs import DIRECTORY as directory
     from djfs.testing.memoryfs import table_tree
@@ -83,8 +85,9 @@ def memory_main(mountpoint: str) -> None:
         def entries_given(self, path: str) -> None:
             given[path] = time.monotonic()
 
-        def entry_attributes(self, path: str, name: str, value) -> dict:
-            return value
+        def fill_entry(self, entry, path: str, name: str, value) -> None:
+            ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
+            fill_stat(entry, value)
 
         def entry_type(self, path: str, name: str, value) -> tuple[int, int]:
             return (value or directory)["st_mode"], 0

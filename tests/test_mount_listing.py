@@ -112,6 +112,8 @@ def test_ls_lR_costs_queries_per_page_not_per_row_and_no_getattr_per_entry(lab, 
     # readdirplus: the listing gave the kernel every entry's attributes; ls did not stat them one by one
     getattrs = after.get("getattrs", 0) - before.get("getattrs", 0)
     assert getattrs < rows // 4, getattrs
+    # every row's directory was made from its subject's listing, no path resolved (Tree._list_row_from_parent)
+    assert after["rows_from_listings"] - before["rows_from_listings"] == rows
     directories = 1 + len(SUBJECTS) + rows
     first_readdirs = calls(after, *LISTING_CALLS[api]) - calls(before, *LISTING_CALLS[api])
     assert first_readdirs >= 2 * directories  # with offsets: each directory's end is asked for by a call
@@ -286,17 +288,24 @@ def test_changes_made_elsewhere_reach_a_kernel_that_keeps_entries_for_long(lab, 
         assert mount.stats()["invalidated_paths"] > 0
 
 
+def small_table(connection, schema_name: str, rows: int) -> None:
+    """A new schema with one table ``t`` (k, note, data): rows k = 1, 2, ... noted 'a', 'b', ...; only k = 3 holds
+    a blob (three int64)."""
+    connection.query(f"CREATE DATABASE `{schema_name}`")
+    connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, note varchar(32), data longblob, "
+                     f"PRIMARY KEY (k))")
+    for k in range(1, rows + 1):
+        connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (%s, %s, %s)",
+                         (k, "abcdefgh"[k - 1], blob.pack(np.arange(3)) if k == 3 else None))
+
+
 def test_the_watcher_has_the_kernel_forget_only_rows_that_changed(db_config, connection, schema_name):
     """Against the real server, without FUSE: what a listing handed out is compared with the table's rows once
     they changed; only the rows that vanished or changed (their directories and files) and the table's directory
     are to be forgotten, unchanged rows are not; a dropped table is forgotten whole, once."""
     from djfs.fs.tree import Database, Tree
     from djfs.fs.watch import Holdings, Watcher
-    connection.query(f"CREATE DATABASE `{schema_name}`")
-    connection.query(f"CREATE TABLE `{schema_name}`.`t` (k int NOT NULL, note varchar(16), data longblob, "
-                     f"PRIMARY KEY (k))")
-    connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (1, 'a', NULL), (2, 'b', NULL), (3, 'c', %s), "
-                     f"(4, 'd', NULL)", (blob.pack(np.arange(3)),))
+    small_table(connection, schema_name, 4)
     database = Database(djfs.config)
     forgotten: list[str] = []
     try:
@@ -349,5 +358,51 @@ def test_the_watcher_has_the_kernel_forget_only_rows_that_changed(db_config, con
                     f"{base}/a=1/b=2/row.json"}
         assert rounds_until(lambda: set(forgotten) >= expected)
         assert set(forgotten) == expected
+    finally:
+        database.close()
+
+
+def test_row_directories_are_listed_from_their_tables_listing_and_stay_current(db_config, connection, schema_name):
+    """Against the real server, without FUSE: once a table is listed, its rows' directories are made from that
+    listing's records (counted in ``rows_from_listings``), no path resolved, no query; a row changed or deleted
+    afterwards is listed changed or gone once the table's probe sees it (``listing_timeout``); an altered table
+    (another heading) is listed with its new columns once its heading is asked again (``heading_timeout``)."""
+    from djfs.fs.tree import Database, NotFound, Tree
+    small_table(connection, schema_name, 5)
+    database = Database(djfs.config)
+    try:
+        tree = Tree(database, schemas=[schema_name], listing_timeout=0.05, heading_timeout=3, catalog_timeout=60)
+        base = f"/{schema_name}/T"
+
+        def files(k: int) -> dict:
+            return {name: spec for name, spec in tree.list(f"{base}/k={k}")}
+
+        def note(k: int) -> str:
+            return json.loads(files(k)["row.json"].content)["note"]
+        assert [name for name, _ in tree.list(base)] == [f"k={k}" for k in range(1, 6)]
+        queries = database.queries
+        assert [sorted(files(k)) for k in range(1, 5)] == [["row.json"]] * 2 + [["data.npy", "row.json"]] + \
+            [["row.json"]]
+        assert tree.rows_from_listings == 4
+        assert database.queries - queries <= 1  # the table's probe, if it was due: no query per row
+        assert files(3)["data.npy"].size == 128 + 3 * 8  # the .npy header, then three int64
+        assert note(4) == "d"
+        # a stat of a file after its directory was listed (libfuse 2's ls -l) takes the row the listing made
+        assert tree.lookup(f"{base}/k=3/data.npy").file is files(3)["data.npy"]
+
+        connection.query(f"UPDATE `{schema_name}`.`t` SET note = 'changed' WHERE k = 2")
+        connection.query(f"DELETE FROM `{schema_name}`.`t` WHERE k = 3")
+        assert wait_for(lambda: note(2) == "changed", timeout=2)  # the probe's time (well before the heading's)
+        with pytest.raises(NotFound):
+            tree.list(f"{base}/k=3")
+        # listed again at the new token: its rows are made from the new listing again
+        assert [name for name, _ in tree.list(base)] == ["k=1", "k=2", "k=4", "k=5"]
+        made = tree.rows_from_listings
+        assert note(1) == "a" and note(4) == "d"
+        assert tree.rows_from_listings == made + 2
+
+        connection.query(f"ALTER TABLE `{schema_name}`.`t` ADD COLUMN extra int NOT NULL DEFAULT 7")
+        assert wait_for(lambda: json.loads(files(5)["row.json"].content).get("extra") == 7, timeout=10)
+        assert json.loads(files(1)["row.json"].content)["extra"] == 7  # listed before the change: not kept
     finally:
         database.close()

@@ -104,6 +104,7 @@ def test_row_json_is_json_for_every_type():
     import json
     assert json.loads(document) == {"day": "2024-01-02", "uid": str(uuid.UUID(int=1)), "flag": True, "x": None,
                                     "data": {"a": 1}, "raw": "0001"}
+    assert b'"flag": true' in document  # not 1 (which equals True in Python)
 
 
 def test_mount_options():
@@ -203,6 +204,30 @@ def test_readdirplus_fills_a_struct_stat_as_mfusepy_does(attributes):
     fill_stat(filled, attributes)
     assert bytes(filled) == bytes(expected)
     assert filled.st_mtimespec.tv_sec == attributes["st_mtime"] // 10**9 and filled.st_ino == attributes["st_ino"]
+
+
+STARTED = 1_795_986_326.25
+
+
+@pytest.mark.parametrize("spec", [None, views.FileSpec("row.json", "json", 37, STARTED, 77, "json"),
+                                  views.FileSpec("x.npy", "npy", 5 << 30, 1_700_000_000.123456, (1 << 62) + 3,
+                                                 "external"),
+                                  views.FileSpec("empty.bin", "bytes", 0, STARTED - 1.5, 9, "inline")])
+def test_readdirplus_entries_from_templates_are_their_attributes(spec):
+    """``fill_entry`` copies a template and sets what differs: the struct equals ``fill_stat`` of the entry's
+    attributes byte for byte, for a directory, and files dated at the mount's start or not, empty or not."""
+    import ctypes
+
+    from djfs.fs.operations import Operations, fill_stat, mfusepy
+    from djfs.fs.tree import Tree
+    operations = Operations(MountOptions(uid=1234, gid=567), {})
+    operations._tree = Tree(None)  # only its start time is read: no query
+    operations._tree.started = STARTED
+    expected, filled = mfusepy.c_stat(), mfusepy.c_stat()
+    ctypes.memset(ctypes.byref(filled), 0xA5, ctypes.sizeof(filled))  # whatever a previous entry left there
+    fill_stat(expected, operations.entry_attributes("/s/T", "k=1", spec))
+    operations.fill_entry(filled, "/s/T", "k=1", spec)
+    assert bytes(filled) == bytes(expected)
 
 
 S3_SPEC = {"protocol": "s3", "endpoint": "s3.example.org", "bucket": "b", "access_key": "a", "secret_key": "s",

@@ -271,6 +271,12 @@ class Operations:
         else ``getattr``'s."""
         return value if isinstance(value, dict) else self.getattr(join(path, name))
 
+    def fill_entry(self, entry: Any, path: str, name: str, value: Any) -> None:
+        """Write ``entry_attributes`` into ``entry``, a ``struct stat`` (how the high-level API's readdirplus,
+        ``operations.FileSystem``, asks for them; djfs's ``Operations`` does it from templates)."""
+        ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
+        fill_stat(entry, self.entry_attributes(path, name, value))
+
     def open(self, path: str, fi: Any) -> int:
         """Set ``fi.fh`` for ``read``/``release`` and ``fi.keep_cache`` (the kernel may keep the pages it cached
         before)."""

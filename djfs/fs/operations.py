@@ -163,11 +163,11 @@ class FileSystem(mfusepy.FUSE):
         plus = bool(flags & FUSE_READDIR_PLUS)
         for index in range(offset, len(entries)):
             name, spec = entries[index]
-            ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
             complete = FUSE_FILL_DIR_PLUS if plus and name not in (".", "..") else 0
             if complete:
-                fill_stat(entry, operations.entry_attributes(decoded, name, spec))
+                operations.fill_entry(entry, decoded, name, spec)
             else:  # the kernel keeps only the type and the inode
+                ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
                 entry.st_mode, entry.st_ino = operations.entry_type(decoded, name, spec)
             if filler(buf, name.encode(self.encoding, self.errors), entry, index + 1, complete) != 0:
                 break
@@ -175,6 +175,9 @@ class FileSystem(mfusepy.FUSE):
             if plus:
                 operations.entries_given(decoded)
         return 0
+
+
+STAT_SIZE = ctypes.sizeof(mfusepy.c_stat)
 
 
 if can_invalidate(mfusepy):
@@ -399,6 +402,37 @@ class Operations(mfusepy.Operations):
             return self._file_attributes(spec)
         return self._directory_attributes(f"{path.rstrip('/')}/{name}", self.tree.started)
 
+    def fill_entry(self, entry: Any, path: str, name: str, spec: views.FileSpec | None) -> None:
+        """Write one entry's ``entry_attributes`` into ``entry``, a ``struct stat``: a copy of its kind's template,
+        then its inode, size and times (when not the mount's start): 0.6 µs instead of ``fill_stat``'s 3, and
+        readdirplus fills one per entry."""
+        started = self.tree.started
+        if spec is None:
+            template, mtime, ino, size = self._stat_templates[0], started, _directory_inode(
+                f"{path.rstrip('/')}/{name}"), 0
+        else:
+            template, mtime, ino, size = self._stat_templates[1], spec.mtime, spec.ino, spec.size
+        ctypes.memmove(ctypes.addressof(entry), ctypes.addressof(template), STAT_SIZE)
+        entry.st_ino = ino
+        if size:
+            entry.st_size = size
+            entry.st_blocks = (size + 511) // 512
+        if mtime != started:
+            seconds, nanoseconds = divmod(int(mtime * 1e9), 1_000_000_000)
+            for times in (entry.st_atimespec, entry.st_mtimespec, entry.st_ctimespec):
+                times.tv_sec, times.tv_nsec = seconds, nanoseconds
+
+    @functools.cached_property
+    def _stat_templates(self) -> tuple[Any, Any]:
+        """(a directory's, a file's) ``struct stat`` as ``entry_attributes`` makes them, dated at the mount's
+        start, with inode and size 0."""
+        started = self.tree.started
+        templates = mfusepy.c_stat(), mfusepy.c_stat()
+        fill_stat(templates[0], {**self.entry_attributes("/", "template", None), "st_ino": 0})
+        fill_stat(templates[1], self.entry_attributes("/", "template", views.FileSpec("", "json", 0, started, 0,
+                                                                                       "json")))
+        return templates
+
     def entry_type(self, path: str, name: str, spec: views.FileSpec | None) -> tuple[int, int]:
         """(type, inode) of one entry of directory ``path``: all a plain readdir tells the kernel (with use_ino,
         an entry's inode must be given: an entry with inode 0 is skipped)."""
@@ -434,6 +468,8 @@ class Operations(mfusepy.Operations):
         counters = self.stats.snapshot()
         if self._database is not None:
             counters["sql_queries"] = self._database.queries
+        if self._tree is not None:
+            counters["rows_from_listings"] = self._tree.rows_from_listings
         counters["open_handles"] = len(self._handles)
         if self._watcher is not None:
             counters["invalidated_paths"] = self._watcher.invalidated
@@ -469,7 +505,7 @@ class Operations(mfusepy.Operations):
             raise DjfsError(f"{node.path}: {spec.error}")
         if spec.source == "json":
             assert spec.content is not None
-            return MemoryHandle(spec.content), spec.identity
+            return MemoryHandle(spec.content), views.digest_of(spec.content)
         if spec.source == "inline":
             return self._open_inline(node, spec)
         if spec.source == "datajoint":

@@ -41,7 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, NamedTuple
+from typing import Any, Callable, Hashable, NamedTuple, Sequence
 
 from cachetools import LRUCache
 
@@ -270,6 +270,17 @@ class Table:
                 columns.append(f"t.`{name}`")
         return columns, joins, layout
 
+    @functools.cached_property
+    def probe_query(self) -> str:
+        """The table's change probe (``probe_sql``)."""
+        return probe_sql(self)
+
+    @functools.cached_property
+    def key_positions(self) -> tuple[int, ...]:
+        """Where each primary-key value lies in a record of ``row_select``'s columns."""
+        first_column = {name: first for name, _, first in self.row_select[2]}
+        return tuple(first_column[name] for name in self.primary_key)
+
 
 @dataclass
 class Node:
@@ -313,6 +324,17 @@ class _RowListing(NamedTuple):
     until: float
 
 
+class _RowsLevel(NamedTuple):
+    """A listed directory whose entries are rows (the last key level), until ``until`` (monotonic): what the
+    rows' own directories are listed from without resolving their paths."""
+
+    table: "Table"
+    base: str          # the table's path
+    values: tuple      # the key prefix of the directory
+    names: tuple       # ... as its path spells it
+    until: float
+
+
 class Tree:
     """Resolves and lists paths with SQL; safe to call from many threads."""
 
@@ -339,7 +361,9 @@ class Tree:
         self._rows = Memo(None, maxsize=50_000)
         self._nodes: LRUCache = LRUCache(maxsize=100_000)  # path -> (table version, Node, Row or None)
         self._row_listings: LRUCache = LRUCache(maxsize=100_000)  # row directory's path -> _RowListing
+        self._rows_levels: LRUCache = LRUCache(maxsize=100_000)  # rows' level directory's path -> _RowsLevel
         self._lock = threading.Lock()
+        self.rows_from_listings = 0  # row directories listed from their parent's listing (the mount's stats)
 
     # -- catalog ---------------------------------------------------------------------------------------------
 
@@ -382,13 +406,15 @@ class Tree:
     def version(self, table: Table, stale_ok: bool) -> Hashable:
         """A token that changes whenever rows of ``table`` are inserted, deleted or changed (see ``probe``);
         asked of the server at most once per ``listing_timeout``; with ``stale_ok``, the last known one while
-        the database is unreachable."""
-        return self._versions.get((table.schema, table.name), lambda: self.probe(table), stale_ok)[0]
+        the database is unreachable.  Kept per heading (its probe): a table altered since is probed afresh, so
+        what was listed under the old heading, in the old columns, is never current for the new one."""
+        return self._versions.get((table.schema, table.name, table.probe_query), lambda: self.probe(table),
+                                  stale_ok)[0]
 
     def probe(self, table: Table) -> tuple[Hashable, float]:
         """(token, seconds it may be reused) from one aggregate query over the table (see ``probe_sql``)."""
         start = time.monotonic()
-        rows = self.db.rows(probe_sql(table))
+        rows = self.db.rows(table.probe_query)
         took = time.monotonic() - start
         return tuple(rows[0]) if rows else (), max(self.listing_timeout, PROBE_SHARE * took)
 
@@ -453,7 +479,7 @@ class Tree:
         if known is not None and known[0] == version and known[1].table is table:
             node, row = known[1], known[2]
         else:
-            node, row = self._node_below(table, path, parts)
+            node, row = self._node_below(table, path, parts, version)
             if node.file is None or not node.file.transient:
                 with self._lock:
                     self._nodes[path] = (version, node, row)
@@ -462,8 +488,10 @@ class Tree:
             holdings.row(table, f"/{schema}/{parts[1]}", version, names, node.values, row)
         return node
 
-    def _node_below(self, table: Table, path: str, parts: list[str]) -> tuple[Node, Row]:
-        """The node, and the row it belongs to (an empty one for a directory of the key levels)."""
+    def _node_below(self, table: Table, path: str, parts: list[str],
+                    version: Hashable = None) -> tuple[Node, Row]:
+        """The node, and the row it belongs to (an empty one for a directory of the key levels); ``version``:
+        the table's current token, if known."""
         schema, key = table.schema, table.primary_key
         depth = min(len(parts) - 2, len(key))
         try:
@@ -477,13 +505,27 @@ class Tree:
                         mtime=self.started), NO_FILES
         if len(parts) not in (2 + len(key) + 1, 2 + len(key) + 2):
             raise NotFound(path)
-        row = self.row(table, parts[2:2 + len(key)], values, stale_ok=True)
+        row = self._listed_row(table, version, "/" + "/".join(parts[:2 + len(key)]))
+        if row is None:
+            row = self.row(table, parts[2:2 + len(key)], values, stale_ok=True)
         spec = row.files.get("/".join(parts[2 + len(key):]))
         if spec is None:
             if len(parts) == 2 + len(key) + 1 and any(n.startswith(parts[-1] + "/") for n in row.files):
                 return Node("folder", path, schema, table, values, mtime=self.started), row
             raise NotFound(path)
         return Node("file", path, schema, table, values, spec, mtime=spec.mtime), row
+
+    def _listed_row(self, table: Table, version: Hashable, path: str) -> Row | None:
+        """The row of the row directory ``path`` as ``list`` made it, if it did at ``version`` (a stat of each
+        file after a listing, as with libfuse 2, then makes no row again); else None."""
+        if version is None:
+            return None
+        with self._lock:
+            known = self._row_listings.get(path)
+        if known is None or known.version != version or known.table is not table or \
+                time.monotonic() >= known.until:
+            return None
+        return known.row
 
     def prefix_exists(self, table: Table, names: list[str], values: tuple) -> bool:
         """Whether a directory of the key levels (or a row) exists, at the table's current version."""
@@ -536,7 +578,7 @@ class Tree:
         the database is down."""
         with self._lock:
             known = self._row_listings.get(path)
-        if known is not None and time.monotonic() < known.until:
+        if known is not None and time.monotonic() < known.until and self._heading_current(known.table):
             # a row directory listed before: reused while its table is unchanged (its catalog, as for lookups, up
             # to catalog_timeout): a second ``ls -lR`` resolves no path again
             try:
@@ -547,6 +589,9 @@ class Tree:
                 if self.holdings is not None:
                     self.holdings.row(known.table, self._base(path), current, known.names, known.values, known.row)
                 return known.entries
+        entries = self._list_row_from_parent(path)
+        if entries is not None:
+            return entries
         node = self.lookup(path)
         if node.kind == "root":
             names: Any = self.schemas(stale_ok=False)
@@ -558,6 +603,11 @@ class Tree:
             version, names = self._list_keys_at(node.table, node.values, stale_ok=False)
             if self.holdings is not None:
                 self.holdings.listing(node.table, self._base(path), version, node.values, path.rstrip("/"), names)
+            if len(node.values) + 1 == len(node.table.primary_key):  # its rows' directories: from this listing
+                with self._lock:
+                    self._rows_levels[path.rstrip("/")] = _RowsLevel(
+                        node.table, self._base(path), node.values, tuple(self._row_names(path)),
+                        time.monotonic() + self.catalog_timeout)
             if self.datajoint is not None and not node.values:  # learn the table's blob heads in parallel
                 self.datajoint.prefetch_table(self.db, node.table)
         elif node.kind in ("row", "folder"):
@@ -569,17 +619,59 @@ class Tree:
             if node.kind == "folder":  # the files of one attribute of DataJoint's kinds, under their own names
                 inside = path.rstrip("/").rsplit("/", 1)[-1] + "/"
                 return [(name[len(inside):], spec) for name, spec in row.files.items() if name.startswith(inside)]
-            folders = sorted({name.split("/")[0] for name in row.files if "/" in name})
-            entries = [(name, spec) for name, spec in row.files.items() if "/" not in name] + \
-                [(name, None) for name in folders]
-            if version is not None and not row.transient:
-                with self._lock:
-                    self._row_listings[path] = _RowListing(node.table, version, tuple(names), node.values, row,
-                                                           entries, time.monotonic() + self.catalog_timeout)
-            return entries
+            return self._row_entries(path, node.table, version, tuple(names), node.values, row)
         else:
             raise NotFound(path)
         return [(name, None) for name in names]
+
+    def _row_entries(self, path: str, table: Table, version: Hashable, names: tuple, values: tuple,
+                     row: Row) -> list[tuple[str, views.FileSpec | None]]:
+        """A row directory's entries (its files, then its folders), kept for listing it again while its table is
+        unchanged."""
+        files = row.files
+        entries: list[tuple[str, views.FileSpec | None]] = [(name, spec) for name, spec in files.items()
+                                                            if "/" not in name]
+        if len(entries) < len(files):
+            entries += [(name, None) for name in sorted({name.split("/")[0] for name in files if "/" in name})]
+        if version is not None and not row.transient:
+            with self._lock:
+                self._row_listings[path] = _RowListing(table, version, names, values, row, entries,
+                                                       time.monotonic() + self.catalog_timeout)
+        return entries
+
+    def _list_row_from_parent(self, path: str) -> list[tuple[str, views.FileSpec | None]] | None:
+        """A row directory's entries made straight from its parent's current listing, whose page brought the
+        row's columns: no path to resolve, no query, no row cache (``ls -lR`` lists each row right after its
+        parent).  None when that listing is not at hand at the table's current version: the full way then says
+        what the path is."""
+        parent, _, name = path.rstrip("/").rpartition("/")
+        with self._lock:
+            level = self._rows_levels.get(parent)
+        if level is None or time.monotonic() >= level.until or not self._heading_current(level.table):
+            return None
+        table = level.table
+        try:
+            version = self.version(table, stale_ok=False)
+        except (Unavailable, NotFound, DatabaseError):
+            return None
+        listing = self._listings.fresh(("keys", table.schema, table.name, level.values), version)
+        record = None if listing is None else listing.get(name)
+        if record is None:
+            return None
+        names = (*level.names, name)
+        _, _, layout = table.row_select
+        row = self._make_row(table, names, layout, record)
+        values = (*level.values, record[table.key_positions[-1]])
+        if self.holdings is not None:
+            self.holdings.row(table, level.base, version, names, values, row)
+        with self._lock:
+            self.rows_from_listings += 1
+        return self._row_entries(path, table, version, names, values, row)
+
+    def _heading_current(self, table: Table) -> bool:
+        """``table``'s heading is the one known, and known for less than ``heading_timeout`` (else the full way
+        loads it again: an altered table has other columns, other files)."""
+        return self._headings.fresh((table.schema, table.name)) is table
 
     @staticmethod
     def _row_names(path: str) -> list[str]:
@@ -607,8 +699,8 @@ class Tree:
             attribute = table.heading[column]
             rows_level = level + 1 == len(key)
             if rows_level:
-                columns, joins, layout = table.row_select
-                position = next(first for name, _, first in layout if name == column)
+                columns, joins, _ = table.row_select
+                position = table.key_positions[level]
             else:
                 columns, joins, position = [f"t.`{column}`"], [], 0
             prefix = " AND ".join(f"t.`{k}` = %s" for k in key[:level])
@@ -668,14 +760,15 @@ class Tree:
             if len(rows) != 1:
                 raise NotFound("/".join(names))
             record = rows[0]
-            key_values = tuple(record[first] for name, how, first in layout if table.heading[name].in_key)
+            key_values = tuple(record[first] for first in table.key_positions)
             if not self._canonical(table, key_values, names):
                 raise NotFound("/".join(names))
             return self._make_row(table, names, layout, record)
         return self._versioned_at(self._rows, ("row", table.schema, table.name, tuple(names)), table, load,
                                   stale_ok)
 
-    def _make_row(self, table: Table, names: list[str], layout: list[tuple[str, str, int]], record: tuple) -> Row:
+    def _make_row(self, table: Table, names: Sequence[str], layout: list[tuple[str, str, int]],
+                  record: tuple) -> Row:
         heading = table.heading
         where = "/".join([table.schema, table.name, *names])
         files: dict[str, views.FileSpec] = {}
@@ -703,8 +796,7 @@ class Tree:
                 files[extra.name] = extra
         content = views.row_json(heading, plain)
         files[views.ROW_FILE] = views.FileSpec(views.ROW_FILE, "json", len(content), self.started,
-                                               views.inode_of(where, views.ROW_FILE), "json",
-                                               identity=views.digest_of(content), content=content)
+                                               views.inode_of(where, views.ROW_FILE), "json", content=content)
         return Row(files)
 
     def _external_file(self, where: str, name: str, columns: tuple) -> views.FileSpec:
@@ -725,7 +817,7 @@ class Tree:
                               header=bytes(entry["view_header"] or b""),
                               data_offset=None if entry["data_offset"] is None else int(entry["data_offset"]))
 
-    def _inline_file(self, table: Table, names: list[str], where: str, name: str, length: int,
+    def _inline_file(self, table: Table, names: Sequence[str], where: str, name: str, length: int,
                      prefix: bytes) -> views.FileSpec:
         view = views.describe_inline(bytes(prefix), length)
         if view is None:  # a compressed blob whose header did not fit in the prefix: read it whole once
@@ -736,7 +828,7 @@ class Tree:
                               views.inode_of(where, name), "inline", name, header=view.header,
                               data_offset=view.data_offset)
 
-    def _values_of(self, table: Table, names: list[str]) -> list[Any]:
+    def _values_of(self, table: Table, names: Sequence[str]) -> list[Any]:
         key = table.primary_key
         return [paths.split_component(names[i], table.heading[key[i]]) for i in range(len(key))]
 

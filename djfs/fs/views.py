@@ -222,10 +222,22 @@ def _json_value(attribute, value: Any) -> Any:
     return value
 
 
+#: attribute types whose int or str values ``_json_value`` changes (every other int or str is written as is)
+_CONVERTED_TYPES = {"bool", "json"}
+
+
 def row_json(heading: Heading, values: dict[str, Any]) -> bytes:
     """``row.json``: the attributes that are not files, in heading order (dates as text, binary as hex)."""
-    document = {name: _json_value(heading[name], value) for name, value in values.items()}
-    if not document or any(isinstance(value, (dict, list)) for value in document.values()):
+    document: dict[str, Any] = {}
+    nested = False
+    for name, value in values.items():
+        # ints and strings (most keys) are written as they are, without asking _json_value: ls -lR makes
+        # thousands of these files
+        if (type(value) is not int and type(value) is not str) or heading[name].type in _CONVERTED_TYPES:
+            value = _json_value(heading[name], value)
+            nested = nested or isinstance(value, (dict, list))
+        document[name] = value
+    if not document or nested:
         text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
     else:  # json.dumps(indent=2)'s text, from one call of the C encoder (indent= takes the pure-Python one): ls -lR
         # makes thousands of these
