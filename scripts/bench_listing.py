@@ -16,7 +16,8 @@ Python FUSE file system with djfs's own readdirplus (the ceiling of FUSE through
 ``[info]``: the same tree served from memory through libfuse's low-level API with listings kept by the kernel
 (``djfs.testing.memoryfs``: opendir answered ENOSYS), cold and warm, with the requests that reached Python.
 
-Usage: python scripts/bench_listing.py [--repeat 3] [-o mount_option ...]
+Usage: python scripts/bench_listing.py [--repeat 3] [-o mount_option ...]  (``-o fuse_api=high``: the mount through
+mfusepy's high-level API instead of libfuse 3's low-level one)
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ class Bench:
             return {"cold": cold, "warm": warm, "flat": flat, "cold_queries": queries[1] - queries[0],
                     "warm_queries": queries[2] - queries[1], "flat_queries": queries[3] - queries[2],
                     "rss_growth": rss(process.pid) - start_rss, "cold_calls": self.calls(s0, s1),
-                    "warm_calls": self.calls(s1, s2), "flat_calls": self.calls(s2, s3)}
+                    "warm_calls": self.calls(s1, s2), "flat_calls": self.calls(s2, s3),
+                    "api": f"{s0['libfuse'].split(' (')[0]}, {s0.get('fuse_api', 'high')}-level API"}
         finally:
             unmount(mountpoint, process)
 
@@ -310,8 +312,9 @@ class Bench:
 
 
 def medians(runs: list[dict]) -> dict:
-    """Medians of the numbers; of the call counts (dicts), the last run's."""
-    return {key: runs[-1][key] if isinstance(runs[0][key], dict) else statistics.median(run[key] for run in runs)
+    """Medians of the numbers; of the call counts (dicts) and descriptions, the last run's."""
+    return {key: runs[-1][key] if isinstance(runs[0][key], (dict, str)) else
+            statistics.median(run[key] for run in runs)
             for key in runs[0]}
 
 
@@ -351,8 +354,8 @@ def main() -> int:
     def line(name: str, seconds: float, goal: str, verdict: bool, detail: str) -> None:
         print(f"  {name:<38} {seconds:7.2f} s  (goal {goal:>7}) [{'ok' if verdict else 'MISSED'}]  {detail}")
     print()
-    print(f"medians of {args.repeat} runs, each on a fresh mount; 'local' = the same tree on local disk"
-          + ("" if local["dropped"] else " (page cache not dropped: not root)"))
+    print(f"medians of {args.repeat} runs, each on a fresh mount ({mount['api']}); 'local' = the same tree on "
+          "local disk" + ("" if local["dropped"] else " (page cache not dropped: not root)"))
     line(f"ls -lR {ROWS} rows, cold", mount["cold"], "<= 3 s", mount["cold"] <= 3,
          f"{mount['cold_queries']:.0f} SQL queries; the same SQL directly {sql['trials']:.2f} s; "
          f"local disk {local['cold']:.2f} s; Python FUSE from memory {memory['cold']:.2f} s")

@@ -200,6 +200,34 @@ def wait_for(predicate, timeout: float = 5.0, step: float = 0.05):
         time.sleep(step)
 
 
+def quiet_windows(mount: "Mount", action, attempts: int = 3) -> list[dict[str, int]]:
+    """Run ``action`` until, during one run, no request reached the daemon (but the ``getxattr`` of its stats)
+    and it ran no SQL; returns what each run cost (``calls.*`` and ``sql``), the quiet one last ({}).  Several
+    tries, because something else on the machine (a benchmark's ``drop_caches``) may drop what the kernel keeps
+    in the middle of one; with nothing kept, no run is quiet."""
+    windows: list[dict[str, int]] = []
+    for _ in range(attempts):
+        before = mount.stats()
+        action()
+        after = mount.stats()
+        window = {key: after[key] - before.get(key, 0) for key in after
+                  if key.startswith("calls.") and key != "calls.getxattr" and after[key] != before.get(key, 0)}
+        if after.get("sql_queries", 0) != before.get("sql_queries", 0):
+            window["sql"] = after["sql_queries"] - before["sql_queries"]
+        windows.append(window)
+        if not window:
+            break
+    return windows
+
+
+def listing_or_errno(path) -> list[str] | int:
+    """A directory's sorted names, or the errno listing it fails with."""
+    try:
+        return sorted(os.listdir(path))
+    except OSError as error:
+        return error.errno
+
+
 def errno_of(function, *args) -> int | None:
     """The errno ``function(*args)`` fails with, or None if it succeeds."""
     try:

@@ -148,10 +148,13 @@ def test_answering_opendir_keeps_no_listing(memory_mounts) -> None:
     """The other way round (what libfuse's high-level API does): each listing reaches Python again."""
     mount = memory_mounts("--opendir")
     directory = mount.path("Trial", "trial=2")
+
+    def settled() -> dict[str, int]:  # RELEASEDIR follows close() asynchronously: counted once it came
+        return wait_for(lambda: (calls := mount.calls()).get("releasedir", 0) == calls["opendir"] and calls)
     os.listdir(directory)
-    first = mount.calls()
+    first = settled()
     os.listdir(directory)
-    again = mount.calls()
+    again = settled()
     assert again["readdirplus"] > first["readdirplus"]
     assert again["opendir"] == first["opendir"] + 1 and again["releasedir"] == first["releasedir"] + 1
 

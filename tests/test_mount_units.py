@@ -113,9 +113,27 @@ def test_mount_options():
     assert options.fuse == {"allow_other": True}
     assert (options.uid, options.file_mode, options.block_size) == (1000, 0o440, 8 << 20)
     assert options.schemas == ["a", "b", "c"]
-    for bad in ["rw", "fsname=x", "block_size=0", "dir_mode=800", "listing_timeout=-1", "uid", "password=x"]:
+    for bad in ["rw", "fsname=x", "block_size=0", "dir_mode=800", "listing_timeout=-1", "uid", "password=x",
+                "fuse_api=lowest", "fuse_api"]:
         with pytest.raises(MountError):
             MountOptions.parse([bad])
+
+
+def test_the_fuse_api_follows_libfuse_unless_chosen():
+    assert MountOptions.parse([]).api(3) == "low" and MountOptions.parse([]).api(2) == "high"
+    assert MountOptions.parse(["fuse_api=high"]).api(3) == "high"
+    assert MountOptions.parse(["fuse_api=low"]).api(3) == "low"
+    with pytest.raises(MountError, match="needs libfuse 3"):
+        MountOptions.parse(["fuse_api=low"]).api(2)
+    assert MountOptions.parse(["allow_other,max_read=65536"]).low_level_options() == ["allow_other", "max_read=65536"]
+
+
+def test_the_low_level_session_names_the_options_it_refuses():
+    from djfs.fs.lowlevel import refused_options
+    assert refused_options(["allow_other", "max_read=65536", "ro", "fsname=djfs:x", "subtype=djfs",
+                            "default_permissions"]) == []
+    assert refused_options(["use_ino", "allow_other", "entry_timeout=3", "kernel_cache"]) == \
+        ["use_ino", "entry_timeout=3", "kernel_cache"]
 
 
 def test_memo_serves_last_known_values_only_to_lookups_while_the_database_is_down():

@@ -1,7 +1,13 @@
 """Mount options, the daemon, mounting in the background, and unmounting (including stale mounts).
 
 ``djfs mount MOUNTPOINT [-f] [-o opt[,opt...]] [--schema NAME]...`` accepts, in ``-o``, the options below plus
-any libfuse option (``allow_other``, ``allow_root``, ``max_read=``, ``debug`` …), which are passed through.
+libfuse's mount options (``allow_other``, ``allow_root``, ``max_read=``, ``debug`` …), which are passed through
+(with the low-level API, only options libfuse's session takes: anything else is refused, naming it).
+
+With libfuse 3, the mount is served through libfuse's low-level API (``djfs.fs.carrier``): the kernel keeps
+directory listings, and the watcher tells it to forget those whose rows changed.  With libfuse 2, or
+``fuse_api=high``, through mfusepy's high-level API (``operations.FileSystem``), where every listing reaches the
+daemon.
 
 =====================  ==========  ==============================================================================
 option                 default     meaning
@@ -39,6 +45,8 @@ splice=                0           splice cache-file data into /dev/fuse
 read_ahead_kb=         1024        kernel read-ahead of the mount (root only; 0 keeps the kernel's 128)
 libfuse=               3, else 2   the libfuse to use, 2 or 3; without it ``$FUSE_LIBRARY_PATH`` /
                                    ``$FUSE_LIBRARY_NAME`` are honoured if set (see ``djfs.fs.libfuse``)
+fuse_api=              low, or     libfuse's API: ``low`` (libfuse 3 only; listings kept by the kernel) or
+                       high        ``high`` (mfusepy; the only one with libfuse 2)
 =====================  ==========  ==============================================================================
 
 Credentials come only from djfs's configuration (``DJ_HOST``/``DJ_USER``/``DJ_PASS``, ``dj_local_conf.json`` or
@@ -52,6 +60,7 @@ runtime sane; in the daemon, libfuse's ``init`` is still what starts every threa
 
 from __future__ import annotations
 
+import ctypes.util
 import dataclasses
 import logging
 import os
@@ -67,7 +76,8 @@ from typing import Any
 from ..errors import DjfsError
 from ..hashing import CHECK_BLOCK
 from ..settings import parse_size
-from .libfuse import LibfuseError, can_invalidate, describe, load_mfusepy, parse_version, resolve
+from .libfuse import (NAME_VARIABLE, PATH_VARIABLE, LibfuseError, can_invalidate, describe, load_mfusepy,
+                      parse_version, resolve)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +122,15 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+FUSE_APIS = ("low", "high")
+
+
+def _fuse_api(text: str) -> str:
+    if text not in FUSE_APIS:
+        raise ValueError("fuse_api is low or high")
+    return text
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -152,6 +171,7 @@ class MountOptions:
     splice: bool = False
     read_ahead_kb: int = 1024
     libfuse: int | None = None   # major version; None: the environment's choice, else 3, else 2
+    fuse_api: str | None = None  # "low" or "high"; None: low with libfuse 3, high with libfuse 2
     fuse: dict[str, Any] = field(default_factory=dict)   # passed through to libfuse
 
     _PARSERS = {
@@ -166,7 +186,7 @@ class MountOptions:
         "store_timeout": _positive(float), "store_retries": int,
         "failure_ttl": _non_negative_float, "db_timeout": _positive(float), "sql_threads": _positive(int),
         "page_size": _positive(int), "read_buf": _flag, "splice": _flag, "read_ahead_kb": int,
-        "libfuse": parse_version,
+        "libfuse": parse_version, "fuse_api": _fuse_api,
     }
     #: libfuse options djfs sets itself or that contradict a read-only view
     _REFUSED = {"rw": "the mount is read-only", "fsname": "set by djfs", "subtype": "set by djfs",
@@ -204,6 +224,18 @@ class MountOptions:
 
     def describe(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def api(self, libfuse_major: int) -> str:
+        """The libfuse API serving the mount with this libfuse (see the module docstring)."""
+        if libfuse_major < 3:
+            if self.fuse_api == "low":
+                raise MountError("fuse_api=low needs libfuse 3 (libfuse 2's low-level API is not supported)")
+            return "high"
+        return self.fuse_api or "low"
+
+    def low_level_options(self) -> list[str]:
+        """The user's libfuse options (``fuse``) as ``name`` or ``name=value``, for a low-level session."""
+        return [name if value is True else f"{name}={value}" for name, value in self.fuse.items()]
 
 
 # -- where things go ----------------------------------------------------------------------------------------
@@ -436,19 +468,34 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     mfusepy = load_mfusepy(options.libfuse)  # before operations imports it: see djfs.fs.libfuse
     from .operations import FileSystem, Operations
 
+    api = options.api(mfusepy.fuse_version_major)
     _apply_config(config, options)
     _tune_malloc(options.block_size)
     _raise_open_files_limit()
-    default_timeout = KERNEL_TIMEOUT if can_invalidate(mfusepy) else SHORT_TIMEOUT
+    default_timeout = KERNEL_TIMEOUT if api == "low" or can_invalidate(mfusepy) else SHORT_TIMEOUT
     options = dataclasses.replace(options, entry_timeout=_or(options.entry_timeout, default_timeout),
                                   attr_timeout=_or(options.attr_timeout, default_timeout))
     operations = Operations(options, config, mountpoint)
     if not options.read_buf:
         operations.read_buf = _ignored  # type: ignore[method-assign]
+    # fsname is what `mount` shows as the source; a bare word could be taken for a path by fusermount
+    fsname = "djfs:" + (":".join(options.schemas) if options.schemas else "all")
+    _preload_s3(config)
+    if api == "low":
+        from . import carrier
+        log.info("mounting %s with %s, low-level API (cache %s; kernel timeouts %g s, listings kept by the "
+                 "kernel, invalidated on change)", mountpoint, describe(mfusepy), config["cache-location"],
+                 options.entry_timeout)
+        session = carrier.session(operations, mountpoint,
+                                  ["ro", f"fsname={fsname}", "subtype=djfs", "default_permissions",
+                                   *options.low_level_options()],
+                                  entry_timeout=options.entry_timeout, attr_timeout=options.attr_timeout,
+                                  negative_timeout=options.negative_timeout, debug=debug)
+        result = session.run()
+        log.info("unmounted %s (%s)", mountpoint, result)
+        return 0
     fuse_options: dict[str, Any] = dict(
-        # fsname is what `mount` shows as the source; a bare word could be taken for a path by fusermount
-        foreground=True, ro=True, fsname="djfs:" + (":".join(options.schemas) if options.schemas else "all"),
-        subtype="djfs", default_permissions=True, use_ino=True,
+        foreground=True, ro=True, fsname=fsname, subtype="djfs", default_permissions=True, use_ino=True,
         entry_timeout=options.entry_timeout, attr_timeout=options.attr_timeout,
         negative_timeout=options.negative_timeout)
     if mfusepy.fuse_version_major == 2:
@@ -456,7 +503,6 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     fuse_options.update(options.fuse)
     if debug:
         fuse_options["debug"] = True
-    _preload_s3(config)
     log.info("mounting %s with %s (cache %s; kernel timeouts %g s%s)", mountpoint, describe(mfusepy),
              config["cache-location"], options.entry_timeout,
              ", invalidated on change" if can_invalidate(mfusepy) else "")
@@ -501,6 +547,7 @@ def mount(mountpoint: str, option_strings: list[str], schemas: list[str] | None 
         resolve(options.libfuse)  # a libfuse that isn't installed is said here, not in the daemon's log
     except LibfuseError as error:
         raise MountError(str(error)) from None
+    check_api(options)
     _apply_config(config, options)
     preflight(target, config)
     if foreground:
@@ -530,6 +577,23 @@ def mount(mountpoint: str, option_strings: list[str], schemas: list[str] | None 
     daemon.terminate()
     raise MountError(f"{target} was not mounted within {START_TIMEOUT:.0f} s; see {log_file}:\n"
                      + _tail(log_file, start))
+
+
+def check_api(options: MountOptions) -> None:
+    """Say at the terminal, not in the daemon's log, what the API the mount would use can't do: libfuse 2 with
+    ``fuse_api=low``, or a ``-o`` option libfuse's low-level session does not take."""
+    library = resolve(options.libfuse)
+    if library is None:  # the user's variables choose, as they will for the daemon's mfusepy (not loaded here)
+        library = os.environ.get(PATH_VARIABLE) or ctypes.util.find_library(os.environ.get(NAME_VARIABLE, "")) or ""
+    major = options.libfuse or (3 if "fuse3" in library else 2)
+    if options.api(major) != "low":
+        return
+    from .lowlevel import refused_options
+    refused = refused_options(options.low_level_options())
+    if refused:
+        raise MountError(f"mount option{'s' if len(refused) > 1 else ''} {', '.join(refused)} not accepted: not "
+                         "a libfuse mount option (djfs's own are listed in the documentation of djfs.fs.mount; "
+                         "libfuse's high-level options need -o fuse_api=high)")
 
 
 def _tail(path: str, start: int, lines: int = 20) -> str:

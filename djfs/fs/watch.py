@@ -7,8 +7,14 @@ token), and a watcher thread (``Watcher``) runs each held table's change probe (
 ``listing_timeout``) and, when the token moved, tells the kernel to forget the paths whose entries vanished or
 changed (``fuse_invalidate_path``: the node's attributes and page cache, with them a directory's cached listing),
 found by comparing the listings served with the table's current ones: one query per held listing, no work for
-rows that did not change.  A table the kernel can no longer hold (nothing served for longer than its timeouts)
-is not watched.  A dropped table or schema, or a table whose heading changed, is forgotten whole.
+rows that did not change.  A path whose entry vanished is a ``Gone`` (a ``str``), so that a low-level mount can
+also have the kernel drop its name at once (``djfs.fs.carrier``).  Where the kernel keeps listings themselves
+(the low-level mount), a listing with a row added, changed or gone is forgotten too, and so are the listings of
+the root and of schemas (``Holdings.directory``) whose schemas or tables changed, checked every
+``max(listing_timeout, DIRECTORIES)``.  A table the kernel can no longer hold entries of (nothing served for
+longer than its timeouts) is not watched any more, and its directory's name is dropped (``Gone``) with every
+listing the kernel keeps under it: such listings outlive the timeouts.  A dropped table or schema, or a table
+whose heading changed, is forgotten whole.
 
 libfuse 2's high-level API has no such call: there the mount keeps the kernel's timeouts short instead
 (``djfs.fs.mount``).  Invalidation runs on the watcher's own thread only, never inside a FUSE callback (libfuse:
@@ -28,6 +34,14 @@ from .tree import NO_FILES, DatabaseError, NotFound, Row, Table, Tree, Unavailab
 log = logging.getLogger(__name__)
 
 _MISSING = object()
+#: seconds between two checks of the kept listings of the root and of schemas (or twice the watcher's interval,
+#: i.e. listing_timeout, if longer): one query per held schema each time
+DIRECTORIES = 1.0
+
+
+class Gone(str):
+    """A path whose name the kernel must drop too, not only its inode: its entry is gone (a vanished row, file,
+    table or schema), or the kernel may keep listings under it that nothing watches any more."""
 
 
 @dataclass
@@ -52,6 +66,21 @@ class Holdings:
         self.tables: dict[tuple[str, str], Held] = {}
         self.retired: list[Held] = []         # tables whose heading changed since: forgotten whole
         self.schemas: dict[str, float] = {}   # schema -> when its directory was last handed out
+        # the root's or a schema's directory -> (when its listing was last handed out, the names in it); only
+        # where the kernel keeps listings (djfs.fs.carrier records them)
+        self.directories: dict[str, tuple[float, frozenset[str]]] = {}
+        self.transient: set[str] = set()      # listings with a file whose error may pass: to be asked again
+
+    def passing(self, path: str) -> None:
+        """A listing with a file whose error may pass (a store not answering) was handed out: where the kernel
+        keeps listings, it is told to forget it at the next round, so that the next listing asks again."""
+        with self._lock:
+            self.transient.add(path)
+
+    def directory(self, path: str, names: Iterable[str]) -> None:
+        """The listing of the root or of a schema (its schemas or tables) was handed out."""
+        with self._lock:
+            self.directories[path] = (time.monotonic(), frozenset(names))
 
     def schema(self, name: str) -> None:
         self.schemas[name] = time.monotonic()
@@ -110,7 +139,7 @@ class Watcher:
         self.invalidated = 0        # paths the kernel was told to forget (the mount's stats)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="djfs-watcher", daemon=True)
-        self._catalog_checked = time.monotonic()
+        self._catalog_checked = self._directories_checked = time.monotonic()
 
     def start(self) -> "Watcher":
         self._thread.start()
@@ -133,12 +162,17 @@ class Watcher:
         now = time.monotonic()
         with self.holdings._lock:
             retired, self.holdings.retired = self.holdings.retired, []
+            transient, self.holdings.transient = self.holdings.transient, set()
             tables = list(self.holdings.tables.items())
+            released = []
             for key, held in tables:
-                if now - held.seen > self.hold:   # the kernel asks again before it uses any of it
+                if now - held.seen > self.hold:   # the kernel asks again before it uses any of its entries ...
                     del self.holdings.tables[key]
+                    released.append(Gone(held.base))  # ... and, where it keeps listings, drops those too
         for held in retired:
             self._forget(self._everything(None, held))
+        self._forget(sorted(transient))
+        self._forget(released)
         for key, held in tables:
             if self._stop.is_set():
                 return
@@ -147,6 +181,40 @@ class Watcher:
         if now - self._catalog_checked >= self.catalog_interval:
             self._catalog_checked = now
             self._check_schemas(now)
+        if self.holdings.directories and now - self._directories_checked >= max(self.interval * 2, DIRECTORIES):
+            self._directories_checked = now
+            self._forget(self._changed_directories(now))
+
+    def _changed_directories(self, now: float) -> list[str]:
+        """The kept listings of the root and of schemas whose schemas or tables changed (and brought up to date);
+        listings the kernel can no longer hold are dropped from the record."""
+        with self.holdings._lock:
+            directories = list(self.holdings.directories.items())
+        stale: list[str] = []
+        for path, (seen, names) in directories:
+            if now - seen > self.hold:  # not watched any more: the kernel drops the listing it keeps
+                with self.holdings._lock:
+                    if self.holdings.directories.get(path, (None,))[0] == seen:
+                        del self.holdings.directories[path]
+                stale.append(path)
+                continue
+            try:
+                current = frozenset(self.tree.schemas(stale_ok=False) if path == "/" else
+                                    self.tree.tables(path.strip("/"), stale_ok=False))
+            except NotFound:
+                current = frozenset()
+            except (Unavailable, DatabaseError):
+                return stale
+            if current != names:
+                with self.holdings._lock:
+                    if self.holdings.directories.get(path, (None,))[0] == seen:
+                        self.holdings.directories[path] = (seen, current)
+                stale.append(path)
+                prefix = "" if path == "/" else path
+                stale += [Gone(f"{prefix}/{name}") for name in names - current]
+        if stale:
+            log.info("the catalog changed: the kernel forgets %s", ", ".join(stale))
+        return stale
 
     def _check_schemas(self, now: float) -> None:
         held = [name for name, seen in list(self.holdings.schemas.items()) if now - seen <= self.hold]
@@ -158,7 +226,7 @@ class Watcher:
             present = set(self.tree.schemas(stale_ok=False))
         except (Unavailable, DatabaseError):
             return
-        self._forget(f"/{name}" for name in held if name not in present)
+        self._forget(Gone(f"/{name}") for name in held if name not in present)
 
     def _forget(self, paths: Iterable[str]) -> None:
         for path in paths:
@@ -196,10 +264,13 @@ class Watcher:
                 return []
             for listing in served:
                 for name, record in listing.items():
-                    if now.get(name, _MISSING) != record:
-                        stale.append(f"{path}/{name}")
+                    current = now.get(name, _MISSING)
+                    if current != record:
+                        stale.append(Gone(f"{path}/{name}") if current is _MISSING else f"{path}/{name}")
                         if len(values) == rows_level and record is not None:
-                            stale += self._files(table, f"{path}/{name}", record)
+                            stale += self._files(table, f"{path}/{name}", record, current is _MISSING)
+                if listing.keys() != now.keys() and path not in stale:  # rows added: a kept listing is stale
+                    stale.append(path)
             synced_listings[values] = (path, [now])
         synced_rows: dict[tuple, tuple[tuple, list[Row]]] = {}
         for names, (values, served) in rows.items():
@@ -218,9 +289,11 @@ class Watcher:
             for row in served:
                 gone = [name for name, spec in row.files.items()
                         if now_row is None or _signature(now_row.files.get(name)) != _signature(spec)]
-                stale += [f"{path}/{name}" for name in gone] + [f"{path}/{name.split('/')[0]}" for name in gone
-                                                               if "/" in name]
-                if now_row is None or gone:
+                stale += [_path(f"{path}/{name}", now_row is None or name not in now_row.files) for name in gone]
+                stale += [f"{path}/{name.split('/')[0]}" for name in gone if "/" in name]
+                if now_row is None:
+                    stale.append(Gone(path))
+                elif gone or now_row.files.keys() != row.files.keys():  # files added: a kept listing is stale
                     stale.append(path)
             if now_row is not None:
                 synced_rows[names] = (values, [now_row])
@@ -245,27 +318,31 @@ class Watcher:
         for values, (path, served) in listings:
             for listing in served:
                 for name, record in listing.items():
-                    stale.append(f"{path}/{name}")
+                    stale.append(Gone(f"{path}/{name}"))
                     if len(values) == rows_level and record is not None:
-                        stale += self._files(held.table, f"{path}/{name}", record)
+                        stale += self._files(held.table, f"{path}/{name}", record, True)
         for names, (_, served) in rows:
             path = f"{held.base}/{'/'.join(names)}"
-            stale.append(path)
+            stale.append(Gone(path))
             for row in served:
-                stale += [f"{path}/{name}" for name in row.files]
+                stale += [Gone(f"{path}/{name}") for name in row.files]
         stale.append(held.base)
         log.info("%s was dropped or altered: the kernel forgets %d paths", held.base, len(stale))
         return stale
 
-    def _files(self, table: Table, path: str, record: tuple) -> list[str]:
-        """The paths of a row's files (and folders) as they were made from ``record``."""
+    def _files(self, table: Table, path: str, record: tuple, gone: bool = False) -> list[str]:
+        """The paths of a row's files (and folders) as they were made from ``record`` (``Gone`` with ``gone``)."""
         try:
             files = self.tree.row_files(table, path, record)
         except Exception as error:  # e.g. a store not answering for a blob's view: forget the row directory only
             log.debug("files of %s not known: %s", path, error)
             return []
         folders = {name.split("/")[0] for name in files if "/" in name}
-        return [f"{path}/{name}" for name in (*files, *folders)]
+        return [_path(f"{path}/{name}", gone) for name in (*files, *folders)]
+
+
+def _path(path: str, gone: bool) -> str:
+    return Gone(path) if gone else path
 
 
 def _signature(spec: Any) -> Any:
