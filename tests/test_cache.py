@@ -488,6 +488,20 @@ def test_background_writes_are_bounded_and_flushed(tmp_path):
     assert all(cached(cache, oid, len(data)) == data for oid, data in objects)
 
 
+
+def test_the_background_writer_runs_nicer_than_its_callers(tmp_path):
+    """Fills take idle CPU, not the caller's (a cold fetch with a cache stays close to one without)."""
+    from djfs.cache.objects import WRITER_NICENESS
+    cache = ObjectCache(tmp_path, 10 * 1024 * 1024)
+    seen: list[int] = []
+    oid, data = make_object(100_000, 9)
+    cache._later(len(data), lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
+                 "probe")
+    cache.put_object_later(oid, data, hashing.sums_of(data))
+    cache.flush()
+    assert seen == [os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + WRITER_NICENESS]
+    assert cached(cache, oid, len(data)) == data
+
 def _fill_forever(location: str, ready) -> None:
     """Fill the cache with objects, blocks and sums, in the background and not, until killed."""
     cache = ObjectCache(location, 8 * 1024 * 1024)

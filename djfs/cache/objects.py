@@ -64,6 +64,21 @@ class CacheError(DjfsError, OSError):
     """The cache could not keep an object (disk full, permissions …); read the object from its store instead."""
 
 
+#: how much nicer than its process the background writer runs (Linux nice levels apply per thread)
+WRITER_NICENESS = 10
+
+
+def _yield_to_callers() -> None:
+    """Run the background cache writer at a lower CPU priority than the callers it works for: a fill is only ever
+    an optimisation, so on a busy machine it takes the idle time rather than the caller's (its queue is bounded:
+    a caller waits only when ``max_pending`` bytes are behind)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0)
+                       + WRITER_NICENESS)
+    except OSError as error:  # not Linux, or a sandbox that refuses: the writer runs at the caller's priority
+        log.debug("cache writer keeps its priority: %s", error)
+
+
 class ObjectCache:
     """A size-bounded, process-shared disk cache of objects, blocks, derived files and block sums, by key."""
 
@@ -590,7 +605,8 @@ class ObjectCache:
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._writer is None or self._writer[0] != os.getpid():
-                self._writer = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="djfs-cache-write"))
+                self._writer = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="djfs-cache-write",
+                                                                initializer=_yield_to_callers))
             return self._writer[1]
 
     def flush(self) -> None:
