@@ -33,6 +33,7 @@ class Carrier(lowlevel.Operations):
         # the same methods: mfusepy's signatures (``read_buf`` may be the ``libfuse_ignore`` stand-in of read_buf=0)
         self.getattr = operations.getattr  # type: ignore[method-assign]
         self.entry_attributes = operations.entry_attributes  # type: ignore[method-assign]
+        self.fill_entry = operations.fill_entry  # type: ignore[method-assign]
         self.open = operations.open  # type: ignore[method-assign]
         self.read = operations.read  # type: ignore[method-assign]
         self.read_buf = operations.read_buf

@@ -452,9 +452,11 @@ class Session:
     def _destroy(self, userdata: Any) -> None:
         self.operations.destroy()
 
-    def _entry(self, path: str, attributes: Attributes, entry: EntryParam) -> None:
-        """Fill a zeroed entry for ``path``, its lookup count taken (give it back if the reply fails)."""
-        fill_stat(entry.attr, attributes)
+    def _entry(self, path: str, attributes: Attributes | None, entry: EntryParam) -> None:
+        """Fill a zeroed entry for ``path``, its lookup count taken (give it back if the reply fails);
+        ``attributes`` None: ``entry.attr`` was already filled (readdirplus, through ``fill_entry``)."""
+        if attributes is not None:
+            fill_stat(entry.attr, attributes)
         entry.ino = self.inodes.hold(path)
         if not entry.attr.st_ino:
             entry.attr.st_ino = entry.ino
@@ -549,8 +551,9 @@ class Session:
             ctypes.memset(ctypes.byref(entry), 0, ctypes.sizeof(entry))
             if name in (".", ".."):  # no node id: the kernel keeps neither
                 entry.attr.st_mode, entry.attr.st_ino = stat.S_IFDIR, ino
-            elif plus:
-                self._entry(join(path, name), operations.entry_attributes(path, name, value), entry)
+            elif plus:  # the same fill as the high-level readdirplus (djfs's: from templates)
+                operations.fill_entry(entry.attr, path, name, value)
+                self._entry(join(path, name), None, entry)
             else:
                 attributes = operations.entry_attributes(path, name, value)
                 entry.attr.st_mode = attributes["st_mode"]
