@@ -7,6 +7,7 @@ import errno
 import multiprocessing
 import os
 import random
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -288,6 +289,42 @@ def test_a_part_is_one_file_and_each_of_its_blocks_is_read_checked(tmp_path):
     other, odata = make_object(2 * block, 9)
     cache.put_blocks(other, 0, block, [odata[:block], odata[block:]], [1, 2])
     assert cache.get_block(other, 0, block) is None and cache.get_block(other, 1, block) is None
+
+
+def resident_bytes(path) -> int:
+    """Bytes of a file in the kernel's page cache (util-linux's fincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def test_block_files_ahead_are_read_from_the_disk_when_advised(tmp_path):
+    """A sequential re-read asks for the files ahead of it (``advise_blocks``): they come into the page cache
+    at once, each file once, only those the range names."""
+    block = hashing.CHECK_BLOCK
+    cache = ObjectCache(tmp_path, 64 * 1024 * 1024)
+    oid, data = make_object(12 * block, 11)
+    blocks = [data[start:start + block] for start in range(0, len(data), block)]
+    for first in (0, 4, 8):  # three parts of four blocks
+        cache.put_blocks(oid, first, block, blocks[first:first + 4], hashing.sums_of(data[first * block:]
+                                                                                     [:4 * block]))
+    paths = [tmp_path / "blocks" / oid.key / f"{block}-{first}-4" for first in (0, 4, 8)]
+    for path in paths:  # out of the page cache (clean pages of a synced file go with DONTNEED)
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    before = [resident_bytes(path) for path in paths]
+    assert all(count < 4 * block for count in before), before   # the files are on the disk only
+
+    fresh = ObjectCache(tmp_path, 64 * 1024 * 1024)                  # a remounted daemon
+    fresh.advise_blocks(oid, 5, 8, block)                            # blocks 5..7: the second file only
+    deadline = time.monotonic() + 10
+    while resident_bytes(paths[1]) < 4 * block and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert resident_bytes(paths[1]) >= 4 * block
+    assert resident_bytes(paths[2]) < 4 * block                      # not named: left on the disk
+    assert fresh.get_blocks(oid, 4, 4, block) == blocks[4:8]         # and read checked as ever
 
 
 @pytest.mark.parametrize("where", ["data", "zeros"])

@@ -203,8 +203,7 @@ class CheckedFile:
         times faster than fresh buffers of 16 MiB, measured; an ``mmap`` would be faster still, but a file
         truncated under it would kill the process with SIGBUS)."""
         buffer = memoryview(bytearray(VERIFY_STEP))
-        if hasattr(os, "posix_fadvise"):  # the whole file read ahead from the disk at once, not 1 MiB at a time
-            os.posix_fadvise(self.fd, 0, self.size, os.POSIX_FADV_WILLNEED)
+        self.advise()  # the whole file read ahead from the disk at once, not 1 MiB at a time
         for start in range(0, self.size, VERIFY_STEP):
             length = min(VERIFY_STEP, self.size - start)
             done = 0
@@ -214,6 +213,11 @@ class CheckedFile:
                     raise DamagedFile(f"{self.label} shrank while read")
                 done += count
             self._check(buffer[:length], start // BLOCK)
+
+    def advise(self) -> None:
+        """Ask the kernel to read the data from the disk now (it returns at once; reads later find it in memory)."""
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, 0, self.size, os.POSIX_FADV_WILLNEED)
 
     def _check(self, view: memoryview, first: int) -> None:
         for number, start in enumerate(range(0, len(view), BLOCK), first):

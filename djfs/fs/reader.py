@@ -422,6 +422,7 @@ class Reader:
         self._no_sums: TTLCache = TTLCache(maxsize=4096, ttl=cache.rescan_interval)
         self._passes: OrderedDict[str, _Pass] = OrderedDict()
         self._corrupt: LRUCache = LRUCache(maxsize=4096)     # key -> what was found wrong
+        self._advised: LRUCache = LRUCache(maxsize=4096)     # key -> the block its files are read ahead up to
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="djfs-parts")
 
     # -- opening -------------------------------------------------------------------------------------------
@@ -518,9 +519,21 @@ class Reader:
 
     def check_ahead(self, obj: StoredObject, start: int) -> None:
         """Check the block file holding object offset ``start`` whole on the part pool (a re-read's next file:
-        read from the disk and checked while libfuse serves the current one)."""
+        read from the disk and checked while libfuse serves the current one), and have the kernel read the
+        files after it, as far as the read-ahead window reaches, from the disk meanwhile (measured: a re-read
+        after a remount waited for the disk one file at a time)."""
+        first = start // self.block_size
+        end = first + self.readahead * self.part_blocks
+        with self._lock:  # each file once: the window moves a file at a time
+            first = max(first, self._advised.get(obj.hash, 0))
+            self._advised[obj.hash] = max(end, first)
+
+        def ahead() -> None:
+            self.cached_segment(obj, start)
+            if first < end:
+                self.cache.advise_blocks(obj.oid, first, end, self.block_size)
         try:
-            self._pool.submit(self.cached_segment, obj, start)
+            self._pool.submit(ahead)
         except RuntimeError:  # shutting down
             pass
 
