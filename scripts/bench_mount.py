@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from benchlib import (GiB, Lab, MiB, RemoteS3, Results, cpu_seconds, drop_page_cache, median, memory, mount_stats,
+from benchlib import (REMOTE_CONNECTION_RATE, GiB, Lab, MachineCpu, MiB, RemoteS3, Results, cpu_seconds, drop_page_cache, median, memory, mount_stats,
                       ranged_gets, read_file, s3transfer_download, single_get, timed, unmount, wait_mounted)
 
 
@@ -225,18 +225,23 @@ class Bench:
     def raw_cache_file(self) -> float:
         return read_file(self.cached_file())[0]
 
-    def cold(self, location: str | None = None) -> dict:
-        """A cold read of the whole object through a fresh mount with an empty cache, then a re-read after a
-        remount with the page cache dropped: seconds, the daemon's counters and CPU seconds of the cold read."""
+    def cold(self, location: str | None = None, again: bool = True) -> dict:
+        """A cold read of the whole object through a fresh mount with an empty cache, then (``again``) a re-read
+        after a remount with the page cache dropped: seconds, the daemon's counters and CPU seconds of the cold
+        read, and the machine's CPU meanwhile."""
         self.lab.clear_cache()
         mountpoint, process = self.mount(location)
         try:
             drop_page_cache()
             cpu = cpu_seconds(process.pid)
-            seconds = self.read_whole(mountpoint)
-            result = {"seconds": seconds, "cpu": cpu_seconds(process.pid) - cpu, "stats": mount_stats(mountpoint)}
+            with MachineCpu() as machine:
+                seconds = self.read_whole(mountpoint)
+            result = {"seconds": seconds, "cpu": cpu_seconds(process.pid) - cpu, "stats": mount_stats(mountpoint),
+                      "machine": machine}
         finally:
             unmount(mountpoint, process)
+        if not again:
+            return result
         mountpoint, process = self.mount(location)
         try:
             drop_page_cache()
@@ -505,8 +510,9 @@ def local_section(bench: Bench, repeat: int, results: Results) -> None:
 def remote_section(bench: Bench, repeat: int, results: Results) -> None:
     """The same object from a remote S3 (the relay): djfs vs s3transfer's 8 threads vs one GET (issue 13)."""
     remote = RemoteS3(bench.lab.s3)
+    slow = RemoteS3(bench.lab.s3, connection_rate=REMOTE_CONNECTION_RATE / 3)
     print(f"remote S3: {remote.describe()}", flush=True)
-    location = remote.location("bench")
+    location, slow_location = remote.location("bench"), slow.location("bench")
     gib = bench.object_size / GiB
     client = remote.client()
     asked = 100 * 1024
@@ -516,7 +522,8 @@ def remote_section(bench: Bench, repeat: int, results: Results) -> None:
     try:
         for _ in range(repeat):
             run: dict = {}
-            run["s3transfer"], run["s3transfer_cpu"] = s3transfer_download(client, bench.bucket, bench.key)
+            with MachineCpu() as run["s3transfer_machine"]:
+                run["s3transfer"], run["s3transfer_cpu"] = s3transfer_download(client, bench.bucket, bench.key)
             run["get"], run["get_cpu"] = single_get(client, bench.bucket, bench.key)
             run["cold"] = bench.cold(location)
             run["fetch"] = bench.library_fetch(location)
@@ -529,9 +536,13 @@ def remote_section(bench: Bench, repeat: int, results: Results) -> None:
             run["ranged_fresh"] = ranged_gets(remote.client(), bench.bucket, bench.key,
                                               [(offset, asked) for offset in offsets])
             run["streams"] = bench.streams(location)
+            # the same read where the network, not the CPU, is the limit: 8 connections of a third of the rate
+            run["slow_s3transfer"], _ = s3transfer_download(slow.client(), bench.bucket, bench.key)
+            run["slow_cold"] = bench.cold(slow_location, again=False)["seconds"]
             samples.append(run)
     finally:
         remote.close()
+        slow.close()
 
     def m(get) -> float:
         return median(get(run) for run in samples)
@@ -543,6 +554,17 @@ def remote_section(bench: Bench, repeat: int, results: Results) -> None:
                      f"one GET {gib / get * 1024:.0f} MiB/s")
     results.at_least("remote ceiling here: s3transfer 8 threads vs one GET", get / s3t, None,
                      "what 8 connections give on this machine (client, server and relay share its cores)")
+    machine, s3t_machine = m(lambda r: r["cold"]["machine"].share), m(lambda r: r["s3transfer_machine"].share)
+    results.at_least("remote the machine's CPU during the reads: s3transfer / djfs", m(
+        lambda r: r["s3transfer_machine"].seconds) / m(lambda r: r["cold"]["machine"].seconds), None,
+        f"all processes: djfs's read {m(lambda r: r['cold']['machine'].seconds) / gib:.2f} core-s/GiB, "
+        f"{machine:.0%} of {MachineCpu.cores} cores busy; s3transfer's {m(lambda r: r['s3transfer_machine'].seconds) / gib:.2f}"
+        f" core-s/GiB, {s3t_machine:.0%} busy (the S3 server and the relay run on the same cores)")
+    slow_s3t, slow_cold = m(lambda r: r["slow_s3transfer"]), m(lambda r: r["slow_cold"])
+    results.at_least(f"remote at {slow.connection_rate / MiB:.0f} MiB/s per connection: djfs vs s3transfer",
+                     slow_s3t / slow_cold, None,
+                     f"djfs {gib / slow_cold * 1024:.0f} MiB/s, s3transfer {gib / slow_s3t * 1024:.0f} MiB/s "
+                     "(the network the limit, not the CPU)")
     preads, ranged = m(lambda r: r["preads"]["seconds"]), m(lambda r: r["ranged"])
     fetched = m(lambda r: r["preads"]["stats"].get("store_bytes", 0))
     results.at_least("remote 100 random 100 KiB preads vs ranged GETs (8 at a time)", ranged / preads, 1 / 1.5,

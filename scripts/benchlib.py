@@ -99,6 +99,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class MachineCpu:
+    """CPU seconds the whole machine spent (every process and the kernel, all cores) while the block ran, from
+    /proc/stat: shows whether a measurement was bound by the CPU rather than by the network it plays."""
+
+    cores = os.cpu_count() or 1
+
+    def __enter__(self) -> "MachineCpu":
+        self._start = self._busy_and_wall()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, wall = self._busy_and_wall()
+        self.seconds = busy - self._start[0]
+        self.share = self.seconds / max(1e-9, (wall - self._start[1]) * self.cores)
+
+    @staticmethod
+    def _busy_and_wall() -> tuple[float, float]:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:]]
+        idle = ticks[3] + ticks[4]  # idle and iowait
+        return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), time.monotonic()
+
+
 def memory(pid: int) -> dict[str, int]:
     """A process's resident memory now (``VmRSS``) and at its peak (``VmHWM``), in bytes."""
     values = {}

@@ -254,6 +254,37 @@ def test_a_remount_serves_checked_part_files_by_descriptor_and_never_a_damaged_b
     assert again.cache.stats()["damaged"] == 1
 
 
+def test_a_reread_by_descriptor_fetches_the_cache_s_gaps_ahead(s3_server, s3_bucket, link, tmp_path):
+    """Reads served from part files by descriptor move the read-ahead window too: the parts missing from the
+    cache (evicted) are fetched before the reader reaches them, not one miss at a time when it does."""
+    data, oid, key = put_object(s3_server, s3_bucket, 4 << 20, seed=12)
+    store = link.store(s3_bucket)
+    obj = StoredObject(oid, len(data), store, key)
+    read_in_full_once(tmp_path, obj, data)
+    directory = tmp_path / "cache" / "blocks" / oid.key
+    half = len(data) // 2
+    for name in os.listdir(directory):    # the second half of the object leaves the cache
+        first = int(name.split("-")[1])
+        if first * BLOCK >= half:
+            os.unlink(directory / name)
+    requests = link.requests
+    again = make_reader(tmp_path)          # a remount on the same cache
+    handle = again.open_stored(obj, b"", 0, obj.size)
+    try:
+        chunk = 128 * KiB
+        first_half = b"".join(read_by_descriptor(handle, offset, chunk) for offset in range(0, half, chunk))
+        assert first_half == data[:half] and counter(again, "reads_by_descriptor") == half // chunk
+        assert wait_for(lambda: again.in_memory(obj, half, half + PART), timeout=10), \
+            "the gap after the cached half was not fetched ahead of the reader"
+        rest = b"".join(read_by_descriptor(handle, offset, chunk) for offset in range(half, obj.size, chunk))
+        assert rest == data[half:]
+    finally:
+        handle.close()
+        again.close()
+    assert counter(again, "parts") >= 1 and counter(again, "store_bytes") == len(data) - half
+    assert link.requests > requests
+
+
 def test_a_cold_read_copies_the_blocks_it_holds_and_never_checks_their_files_back(s3_server, s3_bucket, link,
                                                                                   tmp_path, monkeypatch):
     """Blocks just fetched from the store (held in memory) are served from memory even once their part files are

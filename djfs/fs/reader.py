@@ -236,14 +236,18 @@ class BlockHandle(_ViewHandle):
         if self.reader.in_memory(self.obj, start, stop):
             return None  # fresh from the store (a cold read): copied from memory, no whole-file check of its file
         segments: list[Segment] = []
-        while start < stop:
-            found = self._segment_at(start)
+        position = start
+        while position < stop:
+            found = self._segment_at(position)
             if found is None or len(segments) == MAX_SEGMENTS:
                 return None
             begin, end, file = found
-            take = min(stop, end) - start
-            segments.append((file.fd, start - begin, take))
-            start += take
+            take = min(stop, end) - position
+            segments.append((file.fd, position - begin, take))
+            position += take
+        # a reader served from the cache is followed too: where the cache has a gap (a part evicted), the
+        # read-ahead has fetched it by the time the reader gets there
+        self._follow(start, stop, (stop - 1) // self.reader.block_size)
         self.reader.stats.add("reads_by_descriptor")
         return segments
 
