@@ -235,8 +235,7 @@ class Watcher:
             if table is None:
                 if not catalog:
                     continue
-                exists = self._in_catalog(path, names)
-                if exists is None or not exists:
+                if not self._in_catalog(path, names):  # or the database can't say now
                     continue
             else:
                 key = (table.schema, table.name)
