@@ -194,8 +194,12 @@ def test_forgotten_inodes_are_given_back_and_found_again(memory_mounts) -> None:
 def test_inode_table_counts_lookups() -> None:
     from djfs.fs.lowlevel import ROOT, Inodes
     inodes = Inodes()
-    first = inodes.hold("/a")
-    assert inodes.hold("/a") == first and inodes.path(first) == "/a" and inodes.find("/a") == first
+    first = inodes.hold(ROOT, "a")
+    assert inodes.hold(ROOT, "a") == first and inodes.path(first) == "/a" and inodes.find("/a") == first
+    below = inodes.hold(first, "b")
+    assert below != first and inodes.path(below) == "/a/b" and inodes.find("/a/b") == below
+    assert inodes.child(first, "b") == below and inodes.child(first, "c") is None and inodes.find("/a/c") is None
+    inodes.forget(below, 1)
     inodes.forget(first, 1)
     assert inodes.find("/a") == first  # one lookup still held
     inodes.forget(first, 1)
@@ -203,6 +207,31 @@ def test_inode_table_counts_lookups() -> None:
     with pytest.raises(OSError) as raised:
         inodes.path(first)
     assert raised.value.errno == errno.ESTALE
-    assert inodes.hold("/a") not in (first, ROOT)  # numbers are never reused
+    assert inodes.hold(ROOT, "a") == first  # the same entry comes back under its number (a hash of it)
     inodes.forget(ROOT, 5)
     assert inodes.path(ROOT) == "/" and inodes.find("/") == ROOT
+
+
+def test_inode_table_entries_whose_numbers_collide(monkeypatch) -> None:
+    """Entries whose hash is the same node id: the first held takes it, the others the next numbers past
+    OVERFLOW; each is found, counted and forgotten on its own, and a colliding entry forgotten frees nothing
+    of the others."""
+    from djfs.fs import lowlevel
+    monkeypatch.setattr(lowlevel, "_home", lambda parent, name: 7)  # every entry collides
+    inodes = lowlevel.Inodes()
+    a, b, c = (inodes.hold(lowlevel.ROOT, name) for name in "abc")
+    assert a == 7 and lowlevel.OVERFLOW <= b < c
+    assert [inodes.path(number) for number in (a, b, c)] == ["/a", "/b", "/c"]
+    assert [inodes.find(path) for path in ("/a", "/b", "/c", "/d")] == [a, b, c, None]
+    assert inodes.hold(lowlevel.ROOT, "b") == b  # counted: two lookups
+    below = inodes.hold(b, "x")
+    assert inodes.path(below) == "/b/x" and inodes.find("/b/x") == below
+    inodes.forget(a, 1)  # the home number is free again; b and c keep theirs
+    assert inodes.find("/a") is None and inodes.find("/b") == b and inodes.find("/c") == c
+    assert inodes.hold(lowlevel.ROOT, "d") == 7 and inodes.path(7) == "/d"
+    inodes.forget(b, 1)
+    assert inodes.find("/b") == b
+    inodes.forget(b, 1)
+    inodes.forget(c, 1)
+    assert inodes.find("/b") is None and inodes.find("/c") is None
+    assert inodes._overflow == {(b, "x"): below} and len(inodes) == 3  # the root, /d, /b/x (still held)

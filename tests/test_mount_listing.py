@@ -362,6 +362,54 @@ def test_the_watcher_has_the_kernel_forget_only_rows_that_changed(db_config, con
         database.close()
 
 
+def test_the_watcher_has_the_kernel_forget_missing_names_once_they_may_exist(db_config, connection, schema_name,
+                                                                            monkeypatch):
+    """Against the real server, without FUSE: names a lookup did not find are recorded (where the kernel keeps
+    them as missing) and given to be forgotten once their table's change token moves, or their table appears;
+    not before, and never twice; a record past negative_timeout goes quietly; beyond MISSING_MAX the oldest
+    is forgotten at once rather than kept."""
+    from djfs.fs import watch
+    from djfs.fs.tree import Database, NotFound, Tree
+    small_table(connection, schema_name, 2)
+    database = Database(djfs.config)
+    forgotten: list[str] = []
+    try:
+        holdings = watch.Holdings(negative_timeout=60)
+        tree = Tree(database, schemas=[schema_name], listing_timeout=0.05, holdings=holdings)
+        watcher = watch.Watcher(tree, holdings, lambda path: forgotten.append(path) or 0, interval=0.05,
+                                hold=60, catalog_interval=60)
+        base = f"/{schema_name}/T"
+        for path in (f"{base}/k=7", f"{base}/k=8", f"/{schema_name}/U", f"{base}/k=1/nothing.npy"):
+            with pytest.raises(NotFound):
+                tree.lookup(path)
+        time.sleep(0.1)
+        watcher.round()
+        assert forgotten == []  # nothing changed
+        connection.query(f"INSERT INTO `{schema_name}`.`t` VALUES (7, 'new', NULL)")
+        expected = {f"{base}/k=7", f"{base}/k=8", f"{base}/k=1/nothing.npy"}
+        assert wait_for(lambda: watcher.round() or set(forgotten) >= expected, timeout=10)
+        assert set(forgotten) == expected and all(isinstance(path, watch.Gone) for path in forgotten)
+        forgotten.clear()
+        connection.query(f"CREATE TABLE `{schema_name}`.`u` (a int NOT NULL, PRIMARY KEY (a))")
+        assert wait_for(lambda: watcher.round() or forgotten, timeout=10) == [f"/{schema_name}/U"]
+        forgotten.clear()
+        time.sleep(0.1)
+        watcher.round()
+        assert forgotten == [] and holdings.missing == {}
+
+        monkeypatch.setattr(watch, "MISSING_MAX", 2)
+        table = tree.table(schema_name, "t", stale_ok=False)
+        for k in (20, 21, 22):
+            holdings.absent(f"{base}/k={k}", table, tree.version(table, stale_ok=True))
+        assert list(holdings.missing) == [f"{base}/k=21", f"{base}/k=22"]
+        holdings.missing[f"{base}/k=22"] = (time.monotonic() - 1, *holdings.missing[f"{base}/k=22"][1:])
+        watcher.round()
+        assert forgotten == [f"{base}/k=20"]  # the evicted one; the table is unchanged, k=22 expired
+        assert list(holdings.missing) == [f"{base}/k=21"]
+    finally:
+        database.close()
+
+
 def test_row_directories_are_listed_from_their_tables_listing_and_stay_current(db_config, connection, schema_name):
     """Against the real server, without FUSE: once a table is listed, its rows' directories are made from that
     listing's records (counted in ``rows_from_listings``), no path resolved, no query; a row changed or deleted

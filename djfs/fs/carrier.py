@@ -46,7 +46,7 @@ class Carrier(lowlevel.Operations):
     def init(self, conn: Any) -> None:
         """Before anything starts: the watcher gets the session's invalidation; then djfs's init (threads,
         connections, splice flags in ``conn.want``, read-ahead, warm-up)."""
-        self.operations.kernel_invalidation(self.invalidate)
+        self.operations.kernel_invalidation(self.invalidate, names=True)
         self.operations.init_with_config(conn, None)
 
     def destroy(self) -> None:

@@ -12,9 +12,9 @@ instead of with four round trips per directory.
 
 What the low-level API asks in exchange, and this module provides:
 
-* inode numbers (the kernel's node ids) instead of paths: ``Inodes`` maps them both ways and keeps the kernel's
-  lookup count per inode (one per ``lookup`` reply and per readdirplus entry, given back by FORGET), dropping a
-  path when the kernel forgets it;
+* inode numbers (the kernel's node ids) instead of paths: ``Inodes`` keeps each node id's parent and name (its
+  path is built when a request needs it) and the kernel's lookup count per node id (one per ``lookup`` reply
+  and per readdirplus entry, given back by FORGET), dropping the entry when the kernel forgets it;
 * the replies: every request is answered exactly once (``fuse_reply_*``), errors as ``fuse_reply_err``;
 * the directory stream: a listing is handed out from ``offset`` in buffers of the kernel's size, each entry with
   its attributes (``fuse_add_direntry_plus``), its offset the entry's index + 1.
@@ -188,60 +188,102 @@ def join(path: str, name: str) -> str:
     return f"/{name}" if path == "/" else f"{path}/{name}"
 
 
+#: node ids are a hash of (parent's node id, name) in [2, 2 + SPAN): below 2**60, a Python int of two digits
+SPAN = (1 << 60) - 2
+#: the node ids of the (astronomically rare) entries whose hash is another held entry's node id start here
+OVERFLOW = 1 << 60
+
+
+def _home(parent: int, name: str) -> int:
+    """The node id an entry gets unless another entry holds it (a hash collision)."""
+    return hash((parent, name)) % SPAN + 2
+
+
 class Inodes:
-    """Node id <-> path, with the kernel's lookup count of each node id.
+    """Node id <-> (parent's node id, name), with the kernel's lookup count of each node id.
+
+    Why not a path per node id: the kernel holds one node id per entry it was handed (130,000 after ``ls -lR`` of
+    10,000 rows and ``ls`` of 100,000), and a path string each was a quarter of the table's memory; a node keeps
+    its parent's number and its name (the listing's own string), and its path is built when a request needs it.
+    A node id is the hash of (parent, name) (``_home``), so no map from entries back to numbers is kept either:
+    an entry whose hash another held entry has takes the next number of ``OVERFLOW`` instead, kept in
+    ``_overflow``.  So an entry forgotten and looked up again gets the same number: the kernel held no inode of
+    it meanwhile (its FORGET came), so the generation can stay 0.
 
     A node id is handed to the kernel only with a count taken first (``hold``), so a FORGET that races with the
-    reply can't drop the path in between; a reply that fails gives its counts back (``forget``).  Numbers are
-    never reused, so a forgotten path comes back under a new one and the generation can stay 0.  Most node ids
-    are held once (one readdirplus entry each): only counts above one are stored, which saves a tenth of the
-    daemon's memory growth over ``ls -lR`` and ``ls`` of 100,000 rows."""
+    reply can't drop the entry in between; a reply that fails gives its counts back (``forget``).  Most node ids
+    are held once (one readdirplus entry each): only counts above one are stored.  The kernel forgets a
+    directory only after the entries under it (each of its dentries holds its parent's), so a held node's
+    parents are held."""
 
     def __init__(self) -> None:
-        self._paths: dict[int, str] = {ROOT: "/"}
-        self._numbers: dict[str, int] = {"/": ROOT}
+        self._entries: dict[int, tuple[int, str]] = {}  # node id -> (its parent's node id, its name); not ROOT
+        self._overflow: dict[tuple[int, str], int] = {}  # (parent, name) -> node id, where not ``_home``
         self._counts: dict[int, int] = {}  # node id -> its count, where above 1 (a known node id: 1 if absent)
-        self._next = itertools.count(ROOT + 1)
+        self._next = itertools.count(OVERFLOW)
         self._lock = threading.Lock()
 
     def path(self, ino: int) -> str:
         """The path of a node id the kernel holds (ESTALE if it was forgotten: the kernel's mistake)."""
+        names = []
+        entries = self._entries
+        node = ino
         try:
-            return self._paths[ino]
+            while node != ROOT:
+                node, name = entries[node]
+                names.append(name)
         except KeyError:
             raise OSError(errno.ESTALE, f"node {ino} was forgotten") from None
+        names.reverse()
+        return "/" + "/".join(names)
+
+    def child(self, parent: int, name: str) -> int | None:
+        """The node id the kernel knows entry ``name`` of directory ``parent`` by, None if it holds none."""
+        return self._child(parent, name, _home(parent, name))
+
+    def _child(self, parent: int, name: str, home: int) -> int | None:
+        known = self._entries.get(home)
+        if known is not None and known[0] == parent and known[1] == name:
+            return home
+        return self._overflow.get((parent, name)) if self._overflow else None
 
     def find(self, path: str) -> int | None:
         """The node id the kernel knows ``path`` by, None if it holds none."""
-        return self._numbers.get(path)
+        ino: int | None = ROOT
+        for name in path.split("/"):
+            if name and ino is not None:
+                ino = self.child(ino, name)
+        return ino
 
-    def hold(self, path: str) -> int:
-        """The node id of ``path`` (a new one if it has none), its lookup count raised by one."""
+    def hold(self, parent: int, name: str) -> int:
+        """The node id of entry ``name`` of directory ``parent`` (a new one if it has none), its lookup count
+        raised by one."""
+        home = _home(parent, name)
         with self._lock:
-            ino = self._numbers.get(path)
-            if ino is None:
-                ino = next(self._next)
-                self._numbers[path] = ino
-                self._paths[ino] = path
-            else:
+            ino = self._child(parent, name, home)
+            if ino is not None:
                 self._counts[ino] = self._counts.get(ino, 1) + 1
+                return ino
+            ino = home
+            if ino in self._entries:  # another entry's: a collision
+                ino = self._overflow[(parent, name)] = next(self._next)
+            self._entries[ino] = (parent, name)
             return ino
 
     def forget(self, ino: int, count: int) -> None:
-        """The kernel dropped ``count`` lookups of ``ino``: at zero, the path is forgotten (never the root)."""
+        """The kernel dropped ``count`` lookups of ``ino``: at zero, the entry is forgotten (never the root)."""
         with self._lock:
-            left = self._counts.pop(ino, 1 if ino in self._paths else 0) - count
+            left = self._counts.pop(ino, 1 if ino in self._entries or ino == ROOT else 0) - count
             if left > 1:
                 self._counts[ino] = left
-            if left > 0:
+            if left > 0 or ino == ROOT:
                 return
-            if ino != ROOT:
-                path = self._paths.pop(ino, None)
-                if path is not None and self._numbers.get(path) == ino:
-                    del self._numbers[path]
+            entry = self._entries.pop(ino, None)
+            if entry is not None and ino >= OVERFLOW and self._overflow.get(entry) == ino:
+                del self._overflow[entry]
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return len(self._entries) + 1
 
 
 class Operations:
@@ -452,19 +494,21 @@ class Session:
     def _destroy(self, userdata: Any) -> None:
         self.operations.destroy()
 
-    def _entry(self, path: str, attributes: Attributes | None, entry: EntryParam) -> None:
-        """Fill a zeroed entry for ``path``, its lookup count taken (give it back if the reply fails);
-        ``attributes`` None: ``entry.attr`` was already filled (readdirplus, through ``fill_entry``)."""
+    def _entry(self, parent: int, name: str, attributes: Attributes | None, entry: EntryParam) -> None:
+        """Fill a zeroed entry for entry ``name`` of directory ``parent``, its lookup count taken (give it back
+        if the reply fails); ``attributes`` None: ``entry.attr`` was already filled (readdirplus, through
+        ``fill_entry``)."""
         if attributes is not None:
             fill_stat(entry.attr, attributes)
-        entry.ino = self.inodes.hold(path)
+        entry.ino = self.inodes.hold(parent, name)
         if not entry.attr.st_ino:
             entry.attr.st_ino = entry.ino
         entry.attr_timeout = self.attr_timeout
         entry.entry_timeout = self.entry_timeout
 
     def _lookup(self, req: int, parent: int, name: bytes) -> None:
-        path = join(self.inodes.path(parent), name.decode(self.encoding))
+        decoded = name.decode(self.encoding)
+        path = join(self.inodes.path(parent), decoded)
         entry = EntryParam()
         try:
             attributes = self.operations.getattr(path)
@@ -474,7 +518,7 @@ class Session:
             entry.entry_timeout = self.negative_timeout  # node id 0: the kernel keeps the name as missing
             _lib.fuse_reply_entry(req, ctypes.byref(entry))
             return
-        self._entry(path, attributes, entry)
+        self._entry(parent, decoded, attributes, entry)
         if _lib.fuse_reply_entry(req, ctypes.byref(entry)) != 0:
             self.inodes.forget(entry.ino, 1)
 
@@ -553,11 +597,11 @@ class Session:
                 entry.attr.st_mode, entry.attr.st_ino = stat.S_IFDIR, ino
             elif plus:  # the same fill as the high-level readdirplus (djfs's: from templates)
                 operations.fill_entry(entry.attr, path, name, value)
-                self._entry(join(path, name), None, entry)
+                self._entry(ino, name, None, entry)
             else:
                 attributes = operations.entry_attributes(path, name, value)
                 entry.attr.st_mode = attributes["st_mode"]
-                entry.attr.st_ino = attributes.get("st_ino") or self.inodes.find(join(path, name)) or ino
+                entry.attr.st_ino = attributes.get("st_ino") or self.inodes.child(ino, name) or ino
             encoded = name.encode(self.encoding)
             if plus:
                 needed = _lib.fuse_add_direntry_plus(req, start + used, size - used, encoded, ctypes.byref(entry),

@@ -506,8 +506,22 @@ def run(mountpoint: str, options: MountOptions, *, debug: bool = False) -> int:
     log.info("mounting %s with %s (cache %s; kernel timeouts %g s%s)", mountpoint, describe(mfusepy),
              config["cache-location"], options.entry_timeout,
              ", invalidated on change" if can_invalidate(mfusepy) else "")
-    FileSystem(operations, mountpoint, raw_fi=True, **fuse_options)
+    try:
+        FileSystem(operations, mountpoint, raw_fi=True, **fuse_options)
+    except RuntimeError as error:
+        if error.args != (LOOP_ENDED,) or mfusepy.fuse_version_major < 3:
+            raise
+        # unmounted: as the low-level daemon, which exits 0 whatever its loop's result (a signal's number)
+        log.info("unmounted %s (libfuse's loop ended by a signal)", mountpoint)
+        return 0
+    log.info("unmounted %s", mountpoint)
     return 0
+
+
+#: what libfuse 3's ``fuse_main_real`` returns, and mfusepy raises as ``RuntimeError(8)``, when its loop ended
+#: with a result: the number of the signal (SIGINT, SIGTERM, SIGHUP) its handlers caught, or a failed read of
+#: ``/dev/fuse``; it has unmounted by then (libfuse 2 returns 0 after a signal)
+LOOP_ENDED = 8
 
 
 def _or(value: float | None, default: float) -> float:

@@ -216,6 +216,7 @@ class Operations(mfusepy.Operations):
         self._lock = threading.Lock()
         self._invalidate: Callable[[str], int] | None = None
         self._watcher: Watcher | None = None
+        self._negative_timeout = 0.0  # seconds the kernel keeps a missing name that the watcher can drop
         self._entries_hold = 0.0  # seconds the kernel keeps a listing's entries (0: unknown, never relied on)
         self._given: LRUCache = LRUCache(maxsize=200_000)  # directory -> when its entries were all handed out
 
@@ -223,9 +224,12 @@ class Operations(mfusepy.Operations):
         """One call from libfuse (``FileSystem``), counted per callback in the mount's stats."""
         self.stats.add("calls." + name)
 
-    def kernel_invalidation(self, invalidate: Callable[[str], int]) -> None:
-        """``FileSystem`` can tell the kernel to forget a path: watch the tables the kernel holds (``watch``)."""
+    def kernel_invalidation(self, invalidate: Callable[[str], int], names: bool = False) -> None:
+        """``FileSystem`` can tell the kernel to forget a path: watch the tables the kernel holds (``watch``).
+        ``names``: it can drop a name too (``watch.Gone``), one the kernel keeps as missing included (the
+        low-level API's ``notify_inval_entry``): then such names are recorded, forgotten when they may exist."""
         self._invalidate = invalidate
+        self._negative_timeout = self.options.negative_timeout if names else 0.0
         self._entries_hold = min(self.options.entry_timeout, self.options.attr_timeout) - ENTRIES_MARGIN
 
     def entries_held(self, path: str) -> bool:
@@ -257,7 +261,7 @@ class Operations(mfusepy.Operations):
         self._database = Database(self.config, threads=options.sql_threads, timeout=options.db_timeout)
         cache = open_cache(self.config["cache-location"], self.config["cache-size"])
         self._datajoint = DataJointFiles(self.config, cache, self.stats)
-        holdings = Holdings() if self._invalidate is not None else None
+        holdings = Holdings(self._negative_timeout) if self._invalidate is not None else None
         self._tree = Tree(self._database, schemas=options.schemas, listing_timeout=options.listing_timeout,
                           heading_timeout=options.heading_timeout, catalog_timeout=options.catalog_timeout,
                           page_size=options.page_size, datajoint=self._datajoint, holdings=holdings)

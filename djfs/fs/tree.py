@@ -450,15 +450,19 @@ class Tree:
         if not parts:
             return Node("root", "/", mtime=self.started)
         schema = parts[0]
-        if schema not in self.schemas(stale_ok=True):
-            raise NotFound(path)
         holdings = self.holdings
+        if schema not in self.schemas(stale_ok=True):
+            if holdings is not None:
+                holdings.absent("/" + schema)
+            raise NotFound(path)
         if len(parts) == 1:
             if holdings is not None:
                 holdings.schema(schema)
             return Node("schema", path, schema, mtime=self.started)
         table_name = self.tables(schema, stale_ok=True).get(parts[1])
         if table_name is None:
+            if holdings is not None:
+                holdings.absent(f"/{schema}/{parts[1]}")
             raise NotFound(path)
         table = self.table(schema, table_name, stale_ok=True)
         key = table.primary_key
@@ -473,20 +477,32 @@ class Tree:
         try:
             version = self.version(table, stale_ok=True)
         except Unavailable:
-            return self._node_below(table, path, parts)[0]
-        with self._lock:
-            known = self._nodes.get(path)
-        if known is not None and known[0] == version and known[1].table is table:
-            node, row = known[1], known[2]
-        else:
-            node, row = self._node_below(table, path, parts, version)
-            if node.file is None or not node.file.transient:
-                with self._lock:
-                    self._nodes[path] = (version, node, row)
-        if holdings is not None:
+            version = None
+        try:
+            node, row = self._resolved_below(table, path, parts, version)
+        except NotFound:
+            if holdings is not None:  # the kernel may keep it as missing: forgotten once the table changes
+                holdings.absent(path, table, version)
+            raise
+        if holdings is not None and version is not None:
             names = tuple(parts[2:2 + len(node.values)])
             holdings.row(table, f"/{schema}/{parts[1]}", version, names, node.values, row)
         return node
+
+    def _resolved_below(self, table: Table, path: str, parts: list[str],
+                        version: Hashable) -> tuple[Node, Row]:
+        """``_node_below``, reused while the table is at ``version`` (None: unknown, the database is down)."""
+        if version is None:
+            return self._node_below(table, path, parts)
+        with self._lock:
+            known = self._nodes.get(path)
+        if known is not None and known[0] == version and known[1].table is table:
+            return known[1], known[2]
+        node, row = self._node_below(table, path, parts, version)
+        if node.file is None or not node.file.transient:
+            with self._lock:
+                self._nodes[path] = (version, node, row)
+        return node, row
 
     def _node_below(self, table: Table, path: str, parts: list[str],
                     version: Hashable = None) -> tuple[Node, Row]:

@@ -14,7 +14,10 @@ the root and of schemas (``Holdings.directory``) whose schemas or tables changed
 ``max(listing_timeout, DIRECTORIES)``.  A table the kernel can no longer hold entries of (nothing served for
 longer than its timeouts) is not watched any more, and its directory's name is dropped (``Gone``) with every
 listing the kernel keeps under it: such listings outlive the timeouts.  A dropped table or schema, or a table
-whose heading changed, is forgotten whole.
+whose heading changed, is forgotten whole.  Where the kernel keeps missing names (``negative_timeout``) and the
+invalidation can drop them (the low-level mount), each name a lookup did not find is recorded with its table's
+change token (``Holdings.absent``) and dropped once the token moves (or the schema or table appears), so a row
+inserted after a ``stat`` that failed shows within the usual delay, not after ``negative_timeout``.
 
 libfuse 2's high-level API has no such call: there the mount keeps the kernel's timeouts short instead
 (``djfs.fs.mount``).  Invalidation runs on the watcher's own thread only, never inside a FUSE callback (libfuse:
@@ -34,6 +37,9 @@ from .tree import NO_FILES, DatabaseError, NotFound, Row, Table, Tree, Unavailab
 log = logging.getLogger(__name__)
 
 _MISSING = object()
+#: missing names kept for the watcher at most (``Holdings.missing``): past it the oldest is forgotten by the kernel
+#: at the next round rather than kept
+MISSING_MAX = 50_000
 #: seconds between two checks of the kept listings of the root and of schemas (or twice the watcher's interval,
 #: i.e. listing_timeout, if longer): one query per held schema each time
 DIRECTORIES = 1.0
@@ -61,7 +67,7 @@ class Held:
 class Holdings:
     """Records, from the FUSE threads, what is handed to the kernel (``Tree`` calls these); read by ``Watcher``."""
 
-    def __init__(self) -> None:
+    def __init__(self, negative_timeout: float = 0.0) -> None:
         self._lock = threading.Lock()
         self.tables: dict[tuple[str, str], Held] = {}
         self.retired: list[Held] = []         # tables whose heading changed since: forgotten whole
@@ -70,6 +76,12 @@ class Holdings:
         # where the kernel keeps listings (djfs.fs.carrier records them)
         self.directories: dict[str, tuple[float, frozenset[str]]] = {}
         self.transient: set[str] = set()      # listings with a file whose error may pass: to be asked again
+        # where the kernel keeps names that are missing (negative entries) and the invalidation can drop them:
+        # path -> (until when the kernel may keep it, the table below which it was missing or None for a schema
+        # or table, the table's change token it was missing at); the oldest beyond MISSING_MAX go to ``evicted``
+        self.negative_timeout = negative_timeout
+        self.missing: dict[str, tuple[float, Table | None, Hashable]] = {}
+        self.evicted: list[str] = []
 
     def passing(self, path: str) -> None:
         """A listing with a file whose error may pass (a store not answering) was handed out: where the kernel
@@ -81,6 +93,19 @@ class Holdings:
         """The listing of the root or of a schema (its schemas or tables) was handed out."""
         with self._lock:
             self.directories[path] = (time.monotonic(), frozenset(names))
+
+    def absent(self, path: str, table: Table | None = None, version: Hashable = None) -> None:
+        """A lookup found no ``path`` (below ``table``, at its change token ``version``; or a schema or table):
+        where the kernel keeps it as missing (``negative_timeout``), the watcher has it forget the name once it
+        may exist, i.e. the table's token moved (or the schema or table appeared)."""
+        if self.negative_timeout <= 0:
+            return
+        with self._lock:
+            self.missing.pop(path, None)  # re-inserted last: the oldest stay first
+            self.missing[path] = (time.monotonic() + self.negative_timeout, table, version)
+            while len(self.missing) > MISSING_MAX:
+                self.evicted.append(next(iter(self.missing)))
+                del self.missing[self.evicted[-1]]
 
     def schema(self, name: str) -> None:
         self.schemas[name] = time.monotonic()
@@ -181,9 +206,82 @@ class Watcher:
         if now - self._catalog_checked >= self.catalog_interval:
             self._catalog_checked = now
             self._check_schemas(now)
-        if self.holdings.directories and now - self._directories_checked >= max(self.interval * 2, DIRECTORIES):
+        catalog = now - self._directories_checked >= max(self.interval * 2, DIRECTORIES)
+        if catalog:
             self._directories_checked = now
-            self._forget(self._changed_directories(now))
+            if self.holdings.directories:
+                self._forget(self._changed_directories(now))
+        if self.holdings.missing or self.holdings.evicted:
+            self._forget(self._appeared(now, catalog))
+
+    def _appeared(self, now: float, catalog: bool) -> list[str]:
+        """The names the kernel keeps as missing (``Holdings.absent``) that may exist now: below a table whose
+        change token moved since (or that was dropped or altered), and, with ``catalog``, schemas and tables that
+        exist now; they go from the record, and so do those the kernel no longer keeps (past
+        ``negative_timeout``).  One change probe per table per round (kept ``listing_timeout``), no query per
+        name."""
+        with self.holdings._lock:
+            evicted, self.holdings.evicted = self.holdings.evicted, []
+            missing = list(self.holdings.missing.items())
+        appeared: list[str] = [Gone(path) for path in evicted]
+        done: list[tuple[str, tuple]] = []
+        tokens: dict[tuple[str, str], Any] = {}
+        names: dict[str, Any] = {}
+        for path, entry in missing:
+            until, table, version = entry
+            if now >= until:
+                done.append((path, entry))
+                continue
+            if table is None:
+                if not catalog:
+                    continue
+                if not self._in_catalog(path, names):  # or the database can't say now
+                    continue
+            else:
+                key = (table.schema, table.name)
+                if key not in tokens:
+                    tokens[key] = self._token(table)
+                if tokens[key] is None or tokens[key] == (table, version):
+                    continue
+            appeared.append(Gone(path))
+            done.append((path, entry))
+        with self.holdings._lock:
+            for path, entry in done:
+                if self.holdings.missing.get(path) is entry:
+                    del self.holdings.missing[path]
+        if appeared:
+            log.info("names the kernel keeps as missing may exist now: it forgets %d", len(appeared))
+        return appeared
+
+    def _token(self, table: Table) -> tuple[Table | None, Hashable] | None:
+        """(the table under its current heading, its change token): (None, None) if it was dropped, None if the
+        database can't say now."""
+        try:
+            current = self.tree.table(table.schema, table.name, stale_ok=False)
+            return current, self.tree.version(current, stale_ok=False)
+        except NotFound:
+            return None, None
+        except (Unavailable, DatabaseError):
+            return None
+
+    def _in_catalog(self, path: str, names: dict[str, Any]) -> bool | None:
+        """Whether the schema ``/s`` or the table ``/s/T`` exists (None: the database can't say now); ``names``
+        keeps the catalog asked this round."""
+        parts = path.strip("/").split("/")
+        try:
+            if "/" not in names:
+                names["/"] = self.tree.schemas(stale_ok=False)
+            if parts[0] not in names["/"]:
+                return False
+            if len(parts) == 1:
+                return True
+            if parts[0] not in names:
+                names[parts[0]] = self.tree.tables(parts[0], stale_ok=False)
+            return parts[1] in names[parts[0]]
+        except NotFound:
+            return False
+        except (Unavailable, DatabaseError):
+            return None
 
     def _changed_directories(self, now: float) -> list[str]:
         """The kept listings of the root and of schemas whose schemas or tables changed (and brought up to date);
