@@ -285,6 +285,35 @@ def test_a_reread_by_descriptor_fetches_the_cache_s_gaps_ahead(s3_server, s3_buc
     assert link.requests > requests
 
 
+def test_each_pass_of_a_reread_has_the_files_ahead_read_from_the_disk(s3_server, s3_bucket, link, tmp_path,
+                                                                      monkeypatch):
+    """A re-read by descriptor asks for the part files ahead of it (``advise_blocks``), each once per pass; a
+    second pass in the same daemon (the page cache may have let go of them meanwhile) asks again."""
+    data, oid, key = put_object(s3_server, s3_bucket, 4 << 20, seed=13)
+    obj = StoredObject(oid, len(data), link.store(s3_bucket), key)
+    read_in_full_once(tmp_path, obj, data)
+    blocks = len(data) // BLOCK
+    reader = make_reader(tmp_path)
+    advised: list[int] = []
+    original = reader.cache.advise_blocks
+
+    def advise(oid, first, end, block_size):
+        advised.extend(index for index in range(first, end) if index < blocks)
+        original(oid, first, end, block_size)
+    monkeypatch.setattr(reader.cache, "advise_blocks", advise)
+    try:
+        for passes in (1, 2):
+            handle = reader.open_stored(obj, b"", 0, obj.size)
+            chunk = 128 * KiB
+            assert b"".join(read_by_descriptor(handle, offset, chunk) for offset in range(0, obj.size, chunk)) == data
+            handle.close()
+            # every block file but the first (checked when the reader gets there) asked for, once in each pass
+            expected = sorted(list(range(1, blocks)) * passes)
+            assert wait_for(lambda: sorted(advised) == expected, timeout=10), (passes, sorted(advised))
+    finally:
+        reader.close()
+
+
 def test_a_cold_read_copies_the_blocks_it_holds_and_never_checks_their_files_back(s3_server, s3_bucket, link,
                                                                                   tmp_path, monkeypatch):
     """Blocks just fetched from the store (held in memory) are served from memory even once their part files are

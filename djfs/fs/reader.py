@@ -526,10 +526,14 @@ class Reader:
         read from the disk and checked while libfuse serves the current one), and have the kernel read the
         files after it, as far as the read-ahead window reaches, from the disk meanwhile (measured: a re-read
         after a remount waited for the disk one file at a time)."""
+        window = self.readahead * self.part_blocks
         first = start // self.block_size
-        end = first + self.readahead * self.part_blocks
-        with self._lock:  # each file once: the window moves a file at a time
-            first = max(first, self._advised.get(obj.hash, 0))
+        end = first + window
+        with self._lock:  # each file once per pass: the window moves a file at a time
+            advised = self._advised.get(obj.hash, 0)
+            if first + window < advised:  # the reader went back: a new pass (the page cache may have let go)
+                advised = 0
+            first = max(first, advised)
             self._advised[obj.hash] = max(end, first)
 
         def ahead() -> None:
