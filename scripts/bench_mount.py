@@ -51,8 +51,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from benchlib import (REMOTE_CONNECTION_RATE, GiB, Lab, MachineCpu, MiB, RemoteS3, Results, cpu_seconds, drop_page_cache, median, memory, mount_stats,
-                      ranged_gets, read_file, s3transfer_download, single_get, timed, unmount, wait_mounted)
+from benchlib import (REMOTE_CONNECTION_RATE, GiB, Lab, MachineCpu, MiB, RemoteS3, Results, cpu_seconds,
+                      drop_page_cache, median, memory, mount_stats, ranged_gets, read_file, s3transfer_download,
+                      single_get, timed, unmount, wait_mounted)
 
 
 # -- a minimal passthrough file system: the yardstick for the mount's own overhead -----------------------------
@@ -554,12 +555,12 @@ def remote_section(bench: Bench, repeat: int, results: Results) -> None:
                      f"one GET {gib / get * 1024:.0f} MiB/s")
     results.at_least("remote ceiling here: s3transfer 8 threads vs one GET", get / s3t, None,
                      "what 8 connections give on this machine (client, server and relay share its cores)")
-    machine, s3t_machine = m(lambda r: r["cold"]["machine"].share), m(lambda r: r["s3transfer_machine"].share)
-    results.at_least("remote the machine's CPU during the reads: s3transfer / djfs", m(
-        lambda r: r["s3transfer_machine"].seconds) / m(lambda r: r["cold"]["machine"].seconds), None,
-        f"all processes: djfs's read {m(lambda r: r['cold']['machine'].seconds) / gib:.2f} core-s/GiB, "
-        f"{machine:.0%} of {MachineCpu.cores} cores busy; s3transfer's {m(lambda r: r['s3transfer_machine'].seconds) / gib:.2f}"
-        f" core-s/GiB, {s3t_machine:.0%} busy (the S3 server and the relay run on the same cores)")
+    djfs_cpu, djfs_busy = m(lambda r: r["cold"]["machine"].seconds), m(lambda r: r["cold"]["machine"].share)
+    s3t_all, s3t_busy = m(lambda r: r["s3transfer_machine"].seconds), m(lambda r: r["s3transfer_machine"].share)
+    results.at_least("remote the machine's CPU during the reads: s3transfer / djfs", s3t_all / djfs_cpu, None,
+                     f"all processes: djfs's read {djfs_cpu / gib:.2f} core-s/GiB, {djfs_busy:.0%} of "
+                     f"{MachineCpu.cores} cores busy; s3transfer's {s3t_all / gib:.2f} core-s/GiB, {s3t_busy:.0%} "
+                     "busy (the S3 server and the relay run on the same cores)")
     slow_s3t, slow_cold = m(lambda r: r["slow_s3transfer"]), m(lambda r: r["slow_cold"])
     results.at_least(f"remote at {slow.connection_rate / MiB:.0f} MiB/s per connection: djfs vs s3transfer",
                      slow_s3t / slow_cold, None,
