@@ -303,7 +303,8 @@ def test_sequential_read_streams_and_partial_read_is_bounded(mnt, lab):
                for name in ("blocks_fetched", "blocks_fetched_again", "store_requests", "store_bytes", "parts")}
     assert counted["blocks_fetched"] == blocks and counted["blocks_fetched_again"] == 0, counted
     assert counted["store_bytes"] == object_size, counted
-    assert counted["parts"] >= 2 and counted["store_requests"] <= blocks // 2, counted  # parts, not blocks
+    # parts, not a request per block (a young window is cut into ``readahead`` requests of a block or more)
+    assert counted["parts"] >= 2 and counted["store_requests"] < blocks, counted
 
     before = mnt.stats()
     with open(partial, "rb", buffering=0) as file:

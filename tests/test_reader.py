@@ -128,6 +128,54 @@ def test_a_reader_that_stops_early_costs_about_what_it_read(s3_server, s3_bucket
         reader.close()
 
 
+def test_a_young_window_keeps_several_requests_in_flight(s3_server, s3_bucket, link, tmp_path):
+    """From the stream's first blocks on, the window is fetched in several requests at once (not one request as
+    large as the window): on a remote S3 each connection is capped, so a young window in one request crawls."""
+    data, oid, key = put_object(s3_server, s3_bucket, 8 << 20, seed=13)
+    reader = make_reader(tmp_path)
+    obj = StoredObject(oid, len(data), link.store(s3_bucket, timeout=30), key)  # outlasts the barrier
+    handle = reader.open_stored(obj, b"", 0, obj.size)
+    out = []
+    try:
+        for index in range(8):
+            if index == 2:  # the reader is proven sequential, its requests so far answered (blocks 0, 1, 2) ...
+                assert wait_for(lambda: link.requests == 3 and link.in_flight == 0)
+                link.meet(3)  # ... and its next two reads widen the window by 5 blocks in three requests at once
+                              # (one or two requests would wait here until the barrier breaks, after 20 s)
+            out.append(join(handle.pieces(index * BLOCK, BLOCK)))
+    finally:
+        handle.close()
+        reader.close()
+    assert b"".join(out) == data[:8 * BLOCK]
+    assert not link.barrier_broken and counter(reader, "part_retries") == 0
+
+
+def test_reads_handed_over_out_of_order_continue_the_stream(s3_server, s3_bucket, link, tmp_path):
+    """The kernel's read-ahead requests reach the daemon on libfuse's threads, neighbours sometimes swapped: the
+    stream goes on with its window (a swap had restarted it: a new window, from a block)."""
+    data, oid, key = put_object(s3_server, s3_bucket, 24 << 20, seed=14)
+    store = link.store(s3_bucket)
+    chunk, read = 1 << 20, 12
+    in_order = list(range(read))
+    swapped = [0] + [n for pair in zip(in_order[2::2], in_order[1::2]) for n in pair] + [read - 1]
+    assert sorted(swapped) == in_order
+    fetched = {}
+    for name, order in (("in order", in_order), ("swapped", swapped)):
+        reader = make_reader(tmp_path / name.replace(" ", "-"), readahead=8)
+        handle = reader.open_stored(StoredObject(oid, len(data), store, key), b"", 0, len(data))
+        try:
+            got = {n: join(handle.pieces(n * chunk, chunk)) for n in order}
+        finally:
+            handle.close()
+            reader.close()  # the parts in flight land
+        assert b"".join(got[n] for n in in_order) == data[:read * chunk]
+        assert counter(reader, "readahead_restarts") == 0, name
+        fetched[name] = counter(reader, "store_bytes")
+    # the window reached as far ahead of the swapped reader as of the other (8 MiB, the most here)
+    assert fetched["swapped"] >= fetched["in order"] - chunk, fetched
+    print(fetched)
+
+
 def test_concurrent_readers_of_one_object_share_parts(s3_server, s3_bucket, link, tmp_path):
     data, oid, key = put_object(s3_server, s3_bucket, 6 << 20, seed=3)
     reader = make_reader(tmp_path)
@@ -184,7 +232,7 @@ def test_the_cache_keeps_what_was_read(s3_server, s3_bucket, link, tmp_path):
 
 def test_a_stream_is_cached_by_parts_and_a_damaged_block_alone_is_fetched_again(s3_server, s3_bucket, link,
                                                                                 tmp_path):
-    data, oid, key = put_object(s3_server, s3_bucket, 4 << 20, seed=9)
+    data, oid, key = put_object(s3_server, s3_bucket, 16 << 20, seed=9)  # parts reach full size
     store = link.store(s3_bucket)
     read_in_full_once(tmp_path, StoredObject(oid, len(data), store, key), data)
     directory = tmp_path / "cache" / "blocks" / oid.key
@@ -216,7 +264,7 @@ def read_by_descriptor(handle, offset: int, size: int) -> bytes:
 
 def test_a_remount_serves_checked_part_files_by_descriptor_and_never_a_damaged_block(s3_server, s3_bucket, link,
                                                                                      tmp_path):
-    data, oid, key = put_object(s3_server, s3_bucket, 4 << 20, seed=10)
+    data, oid, key = put_object(s3_server, s3_bucket, 16 << 20, seed=10)  # parts reach full size
     store = link.store(s3_bucket)
     obj = StoredObject(oid, len(data), store, key)
     read_in_full_once(tmp_path, obj, data)
@@ -232,7 +280,7 @@ def test_a_remount_serves_checked_part_files_by_descriptor_and_never_a_damaged_b
     assert link.requests == requests
     assert counter(clean, "reads_by_descriptor") == obj.size // chunk
     directory = tmp_path / "cache" / "blocks" / oid.key
-    victim = max(os.listdir(directory), key=lambda name: (name.count("-"), name))
+    victim = max(os.listdir(directory), key=lambda name: int(name.split("-")[2]) if name.count("-") == 2 else 1)
     _, first, count = (int(part) for part in victim.split("-"))
     assert count > 2
     content = bytearray((directory / victim).read_bytes())

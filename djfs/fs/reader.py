@@ -22,10 +22,12 @@ libfuse's buffer:
 **Read-ahead** of a sequential reader is a window of *parts* (``part_size``, 8 MiB: one ranged GET each) fetched
 in parallel on a bounded pool, claimed block by block so other readers of the object wait for them instead of
 fetching them again.  Once a second read proves the reader sequential, the window reaches twice as far ahead as
-the reader has read sequentially (at least a block), up to ``readahead`` parts, in requests as large as the window
-(up to a part); nothing is fetched beyond it, so a reader that stops early has cost at most about three times
-what it read.  A part that fails is retried
-(``part_retries``); if it still fails its blocks are handed back and whoever waits fetches them itself.
+the reader has read sequentially (at least a block), up to ``readahead`` parts, cut into ``readahead`` requests
+(from a block up to a part each: all connections work from a stream's start); nothing is fetched beyond it, so a
+reader that stops early has cost at most about three times what it read.  Reads that come a little out of order
+(libfuse's threads hand over the kernel's read-ahead requests in any order) continue the stream.  A part that
+fails is retried (``part_retries``); if it still fails its blocks are handed back and whoever waits fetches them
+itself.
 
 **Verification** (``verify``, on unless ``verify-reads = size``): a block from the store is checked against the
 object's block checksums when they are known (recorded when the object was first verified whole: by a library
@@ -67,7 +69,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 READ_PIECE = 1 * MiB          # pieces of a whole-object fill's single GET
-SEQUENTIAL_SLACK = 1 * MiB    # the kernel's read-ahead requests arrive slightly out of order (its window)
+SEQUENTIAL_SLACK = 2 * MiB    # how far out of order the kernel's read-ahead requests may reach the daemon
 PASS_PENDING = 64 * MiB       # bytes a verifying pass may hold for blocks that arrived ahead of its position
 MAX_PASSES = 8                # objects verified from their blocks at once (each holds at most PASS_PENDING)
 RECENT_BLOCKS = 65_536        # blocks whose fetches are remembered for blocks_fetched_again (16 GiB of 256 KiB)
@@ -282,10 +284,15 @@ class BlockHandle(_ViewHandle):
     def _follow(self, start: int, stop: int, last: int) -> None:
         """Track sequential reading: a second read that continues the first starts the read-ahead window."""
         with self._lock:
+            # a read that touches the neighbourhood of where the reader is continues it, whether it comes a little
+            # early or late: libfuse's threads hand the kernel's read-ahead requests over out of order (measured:
+            # 48 swaps of two neighbouring 1 MiB requests in a 1 GiB read, each of which had restarted the window)
             sequential = self._expect is not None and \
-                self._expect - SEQUENTIAL_SLACK <= start <= self._expect + SEQUENTIAL_SLACK
+                self._expect - SEQUENTIAL_SLACK <= stop and start <= self._expect + SEQUENTIAL_SLACK
             self._expect = max(self._expect, stop) if sequential and self._expect is not None else stop
             if not sequential:
+                if self._ahead is not None:
+                    self.reader.stats.add("readahead_restarts")
                 self._ahead = None  # the reader jumped: parts in flight finish, nothing more is claimed
                 return
             if self._ahead is None:
@@ -336,7 +343,10 @@ class _Readahead:
             ahead = min(reader.readahead * part, max(1, 2 * (consumed - self.first + 1)))
             target = min(self.last, consumed + ahead)
             while self.next <= target:
-                end = min(self.last, self.next + min(part, ahead) - 1)  # parts grow with the window
+                # the window in ``readahead`` requests (a block to a part each): every connection works from
+                # the stream's start, not one request as large as a young window (measured: 0.85x -> 0.92x
+                # s3transfer at 30 MiB/s per connection, with the restarts above fixed)
+                end = min(self.last, self.next + max(1, min(part, ahead // reader.readahead)) - 1)
                 claimed = reader.claim_run(self.obj, self.next, end)
                 self.next = end + 1
                 if claimed:
