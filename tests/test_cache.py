@@ -327,6 +327,30 @@ def test_block_files_ahead_are_read_from_the_disk_when_advised(tmp_path):
     assert fresh.get_blocks(oid, 4, 4, block) == blocks[4:8]         # and read checked as ever
 
 
+def test_a_block_file_is_checked_whole_once_however_many_readers_ask_at_once(tmp_path):
+    """A re-read's reader that catches up with the file the read-ahead is checking waits for that check instead
+    of reading and checking the file a second time."""
+    block = hashing.CHECK_BLOCK
+    cache = ObjectCache(tmp_path, 256 * 1024 * 1024)
+    oid, data = make_object(256 * block, 12)                           # 64 MiB: its check takes a while
+    cache.put_blocks(oid, 0, block, [data[start:start + block] for start in range(0, len(data), block)],
+                     hashing.sums_of(data))
+    fresh = ObjectCache(tmp_path, 256 * 1024 * 1024)                  # a remounted daemon
+    barrier = threading.Barrier(8)
+    found = []
+
+    def ask() -> None:
+        barrier.wait()
+        found.append(fresh.block_segment(oid, 100, block))
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(found) == 8 and all(item is not None and item[1] == 100 * block for item in found)
+    assert fresh.stats()["files_checked"] == 1
+
+
 @pytest.mark.parametrize("where", ["data", "zeros"])
 def test_a_damaged_block_of_a_part_is_the_only_one_fetched_again(tmp_path, where, caplog):
     block = hashing.CHECK_BLOCK

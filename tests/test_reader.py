@@ -80,6 +80,15 @@ def counter(reader: Reader, name: str) -> int:
     return reader.stats.snapshot().get(name, 0)
 
 
+def settle(reader: Reader, link: S3Link, quiet: float = 0.3) -> None:
+    """Wait until the reader's requests have all been answered and no new one came for ``quiet`` seconds."""
+    def quiet_now() -> bool:
+        before = counter(reader, "store_requests")
+        time.sleep(quiet)
+        return link.in_flight == 0 and counter(reader, "store_requests") == before
+    assert wait_for(quiet_now, timeout=20)
+
+
 def test_parts_are_fetched_in_parallel_and_assembled_in_order(s3_server, s3_bucket, link, tmp_path):
     data, oid, key = put_object(s3_server, s3_bucket, 16 << 20)
     reader = make_reader(tmp_path)
@@ -122,7 +131,7 @@ def test_a_reader_that_stops_early_costs_about_what_it_read(s3_server, s3_bucket
         assert read_sequentially(reader, obj, stop=4 * BLOCK) == data[:4 * BLOCK]
         time.sleep(0.5)  # let parts in flight land: none is started after the reader stopped
         fetched = counter(reader, "store_bytes")
-        assert 4 * BLOCK <= fetched <= 12 * BLOCK, fetched  # not the 64 blocks of the object
+        assert 4 * BLOCK <= fetched <= 8 * BLOCK, fetched  # about twice what it read, not the object's 64 blocks
         assert link.answered < 16 * BLOCK
     finally:
         reader.close()
@@ -140,7 +149,7 @@ def test_a_young_window_keeps_several_requests_in_flight(s3_server, s3_bucket, l
         for index in range(8):
             if index == 2:  # the reader is proven sequential, its requests so far answered (blocks 0, 1, 2) ...
                 assert wait_for(lambda: link.requests == 3 and link.in_flight == 0)
-                link.meet(3)  # ... and its next two reads widen the window by 5 blocks in three requests at once
+                link.meet(3)  # ... and its next two reads widen the window by 3 blocks in three requests at once
                               # (one or two requests would wait here until the barrier breaks, after 20 s)
             out.append(join(handle.pieces(index * BLOCK, BLOCK)))
     finally:
@@ -165,9 +174,10 @@ def test_reads_handed_over_out_of_order_continue_the_stream(s3_server, s3_bucket
         handle = reader.open_stored(StoredObject(oid, len(data), store, key), b"", 0, len(data))
         try:
             got = {n: join(handle.pieces(n * chunk, chunk)) for n in order}
+            settle(reader, link)  # every part the window claimed has landed (close would cancel queued ones)
         finally:
             handle.close()
-            reader.close()  # the parts in flight land
+            reader.close()
         assert b"".join(got[n] for n in in_order) == data[:read * chunk]
         assert counter(reader, "readahead_restarts") == 0, name
         fetched[name] = counter(reader, "store_bytes")
