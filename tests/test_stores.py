@@ -398,6 +398,33 @@ def test_s3_ranged_reads_skip_botocores_pipeline_and_never_show_their_signed_url
     assert not any("Signature" in text or "X-Amz" in text for text in texts), texts
 
 
+def test_s3_ranged_reads_fall_back_to_get_object_when_botocore_lacks_its_session(s3_server, s3_bucket,
+                                                                                    monkeypatch):
+    """The presigned path uses botocore's ``client._endpoint.http_session`` (not public API): a botocore without
+    it still reads every range, through ``get_object``, with the same errors."""
+    store = S3Store(s3_bucket, "p", s3_server.endpoint, "us-east-1", ACCESS, SECRET, timeout=5, retries=0)
+    data = bytes(range(256)) * 100
+    store.put(KEY, data)
+    class Reshaped:  # botocore's endpoint as a botocore of another shape would have it: no ``http_session``
+        def __init__(self, real: object) -> None:
+            self._real = real
+
+        def __getattr__(self, name: str) -> object:
+            if name == "http_session":
+                raise AttributeError(name)
+            return getattr(self._real, name)
+    monkeypatch.setattr(store._client, "_endpoint", Reshaped(store._client._endpoint))
+    calls = []
+    store._client.meta.events.register("before-call.s3.GetObject", lambda **_: calls.append(1))
+    with store.open_range(KEY, 300, 1000) as stream:
+        assert stream.read_exact(1000) == data[300:1300]
+    with store.open_range(KEY, 25000) as stream:
+        assert stream.read_exact(600) == data[25000:]
+    assert len(calls) == 2
+    with pytest.raises(MissingObjectError):
+        store.open_range("ab/cd/missing", 0, 10)
+
+
 def test_s3_clients_share_one_session_preloaded_and_keep_their_own_credentials(s3_server, s3_bucket, monkeypatch):
     """After ``preload()`` (the mount does it before it answers a read), a store's first client loads none of
     botocore's model files: one boto3 session per process; each client keeps its store's credentials and
