@@ -336,15 +336,12 @@ class Watcher:
     def _changed(self, key: tuple, held: Held) -> list[str]:
         """The paths of ``held`` the kernel must forget (and ``held`` brought up to date)."""
         table = held.table
-        try:
-            current = self.tree.table(table.schema, table.name, stale_ok=False)
-            if current is not table:   # another heading: other files, other names
-                return self._everything(key, held)
-            version = self.tree.version(table, stale_ok=False)
-        except NotFound:   # dropped
+        token = self._token(table)
+        if token is None:  # the database is down: the kernel keeps what it has, as lookups would; asked again
+            return []      # next round
+        current, version = token
+        if current is not table:   # dropped, or another heading: other files, other names
             return self._everything(key, held)
-        except (Unavailable, DatabaseError):  # the database is down: the kernel keeps what it has, as lookups
-            return []                        # would; asked again next round
         with self.holdings._lock:
             if held.version is None or version == held.version:
                 held.version = version if held.version is None else held.version
