@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from benchlib import (REMOTE_CONNECTION_RATE, GiB, Lab, MachineCpu, MiB, RemoteS3, Results, cpu_seconds,
                       drop_page_cache, median, memory, mount_stats, ranged_gets, read_file, s3transfer_download,
-                      single_get, timed, unmount, wait_mounted)
+                      s3transfer_verified_copy, single_get, timed, unmount, wait_mounted)
 
 
 # -- a minimal passthrough file system: the yardstick for the mount's own overhead -----------------------------
@@ -526,6 +526,8 @@ def remote_section(bench: Bench, repeat: int, results: Results) -> None:
             with MachineCpu() as run["s3transfer_machine"]:
                 run["s3transfer"], run["s3transfer_cpu"] = s3transfer_download(client, bench.bucket, bench.key)
             run["get"], run["get_cpu"] = single_get(client, bench.bucket, bench.key)
+            drop_page_cache()  # no run pays for the one before's writeback
+            run["s3transfer_verified"] = s3transfer_verified_copy(client, bench.bucket, bench.key, bench.lab.root)
             run["cold"] = bench.cold(location)
             run["fetch"] = bench.library_fetch(location)
             file_size = bench.object_size  # the .npy's header is small: offsets within the data are alike
@@ -555,6 +557,10 @@ def remote_section(bench: Bench, repeat: int, results: Results) -> None:
                      f"one GET {gib / get * 1024:.0f} MiB/s")
     results.at_least("remote ceiling here: s3transfer 8 threads vs one GET", get / s3t, None,
                      "what 8 connections give on this machine (client, server and relay share its cores)")
+    verified = m(lambda r: r["s3transfer_verified"])
+    results.at_least("remote s3transfer doing the required work vs into /dev/null", s3t / verified, None,
+                     f"{verified:.2f} s against {s3t:.2f} s: its 8 threads into a SHA-256 and a file on disk, what a "
+                     "verified, cached read must do with every byte (djfs also delivers it through FUSE)")
     djfs_cpu, djfs_busy = m(lambda r: r["cold"]["machine"].seconds), m(lambda r: r["cold"]["machine"].share)
     s3t_all, s3t_busy = m(lambda r: r["s3transfer_machine"].seconds), m(lambda r: r["s3transfer_machine"].share)
     results.at_least("remote the machine's CPU during the reads: s3transfer / djfs", s3t_all / djfs_cpu, None,

@@ -230,6 +230,35 @@ def s3transfer_download(client, bucket: str, key: str, threads: int = 8) -> tupl
     return seconds, time.process_time() - cpu
 
 
+class _VerifiedCopy:
+    """A sink for ``download_fileobj`` doing what a verifying, caching reader must do with every byte: SHA-256 it
+    and write it to a file.  Not seekable, so s3transfer hands the parts over in order (as the digest needs)."""
+
+    def __init__(self, path: Path) -> None:
+        import hashlib
+        self.file = open(path, "wb", buffering=0)
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+
+def s3transfer_verified_copy(client, bucket: str, key: str, directory: Path, threads: int = 8) -> float:
+    """Seconds of ``s3transfer_download`` into a SHA-256 and a file on disk (removed after): s3transfer doing
+    the work a verified, cached read has to do, without the FUSE delivery."""
+    from boto3.s3.transfer import TransferConfig
+    config = TransferConfig(max_concurrency=threads, multipart_chunksize=8 * MiB, multipart_threshold=8 * MiB)
+    path = directory / "verified-copy"
+    sink = _VerifiedCopy(path)
+    try:
+        seconds, _ = timed(lambda: client.download_fileobj(bucket, key, sink, Config=config))
+    finally:
+        sink.file.close()
+        path.unlink(missing_ok=True)
+    return seconds
+
+
 def ranged_gets(client, bucket: str, key: str, ranges: list[tuple[int, int]], threads: int = 8) -> float:
     """Seconds for one ranged GET per ``(offset, size)``, ``threads`` at a time: what random reads need at least."""
     def get(piece: tuple[int, int]) -> int:
