@@ -106,6 +106,19 @@ def test_reads_go_by_descriptor_through_the_low_level_api(lab, mounts, tmp_path)
     assert copied.stats().get("reads_by_descriptor", 0) == 0 and copied.stats()["reads"] > 0
 
 
+def test_splice_says_whether_libfuse_can_splice_replies_here(lab, mounts):
+    """-o splice: libfuse splices a 1 MiB read's reply only through a pipe over 1 MiB; where this process can't grow
+    one (fs.pipe-max-size without CAP_SYS_RESOURCE) the daemon says so, and the bytes are the same either way."""
+    from djfs.fs.libfuse import SPLICE_PIPE, pipe_holds
+    plain = mounts.mount(lab.config, [f"schemas={lab.name}"])
+    spliced = mounts.mount(lab.config, [f"schemas={lab.name}", "splice=1"])
+    path = (lab.name, "Trial", "animal=ann", "trial=6", "frames.npy")
+    assert spliced.path(*path).read_bytes() == plain.path(*path).read_bytes()
+    can = pipe_holds(SPLICE_PIPE)
+    assert spliced.stats()["splice"] == ("on" if can else "off") and "splice" not in plain.stats()
+    assert ("fs.pipe-max-size" in spliced.log_text()) != can
+
+
 def test_a_warm_listing_reaches_no_python(lab, mounts):
     mount = mounts.mount(lab.config, [f"schemas={lab.name}", *LONG])
     table = mount.path(lab.name, "Trial")

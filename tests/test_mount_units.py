@@ -128,6 +128,18 @@ def test_the_fuse_api_follows_libfuse_unless_chosen():
     assert MountOptions.parse(["allow_other,max_read=65536"]).low_level_options() == ["allow_other", "max_read=65536"]
 
 
+def test_a_pipe_grows_to_the_system_limit_and_past_it_only_with_the_capability():
+    """What decides whether libfuse can splice 1 MiB replies (``-o splice``): fs.pipe-max-size, or CAP_SYS_RESOURCE."""
+    from djfs.fs.libfuse import pipe_holds, pipe_max_size
+    limit = pipe_max_size()
+    assert limit is not None and limit >= 4096
+    with open("/proc/self/status") as status:
+        effective = int(next(line for line in status if line.startswith("CapEff:")).split()[1], 16)
+    sys_resource = bool(effective >> 24 & 1)  # CAP_SYS_RESOURCE
+    assert pipe_holds(4096) and pipe_holds(limit)
+    assert pipe_holds(2 * limit) == sys_resource
+
+
 def test_the_low_level_session_names_the_options_it_refuses():
     from djfs.fs.lowlevel import refused_options
     assert refused_options(["allow_other", "max_read=65536", "ro", "fsname=djfs:x", "subtype=djfs",

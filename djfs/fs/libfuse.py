@@ -11,11 +11,15 @@ desktops).  So djfs never imports mfusepy directly: ``load_mfusepy`` imports it 
 
 The variables are set only for the import and restored afterwards, so nothing the daemon starts inherits the
 choice.  Nothing in djfs imports mfusepy but through here (``operations`` and ``mount.run`` both do).
+
+Also here, what the loaded libfuse can do on this host: tell the kernel to forget a path (``can_invalidate``),
+and splice replies (``pipe_holds``: libfuse 3 splices a reply only through a pipe that holds all of it).
 """
 
 from __future__ import annotations
 
 import ctypes.util
+import fcntl
 import importlib
 import os
 import sys
@@ -28,6 +32,10 @@ NAME_VARIABLE = "FUSE_LIBRARY_NAME"
 #: major version -> (name for ctypes.util.find_library, the Debian/Ubuntu package that provides it)
 LIBRARIES = {3: ("fuse3", "libfuse3-3 (or fuse3)"), 2: ("fuse", "libfuse2")}
 VERSIONS = tuple(LIBRARIES)  # preference order
+#: the pipe libfuse 3 needs to splice a read's reply: the reply (up to a 1 MiB read and its header) and a page for
+#: each of its buffers; libfuse copies the reply instead when its pipe can't be grown to that
+SPLICE_PIPE = (1 << 20) + (64 << 10)
+PIPE_MAX_SIZE = "/proc/sys/fs/pipe-max-size"
 
 
 class LibfuseError(DjfsError):
@@ -98,3 +106,27 @@ def describe(module: ModuleType) -> str:
     """``libfuse 3.14 (libfuse3.so.3)``: which library mfusepy loaded."""
     return (f"libfuse {module.fuse_version_major}.{module.fuse_version_minor} "
             f"({getattr(module, '_libfuse_path', '?')})")
+
+
+def pipe_holds(size: int) -> bool:
+    """Whether this process can grow a pipe to ``size`` bytes: Linux caps pipes at ``fs.pipe-max-size`` (1 MiB by
+    default) unless the process has ``CAP_SYS_RESOURCE``, so libfuse's splicing of 1 MiB replies (``-o splice``)
+    depends on it."""
+    reader, writer = os.pipe()
+    try:
+        fcntl.fcntl(reader, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+def pipe_max_size() -> int | None:
+    """``fs.pipe-max-size`` (bytes), None where it can't be read."""
+    try:
+        with open(PIPE_MAX_SIZE) as file:
+            return int(file.read())
+    except (OSError, ValueError):
+        return None

@@ -41,7 +41,8 @@ db_timeout=            10          seconds per SQL query
 sql_threads=           4           database connections of the mount
 page_size=             10000       rows per listing query (with every column their files need)
 read_buf=              1           let libfuse read cache files itself (0: copy through Python)
-splice=                0           splice cache-file data into /dev/fuse
+splice=                0           splice cache-file data into /dev/fuse (libfuse 3; needs pipes over 1 MiB:
+                                   fs.pipe-max-size or CAP_SYS_RESOURCE, else a warning and copies)
 read_ahead_kb=         1024        kernel read-ahead of the mount (root only; 0 keeps the kernel's 128)
 libfuse=               3, else 2   the libfuse to use, 2 or 3; without it ``$FUSE_LIBRARY_PATH`` /
                                    ``$FUSE_LIBRARY_NAME`` are honoured if set (see ``djfs.fs.libfuse``)

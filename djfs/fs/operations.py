@@ -44,7 +44,8 @@ from ..stores import configured_store
 from . import views
 from .callbacks import fd_bufvec, fill_stat, memory_bufvec, pin_thread_state
 from .datajoint_files import DataJointFiles
-from .libfuse import can_invalidate, describe, load_mfusepy
+from .libfuse import (PIPE_MAX_SIZE, SPLICE_PIPE, can_invalidate, describe, load_mfusepy, pipe_holds,
+                      pipe_max_size)
 from .reader import Handle, MemoryHandle, Piece, Reader, Stats, StoredObject, join
 from .tree import Database, DatabaseError, Node, NotFound, Tree, Unavailable
 from .watch import Holdings, Watcher
@@ -216,6 +217,7 @@ class Operations(mfusepy.Operations):
         self._lock = threading.Lock()
         self._invalidate: Callable[[str], int] | None = None
         self._watcher: Watcher | None = None
+        self._splice: str | None = None  # with -o splice: "on", or "off" where libfuse can't splice a 1 MiB reply
         self._negative_timeout = 0.0  # seconds the kernel keeps a missing name that the watcher can drop
         self._entries_hold = 0.0  # seconds the kernel keeps a listing's entries (0: unknown, never relied on)
         self._given: LRUCache = LRUCache(maxsize=200_000)  # directory -> when its entries were all handed out
@@ -278,6 +280,12 @@ class Operations(mfusepy.Operations):
         if conn_info is not None:
             if options.splice:
                 conn_info.want |= conn_info.capable & (FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE)
+                self._splice = "on" if pipe_holds(SPLICE_PIPE) else "off"
+                if self._splice == "off":
+                    log.warning("splice=1 asked, but libfuse can't splice a 1 MiB read's reply here: it needs a "
+                                "pipe over 1 MiB, and this process may not grow one past fs.pipe-max-size (%s "
+                                "bytes) without CAP_SYS_RESOURCE; replies are copied (raise %s to %d to splice)",
+                                pipe_max_size(), PIPE_MAX_SIZE, 2 << 20)
             log.info("FUSE %d.%d: max_readahead %d, max_write %d, capable %#x, want %#x", conn_info.proto_major,
                      conn_info.proto_minor, conn_info.max_readahead, conn_info.max_write, conn_info.capable,
                      conn_info.want)
@@ -478,6 +486,8 @@ class Operations(mfusepy.Operations):
         if self._watcher is not None:
             counters["invalidated_paths"] = self._watcher.invalidated
         counters["libfuse"] = describe(mfusepy)
+        if self._splice is not None:
+            counters["splice"] = self._splice
         return counters
 
     # -- files -----------------------------------------------------------------------------------------------
