@@ -217,16 +217,20 @@ def single_get(client, bucket: str, key: str) -> tuple[float, float]:
     return seconds, time.process_time() - cpu
 
 
-def s3transfer_download(client, bucket: str, key: str, threads: int = 8) -> tuple[float, float]:
-    """Seconds and CPU seconds of boto3's ``download_fileobj`` (s3transfer: parallel ranged GETs of 8 MiB).
-
-    Into /dev/null (seekable, so parts are written where they go, not buffered): the ceiling for one object.
-    """
+def _s3transfer(client, bucket: str, key: str, sink: Any, threads: int) -> float:
+    """Seconds of boto3's ``download_fileobj`` into ``sink`` (s3transfer: ``threads`` parallel ranged GETs of 8 MiB)."""
     from boto3.s3.transfer import TransferConfig
     config = TransferConfig(max_concurrency=threads, multipart_chunksize=8 * MiB, multipart_threshold=8 * MiB)
+    seconds, _ = timed(lambda: client.download_fileobj(bucket, key, sink, Config=config))
+    return seconds
+
+
+def s3transfer_download(client, bucket: str, key: str, threads: int = 8) -> tuple[float, float]:
+    """Seconds and CPU seconds of s3transfer's download into /dev/null (seekable, so parts are written where they
+    go, not buffered): the ceiling for one object."""
     cpu = time.process_time()
     with open(os.devnull, "wb") as sink:
-        seconds, _ = timed(lambda: client.download_fileobj(bucket, key, sink, Config=config))
+        seconds = _s3transfer(client, bucket, key, sink, threads)
     return seconds, time.process_time() - cpu
 
 
@@ -234,9 +238,9 @@ class _VerifiedCopy:
     """A sink for ``download_fileobj`` doing what a verifying, caching reader must do with every byte: SHA-256 it
     and write it to a file.  Not seekable, so s3transfer hands the parts over in order (as the digest needs)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, file: Any) -> None:
         import hashlib
-        self.file = open(path, "wb", buffering=0)
+        self.file = file
         self.digest = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
@@ -245,18 +249,14 @@ class _VerifiedCopy:
 
 
 def s3transfer_verified_copy(client, bucket: str, key: str, directory: Path, threads: int = 8) -> float:
-    """Seconds of ``s3transfer_download`` into a SHA-256 and a file on disk (removed after): s3transfer doing
-    the work a verified, cached read has to do, without the FUSE delivery."""
-    from boto3.s3.transfer import TransferConfig
-    config = TransferConfig(max_concurrency=threads, multipart_chunksize=8 * MiB, multipart_threshold=8 * MiB)
+    """Seconds of s3transfer's download into a SHA-256 and a file on disk (removed after): s3transfer doing the
+    work a verified, cached read has to do, without the FUSE delivery."""
     path = directory / "verified-copy"
-    sink = _VerifiedCopy(path)
     try:
-        seconds, _ = timed(lambda: client.download_fileobj(bucket, key, sink, Config=config))
+        with open(path, "wb") as file:
+            return _s3transfer(client, bucket, key, _VerifiedCopy(file), threads)
     finally:
-        sink.file.close()
         path.unlink(missing_ok=True)
-    return seconds
 
 
 def ranged_gets(client, bucket: str, key: str, ranges: list[tuple[int, int]], threads: int = 8) -> float:
